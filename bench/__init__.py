@@ -1,0 +1,1 @@
+"""pobench harness: configuration, stages, generation backends, leaderboards and the CLI."""
