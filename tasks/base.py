@@ -1,0 +1,472 @@
+"""The one contract every pobench task implements.
+
+A task is one module (``tasks/<name>.py``) holding one :class:`Task` subclass: where its data
+comes from, how a row becomes a prompt, which sampling parameters it uses, and how samples are
+scored. The harness never branches on a task's name; it only calls the methods below.
+
+What the harness does with a task (in this order)::
+
+    task = tasks.get("imdb", data_dir="/work/shared/data")   # options: source=, judge=, margin=, ...
+    task.eval_prompts(limit=128)            # held-out Prompt(id, text, reference) for generation
+    task.sft_data(limit=...)                # SFTExample(prompt, completion)
+    if task.preference_mode == "dataset":
+        task.preference_data(limit=...)     # PreferencePair(prompt, chosen, rejected)
+    else:  # "generated": sample k per prompt from the reference, judge them, pair them
+        prompts = task.train_prompts(limit=...)
+        samples = backend.generate(prompts, task.sampling.replace(n=k))   # -> list[Sample]
+        pairs = task.pairs_from_samples(samples)   # pointwise judge, best vs worst over a margin
+        # or tasks.ranking.pairs_by_ranking(samples, pairwise_judge)  (BCR's iterative ranking)
+    task.eval_pairs(limit=...)              # held-out pairs (tasks whose metrics need them) ->
+                                            # harness teacher-forces them: PairLogps
+    scores = task.score(samples, pair_logps=...)   # -> Scores(metrics, per_sample, details)
+    record = {**task.record(), **scores.details}   # name, version, data source used, judge identity
+
+Tasks whose evaluation runs on a model rather than on samples (``evaluation == "model"``, e.g. the
+lm-eval reasoning task) implement :meth:`Task.evaluate_model` instead of ``score``.
+
+Data sources: every task declares its :class:`DataSource` s in preference order. With
+``source="auto"`` (the default) a task loads from ``data_dir`` when one is given, else from the
+Hugging Face hub when online, else from the shared data folder (``$POBENCH_SHARED_DATA`` or
+``<repo>/../shared/data``) when it holds the task's files, else from built-in material when the
+task has some. The source actually used is in ``task.source_used`` (a :class:`SourceUsed`), and
+:meth:`Task.record` puts it in every result.
+
+Outside packages add tasks through the ``pobench.tasks`` entry-point group (value ``module:Class``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
+
+if TYPE_CHECKING:  # judges import heavy optional libraries lazily; keep `import tasks` light
+    from tasks.judges import Judge
+
+SourceKind = Literal["hub", "local", "builtin"]
+SOURCE_KINDS: tuple[str, ...] = ("hub", "local", "builtin")
+
+
+class TaskError(ValueError):
+    """Bad task configuration or unusable data; the message names the file/field and what to do."""
+
+
+class DataError(TaskError):
+    """A data row could not be used. Carries the file, the 1-based line (or record index) and why."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, reason: str) -> None:
+        self.path, self.line, self.reason = str(path), line, reason
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------
+# Data records
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sampling:
+    """Default generation parameters of a task (the harness may override them per suite)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1  # samples per prompt
+    stop: tuple[str, ...] = ()
+
+    def replace(self, **changes: Any) -> "Sampling":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt to generate from. ``reference`` is the gold/chosen response where the task has one."""
+
+    id: str
+    text: str
+    reference: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    prompt: str
+    completion: str
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    id: str = ""
+    #: e.g. {"score_chosen": .9, "score_rejected": .1, "judge": "vader@3.3.2"} for generated pairs
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Sample:
+    """One generated completion, as the harness hands it to :meth:`Task.score`.
+
+    Optional per-token fields (completion tokens only, same length): ``logprobs`` are the policy's
+    log-probs of the sampled tokens; ``ref_logprobs`` the reference's, by teacher forcing;
+    ``entropies`` the policy's exact predictive entropy per position (full-vocabulary). ``kl`` is a
+    per-sequence KL(pi||ref) the harness computed itself; when absent a task estimates it as
+    ``sum(logprobs - ref_logprobs)`` (the Monte-Carlo estimate for samples drawn from pi at T=1).
+    """
+
+    prompt_id: str
+    prompt: str
+    completion: str
+    index: int = 0  # which of the n samples of this prompt
+    reference: str | None = None
+    logprobs: list[float] | None = None
+    ref_logprobs: list[float] | None = None
+    entropies: list[float] | None = None
+    kl: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_prompt(cls, prompt: Prompt, completion: str, index: int = 0, **fields: Any) -> "Sample":
+        return cls(prompt_id=prompt.id, prompt=prompt.text, completion=completion, index=index,
+                   reference=prompt.reference, **fields)
+
+    def sequence_kl(self) -> float | None:
+        if self.kl is not None:
+            return float(self.kl)
+        if self.logprobs is None or self.ref_logprobs is None:
+            return None
+        if len(self.logprobs) != len(self.ref_logprobs):
+            raise TaskError(f"sample {self.prompt_id}#{self.index}: logprobs ({len(self.logprobs)}) and "
+                            f"ref_logprobs ({len(self.ref_logprobs)}) have different lengths")
+        return float(sum(p - r for p, r in zip(self.logprobs, self.ref_logprobs)))
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Summed completion log-probs of a held-out pair under policy and reference (teacher forcing)."""
+
+    pair_id: str
+    policy_chosen: float
+    policy_rejected: float
+    ref_chosen: float
+    ref_rejected: float
+
+    @property
+    def implicit_margin(self) -> float:
+        """(log pi/ref)(chosen) - (log pi/ref)(rejected): > 0 means the policy ranks the pair right."""
+        return (self.policy_chosen - self.ref_chosen) - (self.policy_rejected - self.ref_rejected)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a task reports. ``higher_is_better`` None means "descriptive, no direction"."""
+
+    name: str
+    higher_is_better: bool | None
+    description: str
+
+    @property
+    def direction(self) -> str:
+        return {True: "higher", False: "lower", None: "-"}[self.higher_is_better]
+
+
+@dataclass
+class Scores:
+    """Output of :meth:`Task.score`.
+
+    ``metrics``: aggregate numbers (names from the task's ``metrics`` table; NaN never appears, a
+    metric that cannot be computed is left out and ``details["missing"]`` says why).
+    ``per_sample``: one dict per sample, in input order, with ``prompt_id``/``index`` and per-sample
+    values (for confidence intervals over prompts). ``details``: judges' identities, notes.
+    """
+
+    metrics: dict[str, float]
+    per_sample: list[dict[str, Any]]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Data sources
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSource:
+    """One place a task can load from. ``location`` is a hub id, a path relative to ``data_dir``,
+    or a package-relative path of built-in material."""
+
+    kind: SourceKind
+    location: str
+    description: str = ""
+    splits: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+@dataclass(frozen=True)
+class SourceUsed:
+    """What a result was computed from; goes into every run record."""
+
+    kind: SourceKind
+    location: str  # hub id, absolute path or built-in path
+    detail: str = ""  # split, file list, revision
+    fingerprint: str = ""  # sha256 of local/built-in files (first 16 hex), hub revision if known
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def is_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (the usual HF env switches)."""
+    truthy = {"1", "true", "yes", "on"}
+    return any(os.environ.get(var, "").lower() in truthy
+               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$POBENCH_SHARED_DATA`` or ``<repo>/../shared/data`` (may not exist)."""
+    env = os.environ.get("POBENCH_SHARED_DATA")
+    return Path(env) if env else repo_root().parent / "shared" / "data"
+
+
+def builtin_data_dir() -> Path:
+    return Path(__file__).resolve().parent / "data"
+
+
+def file_fingerprint(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# The task contract
+# --------------------------------------------------------------------------------------------
+class Task:
+    """Base class of every task. Subclasses set the class attributes and implement the loaders.
+
+    Class attributes (readable without instantiating, so ``pobench tasks`` stays cheap):
+    ``name``, ``version`` (bump on any change that moves numbers), ``description``, ``paper``,
+    ``sources`` (preference order), ``metrics`` (with directions), ``sampling``,
+    ``preference_mode`` ("dataset" | "generated" | "none"), ``evaluation`` ("samples" | "model"),
+    ``options`` (name -> (default, help)) accepted by ``__init__``.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    sources: ClassVar[tuple[DataSource, ...]] = ()
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    sampling: ClassVar[Sampling] = Sampling(max_new_tokens=64)
+    preference_mode: ClassVar[str] = "none"
+    evaluation: ClassVar[str] = "samples"
+    options: ClassVar[dict[str, tuple[Any, str]]] = {}
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, source: str = "auto",
+                 judge: "Judge | str | None" = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TaskError(f"task {self.name!r}: unknown option(s) {unknown}; "
+                            f"allowed: {sorted(self.options) or 'none'}")
+        for key, (default, _help) in self.options.items():
+            setattr(self, key, options.get(key, default))
+        if source != "auto" and source not in SOURCE_KINDS:
+            raise TaskError(f"task {self.name!r}: source must be auto|hub|local|builtin, got {source!r}")
+        available = {s.kind for s in self.sources}
+        if source != "auto" and source not in available:
+            raise TaskError(f"task {self.name!r} has no {source!r} data source; it has: "
+                            f"{', '.join(str(s) for s in self.sources)}")
+        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        self.requested_source = source
+        self._judge_spec = judge
+        self._judge: Judge | None = None
+        self._source_used: SourceUsed | None = None
+
+    # -- data source resolution ------------------------------------------------------------
+    def source(self, kind: str) -> DataSource | None:
+        return next((s for s in self.sources if s.kind == kind), None)
+
+    def local_root(self) -> Path | None:
+        """The data_dir holding this task's local files (explicit one, else the shared folder)."""
+        local = self.source("local")
+        if local is None:
+            return None
+        for root in ([self.data_dir] if self.data_dir else [shared_data_dir()]):
+            if (root / local.location).exists():
+                return root
+        return None
+
+    def resolve_source(self) -> SourceKind:
+        """Which kind of source to load from (see the module docstring for the auto order)."""
+        if self.requested_source != "auto":
+            if self.requested_source == "local" and self.local_root() is None:
+                where = self.data_dir or shared_data_dir()
+                raise TaskError(f"task {self.name!r}: local files {self.source('local').location!r} not found "
+                                f"under {where}; pass --data-dir pointing at the folder that holds them")
+            if self.requested_source == "hub" and is_offline():
+                raise TaskError(f"task {self.name!r}: source 'hub' requested but HF_HUB_OFFLINE is set")
+            return self.requested_source  # type: ignore[return-value]
+        if self.data_dir is not None:
+            if self.local_root() is None:
+                local = self.source("local")
+                raise TaskError(f"task {self.name!r}: --data-dir {self.data_dir} does not hold "
+                                f"{local.location if local else 'local files for this task'}")
+            return "local"
+        if self.source("hub") is not None and not is_offline():
+            return "hub"
+        if self.local_root() is not None:
+            return "local"
+        if self.source("builtin") is not None:
+            return "builtin"
+        raise TaskError(
+            f"task {self.name!r}: no data source available offline. Options: go online (unset HF_HUB_OFFLINE) "
+            f"for {self.source('hub') or 'the hub'}, or pass --data-dir with "
+            f"{self.source('local').location if self.source('local') else 'the local files'}")
+
+    @property
+    def source_used(self) -> SourceUsed | None:
+        """Set by the loaders the first time data is read."""
+        return self._source_used
+
+    def _note_source(self, used: SourceUsed) -> None:
+        if self._source_used is not None and self._source_used != used:
+            # e.g. SFT from the hub but prompts from built-ins: keep both, never silently drop one
+            merged = f"{self._source_used.location} + {used.location}"
+            used = SourceUsed(kind=self._source_used.kind, location=merged,
+                              detail=f"{self._source_used.detail}; {used.detail}",
+                              fingerprint=f"{self._source_used.fingerprint}+{used.fingerprint}")
+        self._source_used = used
+
+    # -- judge -------------------------------------------------------------------------------
+    @property
+    def judge(self) -> "Judge":
+        """The task's judge: the one passed in (object or spec string), else the task default."""
+        if self._judge is None:
+            from tasks import judges
+            spec = self._judge_spec if self._judge_spec is not None else self.default_judge()
+            self._judge = judges.build(spec) if isinstance(spec, str) else spec
+        return self._judge
+
+    def default_judge(self) -> str:
+        """Spec string for :func:`tasks.judges.build` used when no judge was given."""
+        raise TaskError(f"task {self.name!r} has no judge")
+
+    # -- data the harness asks for ----------------------------------------------------------
+    def eval_prompts(self, limit: int | None = None) -> list[Prompt]:
+        raise TaskError(f"task {self.name!r} provides no evaluation prompts")
+
+    def train_prompts(self, limit: int | None = None) -> list[Prompt]:
+        """Prompts for generated preference data (disjoint from eval_prompts)."""
+        raise TaskError(f"task {self.name!r} provides no training prompts")
+
+    def sft_data(self, limit: int | None = None) -> list[SFTExample]:
+        raise TaskError(f"task {self.name!r} provides no SFT data")
+
+    def preference_data(self, limit: int | None = None) -> list[PreferencePair]:
+        raise TaskError(f"task {self.name!r} provides no preference dataset "
+                        f"(preference_mode={self.preference_mode!r})")
+
+    def eval_pairs(self, limit: int | None = None) -> list[PreferencePair]:
+        """Held-out pairs whose PairLogps :meth:`score` uses (empty when the task needs none)."""
+        return []
+
+    # -- generated preferences ----------------------------------------------------------------
+    def reward(self, samples: Sequence[Sample]) -> list[float]:
+        """Pointwise score of each sample (higher = better) used to build generated pairs."""
+        return self.judge.score([s.prompt for s in samples], [s.completion for s in samples])
+
+    def pairs_from_samples(self, samples: Sequence[Sample], margin: float | None = None,
+                           rewards: Sequence[float] | None = None) -> list[PreferencePair]:
+        """Best-vs-worst pair per prompt from pointwise rewards (see :func:`pairs_from_scores`)."""
+        rewards = list(rewards) if rewards is not None else self.reward(samples)
+        margin = getattr(self, "margin", 0.0) if margin is None else margin
+        return pairs_from_scores(samples, rewards, margin=margin, judge=self.judge.label)
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score(self, samples: Sequence[Sample], pair_logps: Sequence[PairLogps] | None = None) -> Scores:
+        raise TaskError(f"task {self.name!r} does not score samples (evaluation={self.evaluation!r})")
+
+    def evaluate_model(self, model: str, **kwargs: Any) -> Scores:
+        raise TaskError(f"task {self.name!r} does not evaluate models directly")
+
+    # -- provenance -----------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """Task identity for the run record: name, version, options, source used, judge."""
+        rec: dict[str, Any] = {
+            "task": self.name, "task_version": self.version,
+            "options": {k: getattr(self, k) for k in self.options},
+            "data_source": self._source_used.as_dict() if self._source_used else None,
+        }
+        if self._judge is not None:
+            rec["judge"] = self._judge.identity()
+        return rec
+
+    @classmethod
+    def metric(cls, name: str) -> Metric:
+        for m in cls.metrics:
+            if m.name == name:
+                return m
+        raise TaskError(f"task {cls.name!r} has no metric {name!r}; it has {[m.name for m in cls.metrics]}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, version={self.version!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by tasks
+# --------------------------------------------------------------------------------------------
+def group_by_prompt(samples: Sequence[Sample]) -> dict[str, list[int]]:
+    """prompt_id -> indices into ``samples``, in first-seen order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, sample in enumerate(samples):
+        groups[sample.prompt_id].append(i)
+    return dict(groups)
+
+
+def pairs_from_scores(samples: Sequence[Sample], scores: Sequence[float], margin: float = 0.0,
+                      judge: str = "") -> list[PreferencePair]:
+    """Per prompt: the highest-scored sample vs the lowest, kept when score gap > ``margin``.
+
+    Ties in score break by sample order (first wins) so results are deterministic. Prompts with
+    fewer than two samples, identical best/worst text, or a gap <= margin give no pair.
+    """
+    if len(samples) != len(scores):
+        raise TaskError(f"{len(samples)} samples but {len(scores)} scores")
+    pairs = []
+    for prompt_id, idx in group_by_prompt(samples).items():
+        if len(idx) < 2:
+            continue
+        best = max(idx, key=lambda i: (scores[i], -i))
+        worst = min(idx, key=lambda i: (scores[i], -i))
+        gap = scores[best] - scores[worst]
+        if not gap > margin or samples[best].completion == samples[worst].completion:
+            continue
+        pairs.append(PreferencePair(
+            prompt=samples[best].prompt, chosen=samples[best].completion, rejected=samples[worst].completion,
+            id=f"{prompt_id}", meta={"score_chosen": scores[best], "score_rejected": scores[worst],
+                                     "judge": judge, "n_candidates": len(idx)}))
+    return pairs
+
+
+def mean(values: Iterable[float]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def limit_list(items: list, limit: int | None) -> list:
+    return items if limit is None else items[:limit]
