@@ -291,11 +291,11 @@ class Task:
         if source != "auto" and source not in available:
             raise TaskError(f"task {self.name!r} has no {source!r} data source; it has: "
                             f"{', '.join(str(s) for s in self.sources)}")
-        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
         self.requested_source = source
         self._judge_spec = judge
         self._judge: Judge | None = None
-        self._source_used: SourceUsed | None = None
+        self._sources_used: list[SourceUsed] = []
 
     # -- data source resolution ------------------------------------------------------------
     def source(self, kind: str) -> DataSource | None:
@@ -340,17 +340,19 @@ class Task:
 
     @property
     def source_used(self) -> SourceUsed | None:
-        """Set by the loaders the first time data is read."""
-        return self._source_used
+        """What the loaders read so far (several files/splits merged into one record), or None."""
+        used = self._sources_used
+        if not used:
+            return None
+        if len(used) == 1:
+            return used[0]
+        return SourceUsed(kind=used[0].kind, location=" + ".join(u.location for u in used),
+                          detail="; ".join(u.detail for u in used),
+                          fingerprint="+".join(u.fingerprint for u in used))
 
     def _note_source(self, used: SourceUsed) -> None:
-        if self._source_used is not None and self._source_used != used:
-            # e.g. SFT from the hub but prompts from built-ins: keep both, never silently drop one
-            merged = f"{self._source_used.location} + {used.location}"
-            used = SourceUsed(kind=self._source_used.kind, location=merged,
-                              detail=f"{self._source_used.detail}; {used.detail}",
-                              fingerprint=f"{self._source_used.fingerprint}+{used.fingerprint}")
-        self._source_used = used
+        if used not in self._sources_used:
+            self._sources_used.append(used)
 
     # -- judge -------------------------------------------------------------------------------
     @property
@@ -410,7 +412,8 @@ class Task:
         rec: dict[str, Any] = {
             "task": self.name, "task_version": self.version,
             "options": {k: getattr(self, k) for k in self.options},
-            "data_source": self._source_used.as_dict() if self._source_used else None,
+            "data_source": self.source_used.as_dict() if self.source_used else None,
+            "data_sources": [u.as_dict() for u in self._sources_used],
         }
         if self._judge is not None:
             rec["judge"] = self._judge.identity()
