@@ -76,7 +76,7 @@ def activation_mask(activation: Tensor, mask: Tensor) -> Tensor:
     which also removes the official code's division by a zero std. Degenerate responses (one
     completion token, or all token values equal) get mask 1 everywhere: no token is singled out.
     """
-    values = activation.float().mean(-1)
+    values = activation.to(torch.promote_types(activation.dtype, torch.float32)).mean(-1)
     valid = mask > 0
     big = torch.finfo(values.dtype).max
     lo = torch.where(valid, values, torch.full_like(values, big)).amin(-1, keepdim=True)

@@ -36,13 +36,19 @@ def shift_for_next_token(logits: Tensor, input_ids: Tensor, completion_mask: Ten
     return logits[:, :-1], input_ids[:, 1:], completion_mask[:, 1:]
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half/bf16/fp32 logits; fp64 stays fp64 (for exact tests)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _chunk(policy_flat: Tensor, ref_flat: Tensor | None, labels_flat: Tensor, index: Tensor,
            want_fkl: bool, want_rkl: bool) -> tuple[Tensor, ...]:
     labels = labels_flat.index_select(0, index).unsqueeze(-1)
-    pol_lp = policy_flat.index_select(0, index).float().log_softmax(-1)
+    dtype = _compute_dtype(policy_flat.dtype)
+    pol_lp = policy_flat.index_select(0, index).to(dtype).log_softmax(-1)
     outputs = [pol_lp.gather(-1, labels).squeeze(-1)]
     if ref_flat is not None:
-        ref_lp = ref_flat.index_select(0, index).float().log_softmax(-1)
+        ref_lp = ref_flat.index_select(0, index).to(dtype).log_softmax(-1)
         outputs.append(ref_lp.gather(-1, labels).squeeze(-1))
         if want_fkl:
             outputs.append((ref_lp.exp() * (ref_lp - pol_lp)).sum(-1))
@@ -86,11 +92,11 @@ def token_stats(policy_logits: Tensor, labels: Tensor, mask: Tensor, ref_logits:
         for bucket, out in zip(pieces, outs):
             bucket.append(out)
 
-    dtype = torch.float64 if policy_logits.dtype == torch.float64 else torch.float32
+    dtype = _compute_dtype(policy_logits.dtype)
     results = []
     for bucket in pieces:
         values = torch.cat(bucket) if bucket else policy_logits.new_zeros(0, dtype=dtype)
-        full = values.new_zeros(B * T).index_put((positions,), values.to(values.dtype))
+        full = values.new_zeros(B * T).index_put((positions,), values)
         results.append(full.reshape(B, T))
     it = iter(results)
     logps = next(it)

@@ -1,0 +1,50 @@
+"""``pobench methods``: every registered method with its paper, arXiv id and hyperparameters."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import methods
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for name in methods.available():
+        cls = methods.method_class(name)
+        instance = cls()
+        rows.append({
+            "name": name,
+            "paper": cls.paper,
+            "arxiv": cls.arxiv,
+            "hyperparameters": {k: v.default for k, v in cls.hyperparameters.items()},
+            "choices": {k: list(v.choices) for k, v in cls.hyperparameters.items() if v.choices},
+            "needs": sorted(instance.needs),
+            "uses_reference": cls.uses_reference,
+            "module": cls.__module__,
+        })
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = _rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        hparams = ", ".join(f"{k}={v!r}" for k, v in row["hyperparameters"].items())
+        print(f"{row['name']:<14} arXiv {row['arxiv'] or '-':<12} {row['paper']}")
+        print(f"{'':<14} defaults: {hparams}")
+        for key, options in row["choices"].items():
+            print(f"{'':<14} {key} in {options}")
+        extras = ", ".join(row["needs"]) or "token log-probs only"
+        ref = "" if row["uses_reference"] else " (reference-free)"
+        print(f"{'':<14} inputs: {extras}{ref}   [{row['module']}]")
+    print(f"\n{len(rows)} methods")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("methods", help="list PO methods with their papers and hyperparameters",
+                                   description="List every registered PO method (built-in and plugins).")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.set_defaults(func=run)
