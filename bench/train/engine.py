@@ -1,0 +1,325 @@
+"""The training loop shared by preference training and SFT.
+
+One loop, built on ``accelerate`` (DDP / FSDP / DeepSpeed come from it, configured by
+``accelerate launch --config_file bench/accelerate/<kind>.yaml`` or ``torchrun``):
+
+* deterministic data order: optimizer step ``s`` uses examples ``stream[s*G:(s+1)*G]`` of a
+  stream of seeded epoch permutations (``G`` = global batch); process ``r`` takes its slice of
+  each micro-batch. The data position is therefore just the step number, and N processes with
+  per-process batch b see exactly the examples of 1 process with batch N*b.
+* gradient accumulation, warmup + linear/cosine schedule, grad clipping, optional bf16 autocast
+  of the model forward (the loss math stays fp32), seeds;
+* checkpoints every N steps (model + method modules, optimizer, scheduler, RNG of every process,
+  step) written atomically; a restarted run resumes from the newest one;
+* per-step metrics to ``metrics.jsonl``, TensorBoard, Weights & Biases (when installed) and a
+  progress bar; a non-finite loss stops the run naming step, rows and the offending term.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bench.train.config import TrainConfig
+from bench.train.data import Batch, Tokenized, collate
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced NaN/inf; the message names the step, the data rows and the term."""
+
+
+class NonFiniteTerm(FloatingPointError):
+    """Raised inside a forward pass: ``term`` went non-finite for batch rows ``rows``."""
+
+    def __init__(self, term: str, rows: list[int] | None = None, detail: str = "") -> None:
+        super().__init__(f"{term} is non-finite" + (f" ({detail})" if detail else ""))
+        self.term, self.rows, self.detail = term, rows or [], detail
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced (also stored as ``<output_dir>/result.json``)."""
+
+    output_dir: str
+    model_path: str  # safetensors directory, loadable with bench.models.load_model
+    steps: int
+    final_loss: float
+    metrics: dict[str, float]  # last step's metrics
+    data: dict[str, Any]  # DataReport.to_dict()
+    runtime_s: float
+    resumed_from_step: int | None
+    fingerprint: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainResult":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def set_seed(seed: int) -> None:
+    from accelerate.utils import set_seed as accelerate_set_seed
+
+    accelerate_set_seed(seed)
+
+
+# --------------------------------------------------------------------------- data order
+def example_stream(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Positions ``start .. start+count`` of the stream of seeded epoch permutations of range(n)."""
+    out: list[int] = []
+    epoch, offset = divmod(start, n)
+    while len(out) < count:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        out.extend(order[offset:])
+        epoch, offset = epoch + 1, 0
+    return out[:count]
+
+
+def total_steps(config: TrainConfig, n_examples: int, world: int) -> int:
+    if config.steps > 0:
+        return config.steps
+    global_batch = config.batch_size * config.grad_accum * world
+    return max(1, math.ceil(config.epochs * n_examples / global_batch))
+
+
+# --------------------------------------------------------------------------- logging
+class MetricsLogger:
+    """metrics.jsonl (always) + TensorBoard + W&B (when installed and enabled) + progress bar."""
+
+    def __init__(self, config: TrainConfig, output_dir: Path, total: int, start: int, enabled: bool,
+                 run_name: str) -> None:
+        self.enabled = enabled
+        self.path = output_dir / "metrics.jsonl"
+        self.tb = self.wandb = self.bar = None
+        if not enabled:
+            return
+        # drop lines written after the checkpoint we resume from (they will be recomputed)
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+        if config.wandb is not False:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                if config.wandb:
+                    raise ImportError("config.wandb=True but the wandb package is not installed: "
+                                      "pip install 'pobench[wandb]'") from None
+            else:
+                self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "pobench"), name=run_name,
+                                        config=config.to_dict(), resume="allow")
+        if config.progress_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=run_name, dynamic_ncols=True)
+        self.file = self.path.open("a")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in metrics.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "rewards/accuracy") if k in metrics})
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
+    root = output_dir / "checkpoints"
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    # pickle, not safetensors: tied embeddings share storage, which safetensors refuses
+    accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / "trainer_state.json", {"step": step})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        older = sorted((p for p in root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
+        for old in older[:max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------- the loop
+def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def build_scheduler(config: TrainConfig, optimizer, steps: int):
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[config.lr_schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=steps)
+
+
+def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.Module,
+             param_groups: list[dict], examples: Sequence[Tokenized], pad_id: int,
+             step_fn: Callable[[nn.Module, Batch], StepOutput], run_name: str) -> tuple[int, dict, int | None]:
+    """Train ``module`` (policy + method modules) and return (steps, last metrics, resumed_from).
+
+    ``step_fn(prepared_module, batch)`` runs one micro-batch forward and returns its loss/metrics.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps = total_steps(config, len(examples), world)
+    optimizer = build_optimizer(config, param_groups)
+    scheduler = build_scheduler(config, optimizer, steps)
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+
+    start, resumed_from = 0, None
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        start = resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        accelerator.print(f"[pobench] resuming {run_name} from {checkpoint} (step {start}/{steps})")
+
+    logger = MetricsLogger(config, output_dir, steps, start, accelerator.is_main_process, run_name)
+    B, K = config.batch_size, config.grad_accum
+    global_batch = B * K * world
+    last: dict[str, float] = {}
+    trainable = [p for group in param_groups for p in group["params"]]
+    try:
+        for step in range(start, steps):
+            t0 = time.perf_counter()
+            stream = example_stream(len(examples), config.seed, step * global_batch, global_batch)
+            sums: dict[str, Tensor] = {}
+            tokens = torch.zeros((), dtype=torch.float64)
+            module.train()
+            for micro in range(K):
+                lo = micro * B * world + rank * B
+                rows = stream[lo:lo + B]
+                batch = collate([examples[i] for i in rows], pad_id).to(accelerator.device)
+                sync = contextlib.nullcontext() if micro == K - 1 else accelerator.no_sync(module)
+                with sync:
+                    try:
+                        out = step_fn(module, batch)
+                    except NonFiniteTerm as exc:
+                        bad = [batch.indices[i] for i in exc.rows] or batch.indices
+                        raise NonFiniteLossError(
+                            f"{run_name}: non-finite {exc.term} at optimizer step {step + 1}, "
+                            f"micro-batch {micro}, process {rank}: data rows {bad}"
+                            + (f" ({exc.detail})" if exc.detail else "")) from exc
+                    if not torch.isfinite(out.loss):
+                        raise NonFiniteLossError(f"{run_name}: non-finite loss at optimizer step {step + 1}, "
+                                                 f"micro-batch {micro}, process {rank}: data rows {batch.indices}")
+                    accelerator.backward(out.loss / K)
+                tokens += batch.attention_mask.sum().double()
+                for key, value in {"loss": out.loss, **out.metrics}.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach().float() / K
+            grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm) \
+                if config.max_grad_norm > 0 else None
+            if grad_norm is not None and not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(f"{run_name}: non-finite gradient norm at optimizer step {step + 1} "
+                                         f"(data rows of this process: {stream})")
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            # one reduction and one host read per step for all metrics
+            keys = sorted(sums)
+            packed = torch.stack([sums[k] for k in keys] + [tokens.float()])
+            packed = accelerator.reduce(packed, reduction="sum") if world > 1 else packed
+            values = packed.tolist()
+            elapsed = time.perf_counter() - t0
+            last = {k: v / world for k, v in zip(keys, values[:-1])}
+            last["tokens_per_s"] = values[-1] / elapsed
+            last["lr"] = scheduler.get_last_lr()[0]
+            if grad_norm is not None:
+                last["grad_norm"] = float(grad_norm)
+            last["step_time_s"] = elapsed
+            if (step + 1) % config.log_every == 0 or step + 1 == steps:
+                logger.log(step + 1, last)
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
+                save_checkpoint(accelerator, output_dir, step + 1, config.keep_checkpoints)
+    finally:
+        logger.close()
+    accelerator.wait_for_everyone()
+    return steps, last, resumed_from
+
+
+def finished_result(output_dir: Path, fp: str, overwrite: bool = False) -> TrainResult | None:
+    """The cached result of a finished run with the same fingerprint, else None.
+
+    A finished run with a DIFFERENT fingerprint raises (it would be silently replaced otherwise).
+    """
+    path = output_dir / "result.json"
+    if not path.exists():
+        return None
+    result = TrainResult.load(path)
+    if result.fingerprint == fp:
+        return result
+    if overwrite:
+        return None
+    raise FileExistsError(f"{output_dir} holds a finished run with a different configuration or data "
+                          f"(fingerprint {result.fingerprint} != {fp}); choose another output_dir or pass "
+                          "overwrite=True")
+
+
+def make_accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")

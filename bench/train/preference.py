@@ -1,0 +1,337 @@
+"""Preference training of any registered method (policy vs frozen reference, ``method.loss``).
+
+The trainer never branches on a method's name; it reads ``method.needs`` and
+``method.uses_reference``:
+
+* no reference (``uses_reference`` False): reference log-probs are zeros, no reference model.
+* the method needs nothing from the reference but its token log-probs (DPO, IPO, cDPO, ...):
+  they are computed once per dataset and cached (``<cache>/reference/<hash>.pt``), so training
+  runs one forward pass per step (chosen and rejected concatenated).
+* ``fkl`` / ``rkl`` / ``ref_hidden`` needed: the reference runs every step under ``no_grad``; the
+  full-vocabulary KL is chunked (``methods.token_math``); hidden states only for ``ref_hidden``.
+* ``masks`` (MaPO): ``method.reference_masks`` on activations recorded by forward hooks on the
+  reference, precomputed once per dataset and cached like the log-probs.
+* ``weights`` (TIS-DPO): read from the pairs (``weights_chosen`` / ``weights_rejected``, one per
+  response token), produced by :func:`bench.train.tis.estimate_tis_weights`.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import methods as method_registry
+from methods import Method, MethodError, PairBatch, token_stats
+from bench.models import cache_dir
+from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
+from bench.train.data import Batch, Tokenized, collate, resolve_chat_template, tokenize_rows
+from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, finished_result,
+                                make_accelerator, run_loop, set_seed, write_json_atomic)
+from bench.train.policy import FrozenReference, load_policy, model_shape, save_final
+
+ONLINE_REFERENCE_NEEDS = frozenset({"fkl", "rkl", "ref_hidden"})
+WEIGHT_KEYS = ("weights_chosen", "weights_rejected")
+# fields that do not change what is trained (excluded from the run fingerprint)
+_NON_SEMANTIC = {"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "wandb", "progress_bar"}
+
+
+def reference_plan(method: Method, config: PreferenceTrainConfig) -> str:
+    """"none" | "cached" | "online": how reference log-probs are obtained for this method."""
+    if not method.uses_reference and not (method.needs & ONLINE_REFERENCE_NEEDS):
+        return "none"
+    online_needed = bool(method.needs & ONLINE_REFERENCE_NEEDS)
+    if config.precompute_reference is True and online_needed:
+        raise TrainConfigError(f"precompute_reference=True, but method {method.name!r} needs "
+                               f"{sorted(method.needs & ONLINE_REFERENCE_NEEDS)} from the reference at every "
+                               "step; leave precompute_reference unset")
+    if online_needed or config.precompute_reference is False:
+        return "online"
+    return "cached"
+
+
+def shifted(t: Tensor) -> Tensor:
+    """Unshifted per-token tensor -> aligned with ``labels = input_ids[:, 1:]``."""
+    return t[:, 1:]
+
+
+def scatter_completion(values: list[Tensor], mask: Tensor) -> Tensor:
+    """Place each row's per-completion-token values at the row's completion positions of ``mask``."""
+    full = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    if values:
+        full[mask > 0] = torch.cat(values).to(mask.device, torch.float32)
+    return full
+
+
+# --------------------------------------------------------------------------- reference pass
+def model_identity(resolved) -> dict[str, Any]:
+    """What identifies the reference weights for cache keys: the source and its files' sizes/mtimes."""
+    path = Path(resolved.path)
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
+    return {"path": str(resolved.path), "source": resolved.source,
+            "files": [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]}
+
+
+@torch.no_grad()
+def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pad_id: int, *,
+                   want_logps: bool, mask_method: Method | None, precision: str, batch_size: int,
+                   device: torch.device) -> dict[str, list[list[Tensor]]]:
+    """Per example and response, the reference's token log-probs / MaPO masks on completion tokens."""
+    from methods.sparsepo_mapo import record_activations  # hook points shared with MaPO
+
+    out: dict[str, list[list[Tensor]]] = {"logps": [], "masks": []}
+    dtype_ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        batch = collate(chunk, pad_id).to(device)
+        mask = shifted(batch.completion_mask)
+        hooks = record_activations(reference.model) if mask_method is not None else _no_hooks()
+        with hooks as activations, dtype_ctx:
+            logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        per_row: dict[str, list[Tensor]] = {}
+        if want_logps:
+            stats = token_stats(logits[:, :-1], shifted(batch.input_ids), mask)
+            per_row["logps"] = [stats.logps[i][mask[i] > 0].cpu() for i in range(mask.shape[0])]
+        if mask_method is not None:
+            trimmed = {kind: [a[:, :-1] for a in acts] for kind, acts in activations.items()}
+            masks = mask_method.reference_masks(trimmed, mask)
+            per_row["masks"] = [masks[i][mask[i] > 0].float().cpu() for i in range(mask.shape[0])]
+        n = len(chunk)
+        for key, rows in per_row.items():
+            # rows are [all chosen..., all rejected...]
+            out[key].extend([rows[i], rows[n + i]] for i in range(n))
+    return out
+
+
+class _no_hooks:
+    def __enter__(self):
+        return {}
+
+    def __exit__(self, *exc):
+        return False
+
+
+def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples, pad_id, *, want_logps: bool,
+                          mask_method: Method | None, config: PreferenceTrainConfig, device, is_main: bool):
+    """``reference_pass`` cached under ``<cache>/reference/<hash>.pt`` (one file per model+data+kind)."""
+    results: dict[str, list] = {}
+    wanted = [("logps", want_logps, None), ("masks", mask_method is not None, mask_method)]
+    for kind, needed, m in wanted:
+        if not needed:
+            continue
+        key = fingerprint(key_parts, kind, config.precision,
+                          None if m is None else (type(m).__module__, type(m).__qualname__, m.hparams()))
+        path = cache_dir() / "reference" / f"{kind}-{key}.pt"
+        if path.exists():
+            results[kind] = torch.load(path)
+            continue
+        computed = reference_pass(reference, examples, pad_id, want_logps=kind == "logps",
+                                  mask_method=m if kind == "masks" else None, precision=config.precision,
+                                  batch_size=max(1, config.batch_size), device=device)[kind]
+        results[kind] = computed
+        if is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save(computed, tmp)
+            tmp.replace(path)
+    return results
+
+
+# --------------------------------------------------------------------------- the trainable module
+class PreferenceModule(nn.Module):
+    """Policy + method (whose ``modules()`` are trainable extras); ``forward`` returns the loss.
+
+    Everything trainable runs inside this forward so DDP/FSDP see one module.
+    """
+
+    def __init__(self, policy: nn.Module, method: Method, reference: FrozenReference | None, plan: str,
+                 config: PreferenceTrainConfig) -> None:
+        super().__init__()
+        self.policy = policy
+        self.method = method
+        object.__setattr__(self, "reference", reference)  # not a submodule: never trained or saved
+        self.plan = plan
+        self.config = config
+
+    def forward(self, batch: Batch, cached: dict[str, Tensor]) -> StepOutput:
+        needs = self.method.needs
+        device = batch.input_ids.device
+        with autocast(self.config, device):
+            logits = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        ref_logits = ref_hidden = None
+        if self.plan == "online":
+            with autocast(self.config, device):
+                ref_out = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         output_hidden_states="ref_hidden" in needs)
+            ref_logits = ref_out.logits
+            if "ref_hidden" in needs:  # per-layer outputs, embedding output excluded
+                ref_hidden = torch.stack(ref_out.hidden_states[1:], dim=2)[:, :-1].float()
+        labels, mask = shifted(batch.input_ids), shifted(batch.completion_mask)
+        stats = token_stats(logits[:, :-1], labels, mask, None if ref_logits is None else ref_logits[:, :-1],
+                            fkl="fkl" in needs, rkl="rkl" in needs)
+        if stats.ref_logps is not None:
+            ref_logps = stats.ref_logps
+        elif "ref_logps" in cached:
+            ref_logps = cached["ref_logps"]
+        else:
+            ref_logps = torch.zeros_like(stats.logps)
+        n = batch.input_ids.shape[0] // 2
+        fields: dict[str, Tensor | None] = {
+            "logps": stats.logps, "ref_logps": ref_logps, "mask": mask, "fkl": stats.fkl, "rkl": stats.rkl,
+            "weights": shifted(batch.weights) if "weights" in needs else None,
+            "masks": cached.get("masks"), "ref_hidden": ref_hidden,
+        }
+        pair = {}
+        for name, value in fields.items():
+            if value is None:
+                continue
+            pair[f"{name}_w"], pair[f"{name}_l"] = value[:n], value[n:]
+        for name, value in pair.items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                rows = sorted({int(r) % n for r in (~torch.isfinite(value)).nonzero()[:, 0].tolist()})
+                raise NonFiniteTerm(f"input {name}", rows, "before the method's loss")
+        try:
+            out = self.method.loss(PairBatch(**pair))
+        except MethodError as exc:
+            if "non-finite" in str(exc) or "NaN" in str(exc):
+                raise NonFiniteTerm(f"{self.method.name} loss", [], str(exc)) from exc
+            raise
+        metrics = dict(out.metrics)
+        # sequence-level KL of the policy from the reference, wherever it was computed anyway
+        for kind, values in (("fkl", stats.fkl), ("rkl", stats.rkl)):
+            if values is not None:
+                per_seq = (values * mask).sum(-1).detach()
+                metrics[f"kl/seq_{kind}_chosen"] = per_seq[:n].mean()
+                metrics[f"kl/seq_{kind}_rejected"] = per_seq[n:].mean()
+        return StepOutput(out.loss, metrics)
+
+
+# --------------------------------------------------------------------------- public entry point
+def prepare_run(output_dir: Path, fp: str, overwrite: bool, is_main: bool) -> None:
+    """Refuse to mix runs: an output_dir belongs to one fingerprint (or is wiped with overwrite)."""
+    run_file = output_dir / "run.json"
+    if run_file.exists():
+        import json
+
+        previous = json.loads(run_file.read_text()).get("fingerprint")
+        if previous != fp:
+            if not overwrite:
+                raise FileExistsError(f"{output_dir} holds a run with another configuration/data "
+                                      f"(fingerprint {previous} != {fp}); use another output_dir or overwrite=True")
+            if is_main:
+                shutil.rmtree(output_dir)
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_file, {"fingerprint": fp})
+
+
+def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], method: Method | str,
+                     output_dir: str | Path, *, overwrite: bool = False) -> TrainResult:
+    """Train ``config.model`` on preference ``pairs`` with ``method``; return a :class:`TrainResult`.
+
+    Args:
+        config: model id, LoRA, optimisation, lengths, precision, checkpointing (see the dataclass).
+        pairs: dicts with ``prompt``, ``chosen``, ``rejected`` (strings) and, for methods that need
+            token weights (TIS-DPO), ``weights_chosen`` / ``weights_rejected`` from
+            :func:`bench.train.tis.estimate_tis_weights`. Bad rows are dropped and counted
+            (``result.data``) or raise (``config.bad_rows="error"``).
+        method: a ``methods.Method`` instance (hyperparameters set) or a registered name.
+        output_dir: receives ``model/`` (safetensors + tokenizer, LoRA merged; loadable with
+            ``bench.models.load_model``; ``method_modules.pt`` holds e.g. SparsePO mask heads),
+            ``metrics.jsonl`` (one line per step), ``tensorboard/``, ``checkpoints/`` while running,
+            ``run.json`` and ``result.json``.
+
+    Calling again with a finished ``output_dir`` (same config, method and data) returns the stored
+    result without training; an interrupted run (even ``kill -9``) resumes from its newest
+    checkpoint and ends with the same weights and losses as an uninterrupted run.
+    Works the same under ``accelerate launch`` / ``torchrun`` with several processes.
+    """
+    if isinstance(method, str):
+        method = method_registry.get(method)
+    config.validate()
+    output_dir = Path(output_dir)
+    semantic = {k: v for k, v in config.to_dict().items() if k not in _NON_SEMANTIC}
+    fp = fingerprint("preference", semantic, method.name, method.hparams(), list(pairs))
+    cached_result = finished_result(output_dir, fp, overwrite)
+    if cached_result is not None:
+        return cached_result
+
+    t0 = time.time()
+    accelerator = make_accelerator()
+    prepare_run(output_dir, fp, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)
+
+    policy, tokenizer, resolved = load_policy(config)
+    use_template = resolve_chat_template(tokenizer, config.chat_template)
+    needs_weights = "weights" in method.needs
+    if needs_weights and not all(k in row for row in pairs[:1] for k in WEIGHT_KEYS):
+        raise TrainConfigError(f"method {method.name!r} needs token weights: run the TIS weight stage "
+                               "(bench.train.tis.estimate_tis_weights) and train on the pairs it returns")
+    examples, report = tokenize_rows(
+        pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length, use_chat_template=use_template, add_eos=config.add_eos,
+        bad_rows=config.bad_rows, weight_keys=WEIGHT_KEYS if needs_weights else None)
+    if report.dropped:
+        accelerator.print(f"[pobench] {method.name}: {report.summary()}")
+
+    hidden_size, num_layers = model_shape(policy)
+    method.setup(hidden_size, num_layers)
+    plan = reference_plan(method, config)
+    needs_reference_model = plan != "none" or "masks" in method.needs
+    reference = FrozenReference(policy, config.lora is not None) if needs_reference_model else None
+    if reference is not None and not reference.lora:
+        reference.model.to(accelerator.device)
+    policy.to(accelerator.device)
+    method.to(accelerator.device)
+
+    cache: dict[str, list] = {}
+    if plan == "cached" or "masks" in method.needs:
+        key_parts = {"model": model_identity(resolved), "lora": config.lora is not None,
+                     "data": [(e.prompt, e.responses) for e in examples]}
+        cache = cached_reference_pass(key_parts, reference, examples, tokenizer.pad_token_id,
+                                      want_logps=plan == "cached",
+                                      mask_method=method if "masks" in method.needs else None, config=config,
+                                      device=accelerator.device, is_main=accelerator.is_main_process)
+    position = {e.index: i for i, e in enumerate(examples)}
+
+    module = PreferenceModule(policy, method, reference, plan, config)
+
+    def step_fn(prepared: nn.Module, batch: Batch) -> StepOutput:
+        mask = shifted(batch.completion_mask)
+        cached: dict[str, Tensor] = {}
+        for key, name in (("logps", "ref_logps"), ("masks", "masks")):
+            if key in cache:
+                rows = [cache[key][position[i]] for i in batch.indices]
+                values = [r[0] for r in rows] + [r[1] for r in rows]
+                cached[name] = scatter_completion(values, mask)
+        return prepared(batch, cached)
+
+    policy_params = [p for p in policy.parameters() if p.requires_grad]
+    extra_params = [p for m in method.modules() for p in m.parameters() if p.requires_grad]
+    groups = [{"params": policy_params, "weight_decay": config.weight_decay},
+              {"params": extra_params, "weight_decay": config.method_weight_decay}]
+    steps, last, resumed_from = run_loop(
+        accelerator=accelerator, config=config, output_dir=output_dir, module=module, param_groups=groups,
+        examples=examples, pad_id=tokenizer.pad_token_id, step_fn=step_fn,
+        run_name=f"{method.name}")
+
+    model_path = output_dir / "model"
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(module)
+        model_path = save_final(unwrapped.policy, tokenizer, list(unwrapped.method.modules()), output_dir,
+                                config.lora is not None)
+        result = TrainResult(
+            output_dir=str(output_dir), model_path=str(model_path), steps=steps,
+            final_loss=float(last.get("loss", float("nan"))), metrics=last, data=report.to_dict(),
+            runtime_s=time.time() - t0, resumed_from_step=resumed_from, fingerprint=fp,
+            extra={"method": method.name, "hparams": method.hparams(), "reference": plan,
+                   "model_source": resolved.source, "num_processes": accelerator.num_processes,
+                   "chat_template": use_template, "config": config.to_dict()})
+        write_json_atomic(output_dir / "result.json", result.to_dict())
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult.load(output_dir / "result.json")

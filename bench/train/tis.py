@@ -1,0 +1,161 @@
+"""TIS-DPO token-weight estimation: its own cached stage, run before TIS-DPO training.
+
+Two estimators of the contrastive pair (pi_plus, pi_minus) whose token log-prob difference
+scores each response token (``methods.tis_dpo.token_weights`` turns scores into weights):
+
+* ``dpo_contrastive`` (the paper's main recipe): pi_plus = DPO on the pairs, pi_minus = DPO on the
+  pairs with chosen and rejected swapped ("reverse DPO"), both from ``train.model``;
+* ``prompt_contrastive``: one model (``train.model``) conditioned on a "good" vs a "bad" system
+  prompt (or prefix, without a chat template).
+
+The output is the input pairs plus ``weights_chosen`` / ``weights_rejected`` (one float per
+response token under the training tokenisation of ``train``: use the same ``model``,
+``max_length``, ``max_prompt_length`` and ``chat_template`` for the TIS-DPO run), written to
+``<output_dir>/weighted_pairs.jsonl`` and reused when called again with the same inputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+import methods as method_registry
+from methods import token_stats
+from methods.tis_dpo import token_weights
+from bench.models import load_model
+from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
+from bench.train.data import Tokenized, collate, resolve_chat_template, tokenize_rows
+from bench.train.preference import shifted, train_preference
+
+ESTIMATORS = ("dpo_contrastive", "prompt_contrastive")
+
+
+@dataclass
+class TISWeightConfig:
+    """``train``: model, lengths and (for dpo_contrastive) the optimisation of both contrastive runs."""
+
+    train: PreferenceTrainConfig = field(default_factory=PreferenceTrainConfig)
+    estimator: str = "dpo_contrastive"
+    beta: float = 0.1  # DPO beta of the contrastive runs
+    transform: str = "rank"  # methods.tis_dpo.TRANSFORMS: rank | clip | exp
+    transform_options: dict[str, Any] = field(default_factory=dict)
+    good_system_prompt: str = "You are a helpful, harmless and honest assistant. Give the best possible answer."
+    bad_system_prompt: str = "You are an unhelpful assistant. Give a poor, careless or harmful answer."
+    score_batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise TrainConfigError(f"TIS weights: estimator={self.estimator!r} is not one of {ESTIMATORS}")
+        if isinstance(self.train, dict):
+            self.train = PreferenceTrainConfig.from_dict(self.train)
+        self.train.validate()
+
+
+@torch.no_grad()
+def score_tokens(model, examples: Sequence[Tokenized], pad_id: int, batch_size: int,
+                 precision: str = "fp32") -> list[list[torch.Tensor]]:
+    """Token log-probs of every response token: per example, one 1-D tensor per response."""
+    model.eval()
+    out: list[list[torch.Tensor]] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        batch = collate(chunk, pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        mask = shifted(batch.completion_mask)
+        logps = token_stats(logits[:, :-1], shifted(batch.input_ids), mask).logps
+        rows = [logps[i][mask[i] > 0] for i in range(mask.shape[0])]
+        n = len(chunk)
+        responses = len(chunk[0].responses)
+        out.extend([rows[r * n + i] for r in range(responses)] for i in range(n))
+    return out
+
+
+def _weights(plus: list[list[torch.Tensor]], minus: list[list[torch.Tensor]], examples: Sequence[Tokenized],
+             config: TISWeightConfig) -> list[tuple[list[float], list[float]]]:
+    result = []
+    for p, m, ex in zip(plus, minus, examples):
+        per_side = []
+        for side, rejected in ((0, False), (1, True)):
+            n = len(ex.responses[side])
+            eos = torch.zeros(1, n)
+            if ex.eos_last and ex.eos_last[side]:
+                eos[0, -1] = 1
+            w = token_weights(p[side].unsqueeze(0).float(), m[side].unsqueeze(0).float(), torch.ones(1, n),
+                              rejected=rejected, eos_mask=eos, transform=config.transform,
+                              **config.transform_options)
+            per_side.append([round(float(v), 6) for v in w[0]])
+        result.append((per_side[0], per_side[1]))
+    return result
+
+
+def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_dir: str | Path) -> list[dict]:
+    """Return ``pairs`` (usable rows only) with ``weights_chosen`` / ``weights_rejected`` added."""
+    config.validate()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint("tis-weights", asdict(config), list(pairs))
+    final = output_dir / "weighted_pairs.jsonl"
+    meta_path = output_dir / "weights_meta.json"
+    if final.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
+        return [json.loads(line) for line in final.read_text().splitlines() if line.strip()]
+
+    train = config.train
+    if config.estimator == "dpo_contrastive":
+        dpo = method_registry.get("dpo", beta=config.beta)
+        plus_run = train_preference(train, pairs, dpo, output_dir / "pi_plus")
+        swapped = [{**row, "chosen": row.get("rejected"), "rejected": row.get("chosen")}
+                   if isinstance(row, dict) else row for row in pairs]
+        minus_run = train_preference(train, swapped, method_registry.get("dpo", beta=config.beta),
+                                     output_dir / "pi_minus")
+        plus_model, tokenizer = load_model(plus_run.model_path)
+        use_template = resolve_chat_template(tokenizer, train.chat_template)
+        examples, report = _training_tokens(pairs, tokenizer, train, use_template)
+        plus = score_tokens(plus_model, examples, tokenizer.pad_token_id, config.score_batch_size, train.precision)
+        del plus_model
+        minus_model, _ = load_model(minus_run.model_path)
+        minus = score_tokens(minus_model, examples, tokenizer.pad_token_id, config.score_batch_size,
+                             train.precision)
+        del minus_model
+        details = {"pi_plus": plus_run.model_path, "pi_minus": minus_run.model_path}
+    else:
+        model, tokenizer = load_model(train.model)
+        use_template = resolve_chat_template(tokenizer, train.chat_template)
+        examples, report = _training_tokens(pairs, tokenizer, train, use_template)
+        scored = []
+        for system in (config.good_system_prompt, config.bad_system_prompt):
+            conditioned = []
+            for ex in examples:
+                prompt_text = pairs[ex.index]["prompt"]
+                from bench.train.data import format_prompt
+
+                prompt_ids = tokenizer(format_prompt(tokenizer, prompt_text, use_template, system),
+                                       add_special_tokens=not use_template).input_ids
+                conditioned.append(Tokenized(ex.index, prompt_ids, ex.responses, None, ex.eos_last))
+            scored.append(score_tokens(model, conditioned, tokenizer.pad_token_id, config.score_batch_size,
+                                       train.precision))
+        plus, minus = scored
+        details = {"good_system_prompt": config.good_system_prompt, "bad_system_prompt": config.bad_system_prompt}
+
+    weighted = []
+    for ex, (w_chosen, w_rejected) in zip(examples, _weights(plus, minus, examples, config)):
+        weighted.append({**pairs[ex.index], "weights_chosen": w_chosen, "weights_rejected": w_rejected})
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in weighted))
+    os.replace(tmp, final)
+    meta = {"fingerprint": fp, "estimator": config.estimator, "transform": config.transform,
+            "data": report.to_dict(), **details}
+    tmp = meta_path.with_name(f".{meta_path.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, meta_path)
+    return weighted
+
+
+def _training_tokens(pairs, tokenizer, train: PreferenceTrainConfig, use_template: bool):
+    return tokenize_rows(pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=train.max_length,
+                         max_prompt_length=train.max_prompt_length, use_chat_template=use_template,
+                         add_eos=train.add_eos, bad_rows=train.bad_rows)
