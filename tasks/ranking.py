@@ -75,12 +75,18 @@ def rank_samples(samples: Sequence[Sample], judge: Judge, max_workers: int = 4) 
 
 
 def pairs_by_ranking(samples: Sequence[Sample], judge: Judge, require_win: bool = True,
-                     max_workers: int = 4) -> tuple[list[PreferencePair], list[Ranking]]:
-    """Best vs worst per prompt after the pairwise sort.
+                     max_workers: int = 4) -> list[PreferencePair]:
+    """Best vs worst per prompt after the pairwise sort (see :func:`rank_and_pair`)."""
+    return rank_and_pair(samples, judge, require_win, max_workers)[0]
+
+
+def rank_and_pair(samples: Sequence[Sample], judge: Judge, require_win: bool = True,
+                  max_workers: int = 4) -> tuple[list[PreferencePair], list[Ranking]]:
+    """Best vs worst per prompt after the pairwise sort, and the rankings themselves.
 
     ``require_win``: keep a pair only when the judge strictly prefers the best over the worst (a
-    prompt whose samples all tie gives no pair). Returns (pairs, rankings) so callers can report the
-    number of comparisons and compare with pointwise scoring.
+    prompt whose samples all tie gives no pair). The rankings carry the number of comparisons and
+    feed :func:`compare_with_pointwise`.
     """
     rankings = rank_samples(samples, judge, max_workers)
     pairs = []
