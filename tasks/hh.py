@@ -108,6 +108,7 @@ class HH(Task):
         "subset": ("", "HH subset folder (harmless-base, helpful-base, ...); empty = all available"),
         "eval_fraction": (0.1, "share of records held out for eval when there is no train file"),
         "strict": (False, "raise on the first malformed record instead of skipping and reporting it"),
+        "max_eval_pairs": (256, "held-out pairs teacher-forced for alignment_accuracy when no limit is given"),
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -210,12 +211,12 @@ class HH(Task):
                 for p in limit_list(self._pairs("train"), limit)]
 
     def eval_pairs(self, limit: int | None = None) -> list[PreferencePair]:
-        return limit_list(self._pairs("test"), limit)
+        return limit_list(self._pairs("test"), self.max_eval_pairs if limit is None else limit)
 
     def eval_prompts(self, limit: int | None = None) -> list[Prompt]:
         return [Prompt(id=p.id, text=p.prompt, reference=p.chosen,
                        meta={"rejected": p.rejected, "messages": dialogue_turns(p.prompt)})
-                for p in self.eval_pairs(limit)]
+                for p in limit_list(self._pairs("test"), limit)]
 
     def malformed_report(self) -> list[dict[str, Any]]:
         return [{"file": p.path, "line": p.line, "reason": p.reason} for p in self.problems]

@@ -67,11 +67,13 @@ class TLDR(Task):
         Metric("self_bleu", False, "self-BLEU among samples (0-100; lower = more diverse)"),
         Metric("win_rate", True, "judge win rate vs the reference summary (ties = 1/2)"),
         Metric("similarity_to_reference", True, "offline fallback: MiniLM cosine similarity to the reference"),
+        Metric("alignment_accuracy", True, "held-out comparisons where the implicit reward log pi/ref ranks chosen first"),
     )
     sampling = Sampling(max_new_tokens=64, temperature=1.0, top_p=1.0, n=1, stop=("\n",))
     preference_mode = "dataset"
     options = {
         "eval_split": ("test", "split of trl-lib/tldr whose prompts are evaluated"),
+        "max_eval_pairs": (256, "held-out preference pairs teacher-forced for alignment_accuracy when no limit is given"),
     }
 
     def default_judge(self) -> str:
@@ -106,7 +108,8 @@ class TLDR(Task):
     def eval_pairs(self, limit: int | None = None) -> list[PreferencePair]:
         return [PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"],
                                id=f"pref-validation:{r['_line']}")
-                for r in limit_list(self._rows("tldr-preference", "validation"), limit)]
+                for r in limit_list(self._rows("tldr-preference", "validation"),
+                                    self.max_eval_pairs if limit is None else limit)]
 
     def eval_prompts(self, limit: int | None = None) -> list[Prompt]:
         return [Prompt(id=f"{self.eval_split}:{r['_line']}", text=r["prompt"], reference=r["completion"])
