@@ -72,22 +72,28 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    """The preference-optimisation budget, identical for every method unless a method overrides it."""
+    """The preference-optimisation budget, identical for every method unless a method overrides it.
+
+    Field names follow ``bench.train.config.PreferenceTrainConfig`` (the trainer's own config).
+    """
 
     steps: int = doc(20, "optimizer steps (0 = use epochs)", minimum=0)
     epochs: float = doc(1.0, "epochs over the preference pairs when steps == 0", minimum=0)
-    batch_size: int = doc(8, "pairs per optimizer step", minimum=1)
+    batch_size: int = doc(8, "pairs per optimizer micro-step", minimum=1)
     grad_accum: int = doc(1, "gradient-accumulation micro-steps per optimizer step", minimum=1)
     lr: float = doc(5e-4, "peak learning rate", minimum=0)
-    warmup_ratio: float = doc(0.0, "linear warm-up fraction of the steps", minimum=0)
+    warmup_steps: int = doc(0, "linear warm-up steps", minimum=0)
     weight_decay: float = doc(0.0, "AdamW weight decay", minimum=0)
-    optimizer: str = choice("adamw", "sgd", default="adamw")
-    scheduler: str = choice("constant", "linear", "cosine", default="constant")
+    lr_schedule: str = choice("constant", "linear", "cosine", default="constant")
+    max_grad_norm: float = doc(1.0, minimum=0)
     max_length: int = doc(512, "max prompt+response tokens per sequence", minimum=8)
+    max_prompt_length: int = doc(256, "max prompt tokens", minimum=1)
     peft: str = choice("lora", "full", default="lora", help="LoRA adapters or full fine-tuning")
     lora: LoraConfig = doc(factory=LoraConfig)
     precision: str = choice("fp32", "bf16", default="fp32", help="autocast dtype for forward/backward")
-    gradient_checkpointing: bool = doc(False)
+    chat_template: bool | None = doc(False, "None = the tokenizer's template when it has one; False = plain text")
+    checkpoint_every: int = doc(5, "optimizer steps between resumable checkpoints (0 = none)", minimum=0)
+    method_weight_decay: float = doc(0.01, "weight decay of method modules (SparsePO mask heads)", minimum=0)
 
 
 @dataclass
@@ -126,12 +132,14 @@ class PrefDataConfig:
 
 @dataclass
 class TISConfig:
-    """TIS-DPO token-weight estimation (the ``prep`` stage): contrastive models and weight mapping."""
+    """TIS-DPO token-weight estimation (the ``prep`` stage; ``bench.train.estimate_tis_weights``)."""
 
+    estimator: str = choice("dpo_contrastive", "prompt_contrastive", default="dpo_contrastive",
+                            help="DPO vs reverse-DPO models (official code) or good/bad system prompts")
     positive: str = choice("suite_dpo", "train", default="suite_dpo",
-                           help="suite_dpo: reuse this suite's DPO policy as pi_plus; train: train one")
-    weight_range: list[float] = doc(help="[low, high] weight range", factory=lambda: [0.7, 1.3])
-    mapping: str = choice("rank_based", "clip_linear", default="rank_based")
+                           help="suite_dpo: reuse this suite's DPO policy as pi_plus; train: train its own")
+    transform: str = choice("rank", "clip", "exp", default="rank", help="raw scores -> weights")
+    transform_options: dict[str, Any] = doc(factory=dict, help="e.g. {low: 0.7, high: 1.3}")
 
 
 @dataclass
@@ -158,7 +166,6 @@ class ScoreConfig:
     kl: bool = doc(True, "KL(policy || reference) per sequence by teacher forcing")
     kl_budget: float = doc(5.0, "flag runs whose mean KL exceeds this many nats/seq", minimum=0)
     kl_batch_size: int = doc(32, minimum=1)
-    judges: dict[str, Any] = doc(help="judge overrides passed to the task (task-specific)", factory=dict)
 
 
 @dataclass
@@ -205,6 +212,8 @@ class SuiteConfig:
     description: str = doc("")
     models: list[ModelConfig] = doc(factory=lambda: [ModelConfig()])
     tasks: list[str] = doc(factory=lambda: ["imdb"])
+    task_options: dict[str, Any] = doc(factory=dict, help="task name -> keyword arguments of tasks.get "
+                                       "(source, judge, data_dir and the task's own options)")
     methods: dict[str, Any] = doc(factory=dict, help="method name -> {hyperparameter: value | [values]}")
     reference_row: bool = doc(True, "add the reference policy as a leaderboard row")
     seeds: list[int] = doc(factory=lambda: [0])
@@ -501,9 +510,12 @@ def validate(data: dict[str, Any], source: str = "<dict>", check_registries: boo
             raise ConfigError("tasks: give at least one task")
         if check_registries:
             _check_tasks(suite.tasks)
+        for name, options in suite.task_options.items():
+            if name not in suite.tasks:
+                raise ConfigError(f"task_options.{name}: not one of this suite's tasks {suite.tasks}")
+            if not isinstance(options, dict):
+                raise ConfigError(f"task_options.{name}: expected a mapping of tasks.get keyword arguments")
         suite.method_specs = _method_specs(suite.methods, check_registries)
-        if len(suite.tis.weight_range) != 2 or suite.tis.weight_range[0] > suite.tis.weight_range[1]:
-            raise ConfigError(f"tis.weight_range: expected [low, high] with low <= high, got {suite.tis.weight_range}")
         if suite.generation.backend == "openai" and not (suite.generation.base_url or suite.generation.serve_python):
             raise ConfigError("generation.base_url: the openai backend needs base_url (an existing server) "
                               "or serve_python (pobench starts `vllm serve` with that Python)")

@@ -1,0 +1,47 @@
+"""``pobench plan [SUITE] [KEY=VALUE ...]``: dry run: the grid, what is cached, the work left."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from bench.commands._suite_args import add_suite_arguments, config_error, suite_from_args
+from bench.config import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="dry run: the grid of runs, which stages are cached, the work left",
+        description="Validate a suite and print its grid (task x model x method x hyperparameters x seed), "
+                    "the status of every stage node in the work dir (done / partial / todo) and the work "
+                    "left (optimizer steps, sequences to sample and to score). Runs nothing.")
+    add_suite_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        suite = suite_from_args(args)
+    except ConfigError as exc:
+        return config_error(exc)
+    from bench.plan import build_plan, describe_plan
+
+    plan = build_plan(suite)
+    report = describe_plan(plan)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"suite {suite.name} ({suite.source}), config hash {suite.hash()}")
+    print(f"work dir {report['work_dir']}; results -> {suite.resolved_results_dir()}")
+    print(f"{len(plan.cells)} runs = {len(suite.tasks)} task(s) x {len(suite.models)} model(s) x "
+          f"{report['configurations']} configuration(s) x {len(suite.seeds)} seed(s)")
+    print()
+    print(f"{'task':<8} {'model':<14} {'method':<28} {'seed':>4}  stages (done/partial/todo)")
+    for row in report["cells"]:
+        print(f"{row['task']:<8} {row['model']:<14} {row['label']:<28} {row['seed']:>4}  {row['stages']}")
+    print()
+    totals = report["nodes"]
+    print("stage nodes: " + ", ".join(f"{stage} {c['done']}/{c['total']} done" for stage, c in totals.items()))
+    left = report["work_left"]
+    print("work left: " + (", ".join(f"{k} {v}" for k, v in left.items()) if left else "nothing (all cached)"))
+    return 0

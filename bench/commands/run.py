@@ -1,0 +1,31 @@
+"""``pobench run [SUITE] [KEY=VALUE ...]``: run a suite end to end (default: the offline CPU suite)."""
+from __future__ import annotations
+
+import argparse
+
+from bench.commands._suite_args import add_suite_arguments, config_error, suite_from_args
+from bench.config import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a suite: sft -> prefdata -> prep -> train -> generate -> score -> report",
+        description="Run a suite end to end. Finished stages are cached in the work dir (keyed by the hash "
+                    "of their inputs): a re-run skips them and an interrupted run resumes. Leaderboard files "
+                    "go to results/<suite>/.")
+    add_suite_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        suite = suite_from_args(args)
+    except ConfigError as exc:
+        return config_error(exc)
+    from bench.runner import run_suite
+    from bench.stages import ensure_threads
+
+    ensure_threads()
+    result = run_suite(suite)
+    print(open(result["written"]["md"]).read())
+    return 0

@@ -1,0 +1,303 @@
+"""Leaderboard files: ``leaderboard.{json,csv,md,html}`` and matplotlib plots.
+
+Plots (PNG, also embedded in the HTML page so it is one self-contained file):
+
+* ``frontier_<task>.png``: reward (the task's primary metric) vs KL(pi||ref), one line per
+  method across its hyperparameter points (e.g. a beta sweep), 95% CI error bars, the
+  reference policy at KL = 0 and the KL budget as a dashed line;
+* ``bars_<task>.png``: one panel per metric with a direction: row means with 95% CIs.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.leaderboard import metric_columns
+from bench.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cell(stats: dict[str, Any] | None) -> str:
+    if not stats or stats.get("mean") is None:
+        return ""
+    text = _fmt(stats["mean"])
+    if stats.get("ci"):
+        lo, hi = stats["ci"]
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def _sorted_rows(board: dict[str, Any]) -> list[dict[str, Any]]:
+    primary = board.get("primary_metric", {})
+    kind_order = {"reference": 0, "measured": 1, "paper": 2}
+
+    def key(row: dict[str, Any]) -> tuple:
+        metric = primary.get(row["task"])
+        stats = row["metrics"].get(metric) if metric else None
+        value = stats["mean"] if stats and stats.get("mean") is not None else -math.inf
+        higher = board.get("metrics", {}).get(metric, {}).get("higher_is_better", True) if metric else True
+        return (row["task"], kind_order.get(row["kind"], 3) == 2, -value if higher is not False else value)
+
+    return sorted(board["rows"], key=key)
+
+
+def _gain(row: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    return (row.get("vs_reference") or {}).get(metric)
+
+
+def table_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    metrics = metric_columns(board)
+    header = ["task", "model", "method", "kind", "seeds"] + metrics
+    primary_names = sorted(set(board.get("primary_metric", {}).values()))
+    header += [f"{m} vs reference" for m in primary_names] + ["flags"]
+    rows = []
+    for row in _sorted_rows(board):
+        flags = []
+        if row.get("kl_budget_exceeded"):
+            flags.append(f"KL > {board.get('kl_budget')}")
+        if row["kind"] == "paper":
+            flags.append(f"paper: {row.get('source', '')}" + (f" ({row['note']})" if row.get("note") else ""))
+        out = [row["task"], row["model"], row["label"], row["kind"], ",".join(map(str, row["seeds"]))]
+        out += [_cell(row["metrics"].get(m)) for m in metrics]
+        out += [_cell(_gain(row, m)) for m in primary_names]
+        out.append("; ".join(flags))
+        rows.append(out)
+    return header, rows
+
+
+def write_csv(board: dict[str, Any], path: Path) -> None:
+    """Machine-friendly CSV: mean, CI bounds and n as separate columns."""
+    metrics = metric_columns(board)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = ["task", "model", "method", "label", "kind", "seeds", "hparams"]
+    for m in metrics:
+        header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high", f"{m}_n"]
+    for m in sorted(set(board.get("primary_metric", {}).values())):
+        header += [f"{m}_vs_ref_mean", f"{m}_vs_ref_ci_low", f"{m}_vs_ref_ci_high"]
+    header += ["kl_budget_exceeded", "source"]
+    writer.writerow(header)
+    for row in _sorted_rows(board):
+        out = [row["task"], row["model"], row["method"], row["label"], row["kind"],
+               " ".join(map(str, row["seeds"])), ";".join(f"{k}={v}" for k, v in row["hparams"].items())]
+        for m in metrics:
+            s = row["metrics"].get(m) or {}
+            ci = s.get("ci") or [None, None]
+            out += [_fmt(s.get("mean"), 6), _fmt(ci[0], 6), _fmt(ci[1], 6), _fmt(s.get("n"))]
+        for m in sorted(set(board.get("primary_metric", {}).values())):
+            s = _gain(row, m) or {}
+            ci = s.get("ci") or [None, None]
+            out += [_fmt(s.get("mean"), 6), _fmt(ci[0], 6), _fmt(ci[1], 6)]
+        out += [str(row.get("kl_budget_exceeded", "")), row.get("source", "")]
+        writer.writerow(out)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def markdown(board: dict[str, Any]) -> str:
+    header, rows = table_rows(board)
+    lines = [f"## pobench leaderboard: {board['suite']}", "",
+             "Mean [95% CI]; CIs over seeds when a row has several, else over prompts. "
+             "`vs reference` is the paired per-prompt difference to the reference policy. "
+             "`paper` rows are published numbers, not measured here.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
+    git = board.get("manifest", {}).get("git", {})
+    lines += ["", f"config hash `{board.get('config_hash')}`, git `{(git.get('sha') or '?')[:12]}`"
+              f"{' (dirty)' if git.get('dirty') else ''}, created {board.get('created_at')}", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _err(stats: dict[str, Any]) -> tuple[float, float]:
+    if stats.get("ci"):
+        return stats["mean"] - stats["ci"][0], stats["ci"][1] - stats["mean"]
+    return 0.0, 0.0
+
+
+def frontier_plot(board: dict[str, Any], task: str, path: Path) -> bool:
+    """Primary metric vs KL, one line per method over its hyperparameter points. False if no data."""
+    metric = board.get("primary_metric", {}).get(task)
+    rows = [r for r in board["rows"] if r["task"] == task and r["kind"] != "paper"
+            and metric in r["metrics"] and "kl" in r["metrics"]]
+    if not metric or not rows:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    cmap = plt.get_cmap("tab20")
+    for i, (method, method_rows) in enumerate(sorted(by_method.items())):
+        method_rows.sort(key=lambda r: r["metrics"]["kl"]["mean"])
+        xs = [r["metrics"]["kl"]["mean"] for r in method_rows]
+        ys = [r["metrics"][metric]["mean"] for r in method_rows]
+        xerr = list(zip(*[_err(r["metrics"]["kl"]) for r in method_rows]))
+        yerr = list(zip(*[_err(r["metrics"][metric]) for r in method_rows]))
+        style = {"color": "black", "marker": "*", "markersize": 14} if method == "reference" else {
+            "color": cmap(i % 20), "marker": "o"}
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, label=method, capsize=3, linestyle="-", linewidth=1.2, **style)
+        if len(method_rows) > 1:
+            for r, x, y in zip(method_rows, xs, ys):
+                tag = ",".join(f"{k}={v}" for k, v in r["hparams"].items()
+                               if r["label"] != r["method"] and f"{k}=" in r["label"])
+                if tag:
+                    ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    budget = board.get("kl_budget")
+    if budget is not None and budget <= max(r["metrics"]["kl"]["mean"] for r in rows) * 1.5 + 1e-9:
+        ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"KL budget ({budget})")
+    ax.set_xlabel("KL(policy || reference), nats per sequence")
+    ax.set_ylabel(f"{metric} (mean, 95% CI)")
+    ax.set_title(f"{board['suite']}: {task} reward-KL frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def bars_plot(board: dict[str, Any], task: str, path: Path) -> bool:
+    metrics = [m for m in metric_columns(board)
+               if board.get("metrics", {}).get(m, {}).get("higher_is_better") is not None]
+    rows = [r for r in _sorted_rows(board) if r["task"] == task]
+    metrics = [m for m in metrics if any(m in r["metrics"] for r in rows)]
+    if not metrics or not rows:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(5.0, 4.2 * len(metrics)), 0.35 * len(rows) + 1.8),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        present = [r for r in rows if metric in r["metrics"] and r["metrics"][metric]["mean"] is not None]
+        labels = [r["label"] + (" (paper)" if r["kind"] == "paper" and "paper" not in r["label"] else "")
+                  for r in present]
+        means = [r["metrics"][metric]["mean"] for r in present]
+        errs = list(zip(*[_err(r["metrics"][metric]) for r in present])) or None
+        colors = ["black" if r["kind"] == "reference" else ("#bbbbbb" if r["kind"] == "paper" else "#1f77b4")
+                  for r in present]
+        ax.barh(range(len(present)), means, xerr=errs, color=colors, capsize=3)
+        ax.set_yticks(range(len(present)), labels, fontsize=8)
+        ax.invert_yaxis()
+        arrow = "higher is better" if board["metrics"][metric]["higher_is_better"] else "lower is better"
+        ax.set_title(f"{metric} ({arrow})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{board['suite']}: {task}, mean and 95% CI", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _save(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------
+# html
+
+_SORT_JS = """
+document.querySelectorAll('table.board th').forEach((th, col) => th.addEventListener('click', () => {
+  const table = th.closest('table'), body = table.tBodies[0];
+  const asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+  const num = s => { const v = parseFloat(s); return isNaN(v) ? null : v; };
+  [...body.rows].sort((a, b) => {
+    const x = a.cells[col].innerText, y = b.cells[col].innerText, nx = num(x), ny = num(y);
+    const c = (nx !== null && ny !== null) ? nx - ny : x.localeCompare(y);
+    return asc ? c : -c;
+  }).forEach(r => body.appendChild(r));
+}));
+"""
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table.board { border-collapse: collapse; font-size: 13px; }
+table.board th, table.board td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
+table.board th { background: #f0f0f0; cursor: pointer; user-select: none; }
+tr.reference td { font-weight: bold; }
+tr.paper td { color: #777; font-style: italic; }
+.flag { color: #b00; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+
+def html_page(board: dict[str, Any], plots: dict[str, bytes]) -> str:
+    header, rows = table_rows(board)
+    kinds = [r["kind"] for r in _sorted_rows(board)]
+    esc = html.escape
+    parts = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>",
+             f"<title>pobench leaderboard: {esc(board['suite'])}</title><style>{_CSS}</style></head><body>",
+             f"<h1>pobench leaderboard: {esc(board['suite'])}</h1>",
+             "<p>Mean [95% CI]; CIs over seeds when a row has several, else over prompts. "
+             "<em>vs reference</em> is the paired per-prompt difference to the reference policy. "
+             "Italic rows are published numbers, not measured here. Click a column header to sort.</p>",
+             "<table class='board' id='leaderboard'><thead><tr>"
+             + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    for kind, row in zip(kinds, rows):
+        cells = "".join(f"<td class='flag'>{esc(c)}</td>" if i == len(row) - 1 and c else f"<td>{esc(c)}</td>"
+                        for i, c in enumerate(row))
+        parts.append(f"<tr class='{kind}'>{cells}</tr>")
+    parts.append("</tbody></table>")
+    for name, data in plots.items():
+        parts.append(f"<h2>{esc(name)}</h2><img alt='{esc(name)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(data).decode()}'>")
+    manifest = board.get("manifest", {})
+    git = manifest.get("git", {})
+    parts.append(f"<h2>Provenance</h2><p>config hash <code>{esc(str(board.get('config_hash')))}</code>, "
+                 f"git <code>{esc(str(git.get('sha')))}</code>{' (dirty)' if git.get('dirty') else ''}, "
+                 f"created {esc(str(board.get('created_at')))}; packages: "
+                 + ", ".join(f"{esc(k)} {esc(v)}" for k, v in manifest.get("packages", {}).items())
+                 + f"; hardware: {esc(str(manifest.get('hardware', {}).get('cpu_model', '')))} "
+                 f"({esc(str(manifest.get('hardware', {}).get('cpu_count', '')))} CPUs)</p>")
+    parts.append(f"<script>{_SORT_JS}</script></body></html>")
+    return "\n".join(parts)
+
+
+def write_all(board: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write every leaderboard file under ``out_dir``; returns name -> path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    atomic_write_json(out_dir / "leaderboard.json", board)
+    written["json"] = out_dir / "leaderboard.json"
+    write_csv(board, out_dir / "leaderboard.csv")
+    written["csv"] = out_dir / "leaderboard.csv"
+    atomic_write_text(out_dir / "leaderboard.md", markdown(board))
+    written["md"] = out_dir / "leaderboard.md"
+    plots: dict[str, bytes] = {}
+    for task in sorted({r["task"] for r in board["rows"]}):
+        for kind, fn in (("frontier", frontier_plot), ("bars", bars_plot)):
+            path = out_dir / f"{kind}_{task}.png"
+            if fn(board, task, path):
+                plots[f"{kind} ({task})"] = path.read_bytes()
+                written[f"{kind}_{task}"] = path
+    atomic_write_text(out_dir / "leaderboard.html", html_page(board, plots))
+    written["html"] = out_dir / "leaderboard.html"
+    return written

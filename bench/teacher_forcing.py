@@ -1,0 +1,87 @@
+"""Sequence log-probs by teacher forcing, for KL(pi || ref) on samples and held-out pair margins.
+
+Independent of the generation backend by design: the sampled text is re-tokenised as
+``prompt_ids + completion_ids`` (the same split the trainer uses) and scored under both models in
+float32, so hf, vLLM and server samples are measured the same way.
+KL per sequence = sum over completion tokens of log pi(y_t|.) - log ref(y_t|.), the Monte-Carlo
+estimate of KL(pi||ref) for samples drawn from pi at temperature 1.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from bench.backends.hf import load_for_inference
+
+
+def _encode(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[list[int], int]]:
+    rows = []
+    for prompt, completion in zip(prompts, completions):
+        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
+        rows.append((p + c, len(p)))
+    return rows
+
+
+@torch.inference_mode()
+def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32
+                     ) -> list[list[float]]:
+    """Per-token log-probs of each row's completion part (tokens after ``prompt_len``)."""
+    out: list[list[float]] = [[] for _ in rows]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(rows[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(idx), width), dtype=torch.long)
+        for j, i in enumerate(idx):
+            seq = rows[i][0]
+            ids[j, :len(seq)] = torch.tensor(seq)
+            attn[j, :len(seq)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+        for j, i in enumerate(idx):
+            seq, prompt_len = rows[i]
+            if len(seq) <= prompt_len:
+                continue
+            # position t predicts token t+1: completion tokens are predicted from prompt_len-1 .. len-2
+            pred = logits[j, prompt_len - 1:len(seq) - 1]
+            target = torch.tensor(seq[prompt_len:], device=pred.device)
+            out[i] = torch.log_softmax(pred, dim=-1).gather(-1, target[:, None]).squeeze(-1).tolist()
+    return out
+
+
+def _load_pair(policy_path: str, reference_path: str):
+    policy, tokenizer = load_for_inference(policy_path, torch.float32)
+    reference, ref_tokenizer = load_for_inference(reference_path, torch.float32)
+    if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
+        raise ValueError(f"policy {policy_path} and reference {reference_path} use different tokenizers; "
+                         "KL by teacher forcing needs the same vocabulary")
+    return policy, reference, tokenizer
+
+
+def sequence_kl(policy_path: str, reference_path: str, prompts: Sequence[str], completions: Sequence[str],
+                batch_size: int = 32) -> list[float]:
+    """KL(pi||ref) estimate per sample: sum over completion tokens of log pi - log ref."""
+    policy, reference, tokenizer = _load_pair(policy_path, reference_path)
+    rows = _encode(tokenizer, prompts, completions)
+    lp = completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)
+    del policy
+    lr = completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)
+    return [float(sum(a) - sum(b)) for a, b in zip(lp, lr)]
+
+
+def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32) -> list[Any]:
+    """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps)."""
+    from tasks.base import PairLogps
+
+    policy, reference, tokenizer = _load_pair(policy_path, reference_path)
+    prompts = [p.prompt for p in pairs] * 2
+    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    rows = _encode(tokenizer, prompts, completions)
+    lp = [sum(x) for x in completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)]
+    lr = [sum(x) for x in completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)]
+    n = len(pairs)
+    return [PairLogps(pair_id=p.id or str(i), policy_chosen=lp[i], policy_rejected=lp[n + i],
+                      ref_chosen=lr[i], ref_rejected=lr[n + i]) for i, p in enumerate(pairs)]
