@@ -1,0 +1,304 @@
+"""The program that runs INSIDE each sandboxed process (see tasks/sandbox.py for the whole design).
+
+It is not imported by pobench: :mod:`tasks.sandbox` reads this file and starts it with
+``python -I -S -B -c <this source> <payload_fd> <result_fd>``. Stdlib only, no pobench imports.
+
+Order of events (everything before step 6 is trusted: no untrusted code has run yet):
+
+1. read the JSON payload (solution, test, nonce, limits, privileges) from ``payload_fd``; close it;
+2. (namespaced runs, as root) mount private tmpfs over /tmp, /var/tmp, /dev/shm, /run/lock, an
+   empty read-only tmpfs over /proc, remount / read-only, arm the parent-death signal, drop to the
+   unprivileged uid/gid chosen by the parent;
+3. set resource limits (CPU, address space, file size, process count, open files, no core dumps);
+4. keep private references to everything the verdict needs (``os.write``, ``os._exit``, the
+   result fd, a pristine copy of the builtins, ``_thread._count``); make ``__main__`` a fresh
+   module; drop ``signal``/``ctypes`` from ``sys.modules``;
+5. install an audit hook (cannot be removed once installed) that refuses the operations a program
+   could use to reach the harness's memory (frames, gc, ctypes, /proc, code construction), to
+   escape (processes, signals, sockets) or to install signal handlers;
+6. run the solution in its own namespace, then the test in a separate namespace whose builtins are
+   the pristine copy (so patching ``builtins`` or shadowing ``abs``/``len`` cannot fool the asserts);
+7. only if the test returned normally and no other thread is alive: write ``PASS:<nonce>`` to the
+   result fd and ``os._exit(0)`` at once (atexit hooks, finalizers and threads never run after it).
+
+The parent counts a pass only when the result pipe holds exactly ``PASS:<nonce>``.
+"""
+
+
+def _setup(payload: dict) -> None:
+    """Steps 2 and 3: filesystem view, privileges, resource limits (trusted phase)."""
+    import os
+    import sys
+    limits = payload["limits"]
+    # -- 2. filesystem view and privileges (only when the parent asked: root in fresh namespaces)
+    if payload.get("mount_private"):
+        import ctypes  # trusted phase: removed from sys.modules and blocked by the audit hook below
+        libc = ctypes.CDLL(None, use_errno=True)
+        MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
+        size = str(limits["tmpfs_bytes"]).encode()
+
+        def mount(target: bytes, fs_options: bytes, flags: int = MS_NOSUID | MS_NODEV) -> None:
+            if libc.mount(b"tmpfs", target, b"tmpfs", flags, fs_options) != 0:
+                raise OSError(ctypes.get_errno(), f"mount tmpfs on {target.decode()} failed")
+
+        uid = payload.get("uid")
+        if uid is not None:
+            # The interpreter's stdlib may sit under a directory the unprivileged uid cannot enter
+            # (pyenv under /root, mode 700). Cover each such directory with an empty tmpfs (which
+            # also hides whatever else it holds) and bind the stdlib directories back, read-only.
+            library_dirs = [p for p in sys.path if os.path.isdir(p)]
+            blocked: dict[str, list[str]] = {}
+            for path in library_dirs:
+                parts = path.strip("/").split("/")
+                for depth in range(1, len(parts) + 1):
+                    ancestor = "/" + "/".join(parts[:depth])
+                    if not os.stat(ancestor).st_mode & 0o001:
+                        blocked.setdefault(ancestor, []).append(path)
+                        break
+            MS_REC = 16384
+            for ancestor, paths in blocked.items():
+                handles = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in paths}
+                mount(ancestor.encode(), b"size=4k,mode=755")
+                for path, handle in handles.items():
+                    os.makedirs(path, 0o755, exist_ok=True)
+                    source = f"/proc/self/fd/{handle}".encode()
+                    if libc.mount(source, path.encode(), None, MS_BIND | MS_REC, None) != 0 or \
+                            libc.mount(b"none", path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) != 0:
+                        raise OSError(ctypes.get_errno(), f"binding {path} into the sandbox failed")
+                    os.close(handle)
+        for target in (b"/tmp", b"/var/tmp", b"/dev/shm", b"/run/lock"):
+            if os.path.isdir(target):
+                mount(target, b"size=" + size + b",mode=1777")
+        mount(b"/proc", b"size=4k,mode=555", MS_RDONLY | MS_NOSUID | MS_NODEV)
+        # read-only root: a program that finds a writable directory outside /tmp still cannot write
+        if libc.mount(b"none", b"/", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) != 0:
+            raise OSError(ctypes.get_errno(), "remounting / read-only failed")
+        workdir = "/tmp/work"
+        os.mkdir(workdir, 0o700)
+        gid = payload.get("gid")
+        if uid is not None:
+            os.chown(workdir, uid, gid)
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            # changing credentials clears the parent-death signal: re-arm it so a killed parent
+            # (or a killed `unshare`) takes this process, and with it the whole PID namespace, down
+            PR_SET_PDEATHSIG, SIGKILL = 1, 9
+            libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+        os.chdir(workdir)
+        os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+        del libc, ctypes
+
+    # -- 3. resource limits
+    import resource
+    cpu = int(limits["cpu_seconds"])
+    for name, value in (("RLIMIT_CPU", cpu), ("RLIMIT_AS", limits["memory_bytes"]),
+                        ("RLIMIT_FSIZE", limits["file_size_bytes"]), ("RLIMIT_NOFILE", limits["open_files"]),
+                        ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", limits["processes"])):
+        if value is None:
+            continue
+        soft, hard = resource.getrlimit(getattr(resource, name))
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(getattr(resource, name), (value, value))
+
+
+def _sandbox_main() -> None:
+    import builtins
+    import json
+    import os
+    import sys
+    import _thread
+
+    payload_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
+    chunks = []
+    while True:
+        chunk = os.read(payload_fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(payload_fd)
+    payload = json.loads(b"".join(chunks).decode("utf-8"))
+    del chunks
+    nonce = payload.pop("nonce").encode("ascii")
+    solution, test = payload["solution"], payload["test"]
+    keep_names = set(payload.get("keep_names") or ())
+
+    write, exit_now = os.write, os._exit
+    out_streams, flush = (sys.stdout, sys.stderr), type(sys.stdout).flush
+
+    def report(verdict: bytes) -> None:
+        for stream in out_streams:  # the program's prints (os._exit skips the usual flush)
+            try:
+                flush(stream)
+            except BaseException:
+                pass
+        try:
+            write(result_fd, verdict[:4000])
+        finally:
+            exit_now(0)
+
+    try:
+        _setup(payload)
+    except BaseException as exc:  # the sandbox could not be set up: not a verdict on the program
+        write(result_fd, f"ERROR:{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
+        exit_now(3)
+
+    # -- 4. private references, pristine builtins, a fresh __main__
+    pristine_builtins = dict(builtins.__dict__)
+    import ast
+    exec_, compile_, list_, type_of, as_str, str_type = exec, compile, list, type, str, str
+    thread_count = _thread._count
+    module_type = type(sys)
+    user_main = module_type("__main__")
+    user_main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = user_main
+    for name in ("signal", "_signal", "ctypes", "_ctypes"):
+        sys.modules.pop(name, None)
+    blocked_imports = frozenset({
+        "signal", "_signal", "ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_testbuffer",
+        "_testmultiphase", "_xxsubinterpreters", "_xxinterpchannels", "_posixsubprocess", "_xxtestfuzz",
+    })
+    # offsets added to line numbers, so a failure's line says whether it was in the solution or the
+    # test (and harness lines, below both offsets, are skipped)
+    solution_line_offset, test_line_offset = 1_000_000, 2_000_000
+
+    # -- 5. the audit hook
+    import posixpath
+    realpath, fspath = posixpath.realpath, os.fsdecode
+    frame_attributes = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+    process_events = frozenset({"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
+                                "subprocess.Popen", "pty.spawn", "os.startfile"})
+    denied_events = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
+                               "sys._current_exceptions", "sys.settrace", "sys.setprofile", "code.__new__",
+                               "os.kill", "os.killpg", "signal.pthread_kill", "sys.remote_exec"}) | process_events
+    private_paths = ("/proc", "/dev/mem", "/dev/kmem", "/dev/port", "/sys/kernel")
+    workdir = realpath(os.getcwd())
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    # events that change the filesystem -> (positions of path arguments, positions of dir_fd arguments)
+    changing_events = {"os.rename": ((0, 1), (2, 3)), "os.link": ((0, 1), (2, 3)), "os.symlink": ((1,), (2,)),
+                       "os.mkdir": ((0,), (2,)), "os.rmdir": ((0,), (1,)), "os.remove": ((0,), (1,)),
+                       "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)), "os.truncate": ((0,), ()),
+                       "os.utime": ((0,), (3,)), "os.mkfifo": ((0,), (2,)), "os.mknod": ((0,), (3,)),
+                       "os.chflags": ((0,), ()), "os.lchflags": ((0,), ()), "os.setxattr": ((0,), ()),
+                       "os.removexattr": ((0,), ())}
+
+    def resolve(path: object) -> str | None:
+        try:
+            return realpath(fspath(path))
+        except (TypeError, ValueError):
+            return None
+
+    readlink, join = os.readlink, posixpath.join
+    confined = bool(payload.get("mount_private"))
+
+    def at_directory(dir_fd: object, path: object) -> object:
+        """The path a *at() call (shutil.rmtree uses them) would touch, or None when unknown."""
+        try:
+            return join(readlink(f"/proc/self/fd/{int(dir_fd)}"), fspath(path))
+        except (OSError, TypeError, ValueError):
+            # /proc is hidden in the namespaced levels, where the OS (read-only /, own uid) confines
+            # writes anyway; in the process level an unresolvable directory fd is refused
+            return workdir if confined else None
+
+    def is_private(path: object) -> bool:
+        if isinstance(path, int):
+            return False
+        resolved = resolve(path)
+        return resolved is None or any(resolved == p or resolved.startswith(p + "/") for p in private_paths)
+
+    def outside_workdir(path: object) -> bool:
+        if isinstance(path, int):  # an fd the program already holds: it was checked when opened
+            return False
+        resolved = resolve(path)
+        return resolved is None or not (resolved == workdir or resolved.startswith(workdir + "/")
+                                        or resolved == "/dev/null")
+
+    def audit(event: str, args: tuple) -> None:
+        if event in denied_events or event.startswith(("ctypes.", "socket.")):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "sys._getframe":
+            # ValueError is what callers already handle (namedtuple, typing, enum: 'stack too shallow')
+            raise ValueError("sandbox: frame access is not allowed")
+        if event == "object.__getattr__" and len(args) > 1 and args[1] in frame_attributes:
+            raise PermissionError(f"sandbox: reading {args[1]} is not allowed")
+        if event == "import" and args and (args[0] in blocked_imports):
+            raise ImportError(f"sandbox: importing {args[0]} is not allowed")
+        if event in ("open", "os.listdir", "os.scandir") and args and is_private(args[0]):
+            raise PermissionError(f"sandbox: access to {args[0]!r} is not allowed")
+        if event == "open" and len(args) > 2 and isinstance(args[2], int) and args[2] & write_flags \
+                and outside_workdir(args[0]):
+            raise PermissionError(f"sandbox: writing {args[0]!r} outside the working directory is not allowed")
+        positions = changing_events.get(event)
+        if positions is not None:
+            paths, dir_fds = positions
+            for path_at, fd_at in zip(paths, dir_fds + (None,) * len(paths)):
+                if path_at >= len(args):
+                    continue
+                dir_fd = args[fd_at] if fd_at is not None and fd_at < len(args) else None
+                if outside_workdir(args[path_at] if dir_fd in (-1, None) else at_directory(dir_fd, args[path_at])):
+                    raise PermissionError(f"sandbox: {event} outside the working directory is not allowed")
+
+    # -- 6. run the solution, then the test. Everything used from here on was bound above, before
+    # any untrusted code ran (the program may patch builtins, modules and sys.modules afterwards).
+    def where(exc: BaseException) -> str:
+        tb, line = exc.__traceback__, None
+        while tb is not None:  # tb_lineno/tb_next are not frame access; the last entry is the raise site
+            if tb.tb_lineno > solution_line_offset:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        if line is None:
+            return ""
+        if line > test_line_offset:
+            return f" (test line {line - test_line_offset})"
+        return f" (solution line {line - solution_line_offset})"
+
+    def describe(stage: str, exc: BaseException) -> bytes:
+        try:
+            text = as_str(exc)[:300]
+            kind = type_of(exc).__name__
+            return f"FAIL:{stage}: {kind}: {text}{where(exc)}".encode("utf-8", "replace")
+        except BaseException:  # a hostile __str__ or exception type cannot stop the verdict
+            return f"FAIL:{stage}".encode()
+
+    try:
+        tree = ast.parse(solution, "<solution>")
+        solution_code = compile_(ast.increment_lineno(tree, solution_line_offset), "<solution>", "exec")
+    except BaseException as exc:
+        report(describe("solution does not compile", exc))
+    try:
+        tree = ast.parse(test, "<test>")
+        test_code = compile_(ast.increment_lineno(tree, test_line_offset), "<test>", "exec")
+    except BaseException as exc:
+        report(describe("test does not compile", exc))
+    del tree
+
+    sys.addaudithook(audit)
+    try:
+        exec_(solution_code, user_main.__dict__)
+    except SystemExit:
+        report(b"FAIL:solution called exit() before the tests ran")
+    except BaseException as exc:
+        report(describe("solution raised", exc))
+
+    # the test sees the solution's names, but never its shadows of builtins (abs = lambda x: 0)
+    test_globals = {"__name__": "__test__", "__builtins__": pristine_builtins}
+    for name, value in list_(user_main.__dict__.items()):
+        if type_of(name) is not str_type or name.startswith("__"):
+            continue
+        if name in pristine_builtins and name not in keep_names:
+            continue
+        test_globals[name] = value
+    try:
+        exec_(test_code, test_globals)
+    except SystemExit:
+        report(b"FAIL:exit() called during the tests")
+    except BaseException as exc:
+        report(describe("test failed", exc))
+
+    # -- 7. the verdict
+    if thread_count() != 0:
+        report(b"FAIL:threads still running after the tests")
+    report(b"PASS:" + nonce)
+
+
+_sandbox_main()
