@@ -271,6 +271,7 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
             if grad_norm is not None and not torch.isfinite(grad_norm):
                 raise NonFiniteLossError(f"{run_name}: non-finite gradient norm at optimizer step {step + 1} "
                                          f"(data rows of this process: {stream})")
+            lr_used = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -283,7 +284,7 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
             elapsed = time.perf_counter() - t0
             last = {k: v / world for k, v in zip(keys, values[:-1])}
             last["tokens_per_s"] = values[-1] / elapsed
-            last["lr"] = scheduler.get_last_lr()[0]
+            last["lr"] = lr_used
             if grad_norm is not None:
                 last["grad_norm"] = float(grad_norm)
             last["step_time_s"] = elapsed
@@ -318,7 +319,8 @@ def finished_result(output_dir: Path, fp: str, overwrite: bool = False) -> Train
 def make_accelerator():
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    # our schedule counts optimizer steps; accelerate would otherwise step it once per process
+    return Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
 
 
 def autocast(config: TrainConfig, device: torch.device):
