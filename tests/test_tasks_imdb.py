@@ -1,0 +1,88 @@
+"""IMDB task: prompts from the real aclImdb files, built-in openings, the VADER scorer's accuracy,
+and scoring real samples from tiny models end to end."""
+from __future__ import annotations
+
+import pytest
+
+import tasks
+from tasks.base import shared_data_dir
+from fixtures.tasks_support import tiny_samples
+
+IMDB_DIR = shared_data_dir() / "imdb"
+needs_imdb = pytest.mark.skipif(not (IMDB_DIR / "aclImdb_test.tar.gz").exists(),
+                                reason=f"IMDB test files not found under {IMDB_DIR} (set POBENCH_SHARED_DATA)")
+
+
+@needs_imdb
+def test_vader_accuracy_on_the_1000_review_sample():
+    task = tasks.get("imdb", data_dir=shared_data_dir(), judge="sentiment:vader")
+    result = task.judge_accuracy(limit=1000)
+    print(f"\nVADER accuracy on {result['n']} labelled IMDB reviews ({result['reviews']}): "
+          f"{result['accuracy']:.3f} [95% CI {result['ci95_low']:.3f}, {result['ci95_high']:.3f}]")
+    assert result["n"] == 1000
+    assert result["reviews"].endswith("imdb_test_sample1000.derived.jsonl")
+    assert result["accuracy"] > 0.65
+
+
+@needs_imdb
+def test_prompts_are_short_prefixes_of_real_reviews_and_splits_are_disjoint():
+    task = tasks.get("imdb", data_dir=shared_data_dir())
+    evals, trains = task.eval_prompts(limit=200), task.train_prompts(limit=200)
+    assert len(evals) == len(trains) == 200
+    assert all(2 <= len(p.text.split()) <= 8 for p in evals + trains)
+    assert not {p.id for p in evals} & {p.id for p in trains}
+    assert all(p.id.startswith("test/") and p.meta["label"] in (0, 1) for p in evals)
+    assert task.eval_prompts(limit=200) == evals  # deterministic
+    assert tasks.get("imdb", data_dir=shared_data_dir(), seed=1).eval_prompts(limit=20) != evals[:20]
+    used = task.record()["data_source"]
+    assert used["kind"] == "local" and used["fingerprint"] == "ddeb8f9b9714317b"  # sha256 prefix of the tarball
+    sft = task.sft_data(limit=3)
+    assert len(sft) == 3 and all(len(e.completion.split()) <= 64 for e in sft)
+
+
+def test_builtin_openings_work_offline_without_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("POBENCH_SHARED_DATA", str(tmp_path))  # nothing there
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    task = tasks.get("imdb")
+    assert task.resolve_source() == "builtin"
+    evals, trains = task.eval_prompts(), task.train_prompts()
+    assert len(evals) + len(trains) == 148
+    assert not {p.text for p in evals} & {p.text for p in trains}
+    assert all(2 <= len(p.text.split()) <= 8 for p in evals + trains)
+    assert task.record()["data_source"]["kind"] == "builtin"
+    with pytest.raises(tasks.TaskError, match="no SFT data"):
+        task.sft_data()
+
+
+def test_scores_real_samples_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("POBENCH_SHARED_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    task = tasks.get("imdb", judge="sentiment:vader")
+    samples = tiny_samples(task.eval_prompts(limit=3), n=2, max_new_tokens=6)
+    scores = task.score(samples)
+    assert set(scores.metrics) == {"reward", "kl", "distinct_1", "distinct_2", "token_entropy"}
+    expected_kl = sum(sum(a - b for a, b in zip(s.logprobs, s.ref_logprobs)) for s in samples) / len(samples)
+    assert scores.metrics["kl"] == pytest.approx(expected_kl)
+    expected_entropy = sum(sum(s.entropies) for s in samples) / sum(len(s.entropies) for s in samples)
+    assert scores.metrics["token_entropy"] == pytest.approx(expected_entropy)
+    assert scores.details["token_entropy_estimator"] == "exact"
+    assert -1.0 <= scores.metrics["reward"] <= 1.0
+    assert [r["prompt_id"] for r in scores.per_sample] == [s.prompt_id for s in samples]
+    assert scores.details["judge"]["version"].startswith("vader-")
+    # generated preferences from the same samples: best vs worst by VADER, margin 0 keeps any gap
+    pairs = task.pairs_from_samples(samples, margin=0.0)
+    rewards = task.reward(samples)
+    for pair in pairs:
+        assert pair.meta["score_chosen"] > pair.meta["score_rejected"]
+        assert pair.meta["score_chosen"] == max(r for s, r in zip(samples, rewards) if s.prompt_id == pair.id)
+
+
+def test_missing_logprobs_are_reported_not_invented(tmp_path, monkeypatch):
+    monkeypatch.setenv("POBENCH_SHARED_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    task = tasks.get("imdb", judge="sentiment:vader")
+    prompt = task.eval_prompts(limit=1)[0]
+    scores = task.score([tasks.Sample.from_prompt(prompt, " a wonderful, moving film")])
+    assert "kl" not in scores.metrics and "token_entropy" not in scores.metrics
+    assert set(scores.details["missing"]) == {"kl", "token_entropy"}
+    assert scores.metrics["reward"] > 0.5
