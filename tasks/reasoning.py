@@ -121,7 +121,9 @@ class Reasoning(Task):
         names = self.task_names()
         with tempfile.TemporaryDirectory(prefix="pobench-lm-eval-") as tmp:
             if self.resolve_source() == "local":
-                manager = TaskManager(include_path=str(self.write_task_yamls(Path(tmp))))
+                # indexing lm-eval's ~10k built-in YAMLs takes seconds: skip it when only ours are asked for
+                manager = TaskManager(include_path=str(self.write_task_yamls(Path(tmp))),
+                                      include_defaults=not set(names) <= set(LOCAL_TASKS))
             else:
                 manager = TaskManager()
                 self._note_source(SourceUsed("hub", "lm-eval task registry", ", ".join(names),
