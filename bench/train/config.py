@@ -59,6 +59,7 @@ class TrainConfig:
     wandb: bool | None = None  # None = when the wandb package is installed
     progress_bar: bool = True
     bad_rows: str = "drop"  # "drop" (counted, reported) | "error"
+    prompt_overflow: str = "truncate"  # prompts over max_prompt_length: "truncate" (keep end) | "drop"
 
     def validate(self) -> None:
         def need(cond: bool, name: str, what: str) -> None:
@@ -78,6 +79,7 @@ class TrainConfig:
         need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         need(self.bad_rows in ("drop", "error"), "bad_rows", "drop | error")
+        need(self.prompt_overflow in ("truncate", "drop"), "prompt_overflow", "truncate | drop")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
         if self.lora is not None:

@@ -84,12 +84,13 @@ def _text(row: dict, key: str) -> str | None:
 def tokenize_rows(rows: Sequence[dict], tokenizer, *, response_keys: Sequence[str], max_length: int,
                   max_prompt_length: int, use_chat_template: bool, add_eos: bool = True,
                   bad_rows: str = "drop", weight_keys: Sequence[str] | None = None,
-                  system: str | None = None) -> tuple[list[Tokenized], DataReport]:
+                  system: str | None = None, prompt_overflow: str = "truncate") -> tuple[list[Tokenized], DataReport]:
     """Validate and tokenise rows (``prompt`` + ``response_keys``); see the module docstring.
 
     Drop reasons: ``missing_field:<key>`` (absent or not a string), ``empty_response:<key>``,
-    ``chosen_equals_rejected``, ``prompt_too_long`` (no room for any response token within
-    ``max_length`` even after keeping the prompt's end), ``identical_after_truncation``,
+    ``chosen_equals_rejected``, ``prompt_too_long`` (prompt longer than ``max_prompt_length`` when
+    ``prompt_overflow="drop"``; with the default "truncate" its end is kept and the row counted in
+    ``truncated_prompts``), ``identical_after_truncation``,
     ``weights_length_mismatch:<key>``.
     """
     report = DataReport(total=len(rows))
@@ -114,10 +115,10 @@ def tokenize_rows(rows: Sequence[dict], tokenizer, *, response_keys: Sequence[st
                                add_special_tokens=not use_chat_template).input_ids
         if not prompt_ids:  # the first response token needs a position that predicts it
             prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos]
-        if len(prompt_ids) >= max_length:
-            report.drop("prompt_too_long", index)
-            continue
         if len(prompt_ids) > max_prompt_length:
+            if prompt_overflow == "drop" or max_prompt_length >= max_length:
+                report.drop("prompt_too_long", index)
+                continue
             prompt_ids = prompt_ids[-max_prompt_length:]
             report.truncated_prompts += 1
         room = max_length - len(prompt_ids)

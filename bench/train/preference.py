@@ -16,6 +16,7 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 """
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -197,7 +198,10 @@ class PreferenceModule(nn.Module):
             out = self.method.loss(PairBatch(**pair))
         except MethodError as exc:
             if "non-finite" in str(exc) or "NaN" in str(exc):
-                raise NonFiniteTerm(f"{self.method.name} loss", [], str(exc)) from exc
+                # Method.loss names the offending pair positions: "pair(s) [i, j]"
+                found = re.search(r"pair\(s\) \[([\d, ]+)\]", str(exc))
+                rows = [int(i) for i in found.group(1).split(",")] if found else []
+                raise NonFiniteTerm(f"{self.method.name} loss", rows, str(exc)) from exc
             raise
         metrics = dict(out.metrics)
         # sequence-level KL of the policy from the reference, wherever it was computed anyway
@@ -274,7 +278,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     examples, report = tokenize_rows(
         pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=config.max_length,
         max_prompt_length=config.max_prompt_length, use_chat_template=use_template, add_eos=config.add_eos,
-        bad_rows=config.bad_rows, weight_keys=WEIGHT_KEYS if needs_weights else None)
+        bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow, weight_keys=WEIGHT_KEYS if needs_weights else None)
     if report.dropped:
         accelerator.print(f"[pobench] {method.name}: {report.summary()}")
 

@@ -62,7 +62,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], output_dir: str | Path, *
     examples, report = tokenize_rows(
         rows, tokenizer, response_keys=("completion",), max_length=config.max_length,
         max_prompt_length=config.max_prompt_length, use_chat_template=use_template, add_eos=config.add_eos,
-        bad_rows=config.bad_rows)
+        bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow)
     if report.dropped:
         accelerator.print(f"[pobench] sft: {report.summary()}")
     policy.to(accelerator.device)

@@ -158,4 +158,5 @@ def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_
 def _training_tokens(pairs, tokenizer, train: PreferenceTrainConfig, use_template: bool):
     return tokenize_rows(pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=train.max_length,
                          max_prompt_length=train.max_prompt_length, use_chat_template=use_template,
-                         add_eos=train.add_eos, bad_rows=train.bad_rows)
+                         add_eos=train.add_eos, bad_rows=train.bad_rows,
+                         prompt_overflow=train.prompt_overflow)

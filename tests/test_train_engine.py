@@ -1,0 +1,181 @@
+"""Training engine: reference caching, bad rows, non-finite stops, cached results, SFT, LoRA, TIS weights."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import methods
+from methods.base import Hyperparameter, Method
+from bench.models import gpt2_tokenizer, load_model
+from bench.train import (BadDataError, LoraSettings, NonFiniteLossError, PreferenceTrainConfig, SFTConfig,
+                         TISWeightConfig, estimate_tis_weights, train_preference, train_sft)
+from bench.train.data import collate, tokenize_rows
+
+PAIRS = [
+    {"prompt": "The movie was", "chosen": " wonderful, I loved it.", "rejected": " boring and far too long."},
+    {"prompt": "Honestly, the plot", "chosen": " kept me guessing", "rejected": " made no sense"},
+    {"prompt": "I would rate it", "chosen": " ten out of ten", "rejected": " two out of ten, sadly"},
+    {"prompt": "The acting", "chosen": " was superb", "rejected": " was wooden"},
+    {"prompt": "Music and sound", "chosen": " were beautiful", "rejected": " were grating"},
+    {"prompt": "Overall", "chosen": " a triumph", "rejected": " a mess"},
+]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))
+
+
+def quick(**changes) -> PreferenceTrainConfig:
+    base = dict(model="tiny", steps=3, batch_size=2, lr=1e-3, max_length=64, max_prompt_length=32,
+                tensorboard=False, progress_bar=False)
+    return PreferenceTrainConfig(**{**base, **changes})
+
+
+def losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cached_reference_logps_give_the_same_losses_as_recomputed(tmp_path):
+    cached = train_preference(quick(), PAIRS, methods.get("dpo"), tmp_path / "cached")
+    online = train_preference(quick(precompute_reference=False), PAIRS, methods.get("dpo"), tmp_path / "online")
+    assert cached.extra["reference"] == "cached" and online.extra["reference"] == "online"
+    assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "online"), abs=1e-6)
+    a = load_file(f"{cached.model_path}/model.safetensors")
+    b = load_file(f"{online.model_path}/model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_methods_needing_reference_logits_refuse_precomputation(tmp_path):
+    from bench.train import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="fkl"):
+        train_preference(quick(precompute_reference=True), PAIRS, methods.get("tdpo2"), tmp_path / "x")
+
+
+def test_bad_rows_are_dropped_with_counted_reasons():
+    tokenizer = gpt2_tokenizer()
+    rows = [
+        PAIRS[0],
+        {"prompt": "p", "chosen": "a"},                                  # missing rejected
+        {"prompt": "p", "chosen": "   ", "rejected": "b"},                # empty chosen
+        {"prompt": "p", "chosen": " same", "rejected": " same"},          # chosen == rejected
+        {"prompt": "word " * 80, "chosen": " a", "rejected": " b"},       # prompt > max_prompt_length
+        {"prompt": 3, "chosen": " a", "rejected": " b"},                   # prompt not a string
+        PAIRS[1],
+    ]
+    examples, report = tokenize_rows(rows, tokenizer, response_keys=("chosen", "rejected"), max_length=64,
+                                     max_prompt_length=32, use_chat_template=False, prompt_overflow="drop")
+    assert [e.index for e in examples] == [0, 6]
+    assert dict(report.dropped) == {"missing_field:rejected": 1, "empty_response:chosen": 1,
+                                    "chosen_equals_rejected": 1, "prompt_too_long": 1, "missing_field:prompt": 1}
+    assert report.examples["prompt_too_long"] == [4]
+    # by default an over-long prompt keeps its end instead (counted)
+    kept, truncating = tokenize_rows(rows, tokenizer, response_keys=("chosen", "rejected"), max_length=64,
+                                     max_prompt_length=32, use_chat_template=False)
+    assert [e.index for e in kept] == [0, 4, 6] and truncating.truncated_prompts == 1
+    assert len(kept[1].prompt) == 32
+    with pytest.raises(BadDataError, match="chosen_equals_rejected"):
+        tokenize_rows(rows, tokenizer, response_keys=("chosen", "rejected"), max_length=64, max_prompt_length=32,
+                      use_chat_template=False, bad_rows="error")
+    with pytest.raises(BadDataError, match="no usable"):
+        tokenize_rows(rows[1:4] + rows[5:6], tokenizer, response_keys=("chosen", "rejected"), max_length=64,
+                      max_prompt_length=32, use_chat_template=False)
+
+
+def test_truncation_keeps_prompt_end_and_bounds_length():
+    tokenizer = gpt2_tokenizer()
+    prompt = " ".join(f"w{i}" for i in range(40))
+    row = {"prompt": prompt, "chosen": " good" * 40, "rejected": " bad"}
+    (example,), report = tokenize_rows([row], tokenizer, response_keys=("chosen", "rejected"), max_length=48,
+                                       max_prompt_length=16, use_chat_template=False)
+    full = tokenizer(prompt).input_ids
+    assert example.prompt == full[-16:]
+    assert len(example.prompt) + len(example.responses[0]) == 48  # chosen cut to the room left
+    assert example.responses[1] == tokenizer(" bad").input_ids + [tokenizer.eos_token_id]
+    assert report.truncated_prompts == 1 and report.truncated_responses == 1
+    batch = collate([example], tokenizer.pad_token_id)
+    # chosen row then rejected row; completion mask covers exactly the response tokens
+    assert batch.completion_mask.sum(1).tolist() == [32.0, 2.0]
+    assert batch.eos_mask.sum(1).tolist() == [0.0, 1.0]
+
+
+def test_training_drops_bad_rows_and_reports_them(tmp_path):
+    rows = PAIRS + [{"prompt": "x", "chosen": " same", "rejected": " same"}]
+    result = train_preference(quick(steps=1), rows, methods.get("dpo"), tmp_path / "run")
+    assert result.data["dropped"] == {"chosen_equals_rejected": 1}
+    assert result.data["kept"] == len(PAIRS)
+
+
+@methods.register
+class _ExplodesOnLongChosen(Method):
+    """Test method: NaN for pairs whose chosen response has more than 6 tokens."""
+
+    name = "_test_explodes"
+    hyperparameters = {"beta": Hyperparameter(0.1, "unused")}
+
+    def compute(self, batch):
+        long = batch.mask_w.sum(-1) > 6
+        per_pair = (batch.logps_w - batch.ref_logps_w).sum(-1) * 0 + 0.5
+        return torch.where(long, torch.full_like(per_pair, math.nan), per_pair), {}
+
+
+def test_non_finite_loss_stops_with_step_rows_and_term(tmp_path):
+    with pytest.raises(NonFiniteLossError) as info:
+        train_preference(quick(batch_size=6, steps=2), PAIRS, methods.get("_test_explodes"), tmp_path / "run")
+    message = str(info.value)
+    assert "optimizer step 1" in message and "_test_explodes loss" in message
+    assert "data rows [0]" in message  # only the first pair's chosen response is that long
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_finished_run_is_returned_not_retrained_and_other_configs_are_refused(tmp_path):
+    first = train_preference(quick(steps=1), PAIRS, methods.get("dpo"), tmp_path / "run")
+    mtime = (tmp_path / "run" / "result.json").stat().st_mtime_ns
+    again = train_preference(quick(steps=1, progress_bar=True), PAIRS, methods.get("dpo"), tmp_path / "run")
+    assert again == first and (tmp_path / "run" / "result.json").stat().st_mtime_ns == mtime
+    with pytest.raises(FileExistsError, match="different configuration"):
+        train_preference(quick(steps=2), PAIRS, methods.get("dpo"), tmp_path / "run")
+
+
+def test_lora_reference_is_the_base_and_the_saved_model_is_merged(tmp_path):
+    config = quick(lora=LoraSettings(r=4, alpha=8), lr=5e-3, steps=2, batch_size=6, lr_schedule="constant")
+    result = train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "run")
+    lines = losses(tmp_path / "run")
+    assert lines[0] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference before the first update
+    assert lines[1] < lines[0]
+    model, _ = load_model(result.model_path)
+    assert not any("lora" in name for name in model.state_dict())
+
+
+def test_sft_lowers_completion_nll_and_saves_a_loadable_model(tmp_path):
+    rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS]
+    config = SFTConfig(model="tiny", steps=3, batch_size=6, lr=3e-3, lr_schedule="constant", max_length=64,
+                       max_prompt_length=32, tensorboard=False, progress_bar=False)
+    result = train_sft(config, rows, tmp_path / "sft")
+    nll = losses(tmp_path / "sft")
+    assert nll[0] == pytest.approx(math.log(50257), rel=0.05)  # a random tiny model is near uniform
+    assert nll[2] < nll[1] < nll[0]
+    load_model(result.model_path)
+
+
+@pytest.mark.parametrize("estimator", ["prompt_contrastive", "dpo_contrastive"])
+def test_tis_weight_stage_produces_per_token_weights_that_train(tmp_path, estimator):
+    config = TISWeightConfig(train=quick(steps=2, batch_size=3), estimator=estimator)
+    weighted = estimate_tis_weights(config, PAIRS, tmp_path / "weights")
+    tokenizer = gpt2_tokenizer()
+    assert len(weighted) == len(PAIRS)
+    for row, pair in zip(weighted, PAIRS):
+        n_chosen = len(tokenizer(pair["chosen"]).input_ids) + 1  # + EOS
+        assert len(row["weights_chosen"]) == n_chosen
+        assert row["weights_chosen"][-1] == 0.0  # EOS gets no weight
+        assert all(0.7 - 1e-6 <= w <= 1.3 + 1e-6 for w in row["weights_chosen"][:-1] + row["weights_rejected"][:-1])
+    # cached: a second call reads the stored file
+    assert estimate_tis_weights(config, PAIRS, tmp_path / "weights") == weighted
+    result = train_preference(quick(steps=1), weighted, methods.get("tis_dpo"), tmp_path / "train")
+    assert 0.7 < result.metrics["weights/mean_chosen"] < 1.3
