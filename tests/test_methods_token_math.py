@@ -71,14 +71,35 @@ def test_gradient_matches_plain_autograd_in_float64():
     labels, mask = _labels_and_mask()
     policy = _logits(5).requires_grad_(True)
     ref = _logits(6)
-    stats = token_stats(policy, labels, mask, ref, fkl=True, chunk_size=3)
-    (stats.logps.sum() + stats.fkl.sum()).backward()
+    stats = token_stats(policy, labels, mask, ref, fkl=True, rkl=True, chunk_size=3)
+    (stats.logps.sum() + stats.fkl.sum() + 0.3 * stats.rkl.sum()).backward()
     direct = _logits(5).requires_grad_(True)
     lp, lr = direct.log_softmax(-1), ref.log_softmax(-1)
     gathered = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     fkl = (lr.exp() * (lr - lp)).sum(-1)
-    ((gathered + fkl) * mask).sum().backward()
+    rkl = (lp.exp() * (lp - lr)).sum(-1)
+    ((gathered + fkl + 0.3 * rkl) * mask).sum().backward()
     assert torch.allclose(policy.grad, direct.grad, atol=1e-12)
+
+
+def test_analytic_backward_passes_gradcheck_for_every_output():
+    labels, mask = _labels_and_mask(B=2, T=5, V=7)
+    ref = _logits(8, (2, 5, 7))
+    weights = torch.rand(3, 2, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+    def f(policy):
+        s = token_stats(policy, labels, mask, ref, fkl=True, rkl=True, chunk_size=3)
+        return (weights[0] * s.logps + weights[1] * s.fkl + weights[2] * s.rkl).sum()
+
+    assert torch.autograd.gradcheck(f, (_logits(7, (2, 5, 7)).requires_grad_(True),), eps=1e-6, atol=1e-8)
+
+
+def test_non_contiguous_logits_slice_is_accepted():
+    logits = _logits(10, (2, 10, 50))
+    labels, mask = _labels_and_mask()
+    a = token_stats(logits[:, :-1], labels, mask)
+    b = token_stats(logits[:, :-1].contiguous(), labels, mask)
+    assert torch.equal(a.logps, b.logps)
 
 
 def test_shift_aligns_logits_with_next_token():
