@@ -108,6 +108,8 @@ class IMDB(Task):
         "min_words": (2, "shortest review prefix, words"),
         "max_words": (8, "longest review prefix, words"),
         "sft_words": (64, "SFT completions are the review continued for at most this many words"),
+        "judge_accuracy_reviews": (None, "labelled reviews used to report the judge's accuracy with every score "
+                                   "(None: 1000 for VADER, 200 for a HF classifier; 0: off)"),
     }
 
     def default_judge(self) -> str:
@@ -219,6 +221,21 @@ class IMDB(Task):
         texts, labels, origin = self.labelled_reviews(limit)
         return {"judge": judge.identity(), "reviews": origin, **judge.accuracy(texts, labels)}
 
+    def _judge_accuracy_for_record(self) -> dict[str, Any]:
+        """The judge's accuracy on labelled reviews, measured once per task object for the run record."""
+        if getattr(self, "_accuracy_record", None) is None:
+            n = self.judge_accuracy_reviews
+            if n is None:
+                n = 1000 if getattr(self.judge, "model", None) == "vader" else 200
+            if n == 0:
+                self._accuracy_record = {"skipped": "judge_accuracy_reviews=0"}
+            else:
+                try:
+                    self._accuracy_record = self.judge_accuracy(limit=n)
+                except TaskError as exc:
+                    self._accuracy_record = {"unavailable": str(exc)}
+        return self._accuracy_record
+
     # -- scoring ------------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample], pair_logps: Sequence[PairLogps] | None = None) -> Scores:
         if not samples:
@@ -246,7 +263,8 @@ class IMDB(Task):
             missing["token_entropy"] = how
         else:
             metrics["token_entropy"] = entropy
-        details = {"judge": self.judge.identity(), "token_entropy_estimator": how, "n_samples": len(samples)}
+        details = {"judge": self.judge.identity(), "judge_accuracy": self._judge_accuracy_for_record(),
+                   "token_entropy_estimator": how, "n_samples": len(samples)}
         if missing:
             details["missing"] = missing
         return Scores(metrics=metrics, per_sample=per_sample, details=details)

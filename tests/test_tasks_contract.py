@@ -112,3 +112,11 @@ def test_sampling_replace_keeps_defaults():
     t = s.replace(n=4)
     assert (t.n, t.max_new_tokens, t.stop, s.n) == (4, 32, ("\n",), 1)
     assert not math.isnan(t.temperature)
+
+
+def test_entry_point_plugins_join_the_table(monkeypatch):
+    monkeypatch.setattr(tasks, "_plugins", lambda: {"imdb_again": "tasks.imdb:IMDB", "bad": "tasks.base:Sample"})
+    assert tasks.available()[-2:] == ["imdb_again", "bad"]
+    assert tasks.task_class("imdb_again").name == "imdb"
+    with pytest.raises(TaskError, match="'tasks.base:Sample' is not a tasks.Task subclass"):
+        tasks.task_class("bad")

@@ -38,6 +38,11 @@ def test_prompts_are_short_prefixes_of_real_reviews_and_splits_are_disjoint():
     assert used["kind"] == "local" and used["fingerprint"] == "ddeb8f9b9714317b"  # sha256 prefix of the tarball
     sft = task.sft_data(limit=3)
     assert len(sft) == 3 and all(len(e.completion.split()) <= 64 for e in sft)
+    # every score carries the judge's accuracy on the labelled sample
+    prompt = evals[0]
+    details = tasks.get("imdb", data_dir=shared_data_dir(), judge="sentiment:vader",
+                        judge_accuracy_reviews=100).score([tasks.Sample.from_prompt(prompt, " great")]).details
+    assert details["judge_accuracy"]["n"] == 100 and 0.5 < details["judge_accuracy"]["accuracy"] <= 1.0
 
 
 def test_builtin_openings_work_offline_without_data(tmp_path, monkeypatch):
@@ -69,6 +74,7 @@ def test_scores_real_samples_end_to_end(tmp_path, monkeypatch):
     assert -1.0 <= scores.metrics["reward"] <= 1.0
     assert [r["prompt_id"] for r in scores.per_sample] == [s.prompt_id for s in samples]
     assert scores.details["judge"]["version"].startswith("vader-")
+    assert "unavailable" in scores.details["judge_accuracy"]  # no labelled reviews offline in this test
     # generated preferences from the same samples: best vs worst by VADER, margin 0 keeps any gap
     pairs = task.pairs_from_samples(samples, margin=0.0)
     rewards = task.reward(samples)

@@ -101,3 +101,30 @@ def test_sentiment_auto_is_vader_offline(monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     assert judges.build("sentiment").model == judges.SIEBERT
+
+
+def test_sentiment_judge_with_a_local_hf_classifier(tmp_path):
+    """The HF-classifier path (siebert when online) on a tiny local 2-label model: P(POSITIVE)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from bench.models import gpt2_tokenizer
+
+    tokenizer = gpt2_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=2,
+                         id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    judge = judges.build(f"sentiment:{tmp_path}")
+    prompts, completions = ["This movie", "I think"], [" was great<br />fun", " it is bad"]
+    got = judge.score(prompts, completions)
+    for p, c, value in zip(prompts, completions, got):
+        with torch.no_grad():
+            logits = model(**tokenizer(judges.clean_review(p + c), return_tensors="pt")).logits[0]
+        assert value == pytest.approx(torch.softmax(logits, -1)[1].item(), abs=1e-4)
+    assert judge.threshold == 0.5 and str(tmp_path) in judge.version
+    accuracy = judge.accuracy(["a", "b"], [1, 0])
+    assert accuracy["n"] == 2 and accuracy["accuracy"] in (0.0, 0.5, 1.0)
