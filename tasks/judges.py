@@ -275,9 +275,16 @@ Which response is better? Answer with exactly one letter: A or B."""
 
 
 def parse_verdict(text: str) -> str | None:
-    """'A', 'B' or None (unparseable). Accepts 'A', 'B', 'Response A', '**B**', 'A.'..."""
-    match = re.search(r"\b(?:response\s+)?([AB])\b", text.strip(), flags=re.IGNORECASE)
-    return match.group(1).upper() if match else None
+    """'A', 'B' or None (unparseable).
+
+    A reply that is just the letter (any case, markdown/punctuation around it) counts; otherwise the
+    first standalone CAPITAL A or B ('Response B is better'), so the article "a" is never read as a vote.
+    """
+    bare = re.sub(r"[\s*_.:()\[\]\"']", "", text)
+    if bare.upper() in ("A", "B"):
+        return bare.upper()
+    match = re.search(r"\b([AB])\b", text)
+    return match.group(1) if match else None
 
 
 class PairwiseLLMJudge(Judge):

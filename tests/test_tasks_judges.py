@@ -39,7 +39,8 @@ def test_pairwise_llm_judge_asks_both_orders_and_ties_on_disagreement():
 
 
 @pytest.mark.parametrize("reply,verdict", [("A", "A"), ("b", "B"), ("Response B", "B"), ("**A**.", "A"),
-                                           ("Neither", None), ("", None)])
+                                           ("(b)", "B"), ("a better one is B", "B"), ("Neither", None),
+                                           ("I cannot decide.", None), ("", None)])
 def test_parse_verdict(reply, verdict):
     assert judges.parse_verdict(reply) == verdict
 
