@@ -92,12 +92,14 @@ class HH(Task):
         DataSource("local", "hh-rlhf", "original files <data_dir>/hh-rlhf/<subset>/{train,test}.jsonl[.gz]; "
                    "with only test files, a fixed hash split gives eval (eval_fraction) and train", "test[/train]"),
     )
+    # alignment_accuracy first: the harness takes a task's first "higher" metric as its primary one,
+    # and it is the only quality metric present with every judge (win_rate needs an LLM/reward judge)
     metrics = (
+        Metric("alignment_accuracy", True, "held-out pairs where the implicit reward log pi/ref ranks chosen first"),
         Metric("win_rate", True, "judge win rate of samples vs the chosen response (ties = 1/2); needs a "
                "pairwise LLM or pointwise judge"),
         Metric("similarity_to_chosen", True, "offline fallback: MiniLM cosine similarity to the chosen response"),
         Metric("closer_to_chosen", True, "offline fallback: fraction of samples more similar to chosen than rejected"),
-        Metric("alignment_accuracy", True, "held-out pairs where the implicit reward log pi/ref ranks chosen first"),
         Metric("token_entropy", None, "mean per-token predictive entropy of the policy, nats"),
         Metric("distinct_1", True, "unique unigrams / unigrams over all samples"),
         Metric("distinct_2", True, "unique bigrams / bigrams over all samples"),
