@@ -121,7 +121,7 @@ class PrefDataConfig:
 
     source: str = choice("task_default", "dataset", "sample_and_judge", "pairwise_ranking",
                          default="task_default")
-    prompts: int = doc(128, "train prompts (or pairs for `dataset`)", minimum=1)
+    prompts: int | None = doc(128, "train prompts (or pairs for `dataset`); null = all", minimum=1)
     samples_per_prompt: int = doc(4, minimum=2)
     max_new_tokens: int = doc(32, minimum=1)
     temperature: float = doc(1.0, minimum=0)
@@ -148,7 +148,7 @@ class GenerationConfig:
 
     backend: str = choice("auto", "hf", "vllm", "openai", default="auto",
                           help="auto = vllm when importable, else hf")
-    prompts: int = doc(128, "held-out eval prompts", minimum=1)
+    prompts: int | None = doc(128, "held-out eval prompts; null = all", minimum=1)
     samples_per_prompt: int = doc(2, minimum=1)
     max_new_tokens: int = doc(32, minimum=1)
     temperature: float = doc(1.0, "0 = greedy", minimum=0)

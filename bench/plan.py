@@ -222,14 +222,14 @@ def estimate_work(plan: Plan) -> dict[str, Any]:
             units["train_steps"] = units.get("train_steps", 0) + int(p["train"]["steps"] or 0)
         elif node.stage == "generate":
             g = p["generation"]
-            units["sampled_sequences"] = units.get("sampled_sequences", 0) + g["prompts"] * g["samples_per_prompt"]
+            units["sampled_sequences"] = units.get("sampled_sequences", 0) + (g["prompts"] or 0) * g["samples_per_prompt"]
         elif node.stage == "prefdata":
             d = p["prefdata"]
             if d["source"] != "dataset":
-                units["sampled_sequences"] = units.get("sampled_sequences", 0) + d["prompts"] * d["samples_per_prompt"]
+                units["sampled_sequences"] = units.get("sampled_sequences", 0) + (d["prompts"] or 0) * d["samples_per_prompt"]
         elif node.stage == "score" and suite.score.kl:
-            units["kl_sequences"] = units.get("kl_sequences", 0) + (
-                suite.generation.prompts * suite.generation.samples_per_prompt)
+            g = node.deps["samples"].params["generation"]
+            units["kl_sequences"] = units.get("kl_sequences", 0) + (g["prompts"] or 0) * g["samples_per_prompt"]
         elif node.stage == "sft":
             units["sft_steps"] = units.get("sft_steps", 0) + int(p["sft"]["steps"] or 0)
     return units

@@ -44,7 +44,7 @@ class VLLMServer:
         env.pop("PYTHONPATH", None)  # the other env must import its own packages
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
                "--served-model-name", "pobench-model", "--host", "127.0.0.1", "--port", str(self.port),
-               "--dtype", dtype, "--enforce-eager", "--max-model-len", "1024"]
+               "--dtype", dtype, "--enforce-eager"]
         self.log_path = log_path or os.devnull
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,

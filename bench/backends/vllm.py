@@ -27,7 +27,7 @@ def _cpu_defaults() -> None:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16", max_model_len: int = 1024,
+    def __init__(self, model_path: str, dtype: str = "bfloat16", max_model_len: int | None = None,
                  seed: int = 0, enforce_eager: bool = True, **llm_kwargs: Any) -> None:
         try:
             import torch

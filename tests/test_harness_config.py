@@ -1,0 +1,121 @@
+"""Suite config: validation errors name the field and the allowed values; overrides; shipped suites."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.config import ConfigError, apply_override, load_suite, parse_override, validate
+from bench.plan import build_plan, method_label
+
+REPO = Path(__file__).resolve().parents[1]
+SUITES = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def minimal(**extra):
+    return {"name": "t", "methods": {"dpo": {}}, **extra}
+
+
+@pytest.mark.parametrize("data, expected", [
+    (minimal(train={"lr_schedule": "cosin"}), "train.lr_schedule: 'cosin' is not one of ['constant', 'linear', 'cosine']"),
+    (minimal(trian={}), "trian: unknown field; allowed fields: ['name'"),
+    (minimal(train={"steps": "ten"}), "train.steps: expected an integer, got 'ten'"),
+    (minimal(train={"steps": -1}), "train.steps: -1 is below the minimum 0"),
+    (minimal(train={"lora": {"rank": 8}}), "train.lora.rank: unknown field; allowed fields of train.lora: ['r'"),
+    (minimal(generation={"backend": "tgi"}), "generation.backend: 'tgi' is not one of ['auto', 'hf', 'vllm', 'openai']"),
+    ({"name": "t", "methods": {"dpoo": {}}}, "methods.dpoo: unknown method 'dpoo'; available: ['dpo'"),
+    ({"name": "t", "methods": {"dpo": {"betta": 0.1}}}, "methods.dpo.betta: unknown hyperparameter of 'dpo'; allowed: ['beta']"),
+    ({"name": "t", "methods": {"dpo": {"beta": [0.1, -1.0]}}}, "beta must be > 0"),
+    ({"name": "t", "methods": {"dpo": {"beta": []}}}, "methods.dpo.beta: an empty list sweeps nothing"),
+    ({"name": "t", "methods": {"dpo": {"train": {"lrr": 1}}}}, "methods.dpo.train.lrr: unknown field"),
+    (minimal(tasks=["imbd"]), "tasks[0]: unknown task 'imbd'; available: ['imdb'"),
+    (minimal(seeds=[0, 0]), "seeds: duplicate seeds in [0, 0]"),
+    ({"methods": {"dpo": {}}}, "name: required field is missing"),
+    (minimal(generation={"backend": "openai"}), "generation.base_url: the openai backend needs base_url"),
+    ({"name": "t", "methods": {"tis_dpo": {}}}, "tis.positive: 'suite_dpo' reuses this suite's DPO policy"),
+    (minimal(task_options={"hh": {}}), "task_options.hh: not one of this suite's tasks ['imdb']"),
+])
+def test_errors_name_field_and_allowed_values(data, expected):
+    with pytest.raises(ConfigError) as info:
+        validate(data, source="suite.yaml")
+    message = str(info.value)
+    assert message.startswith("suite.yaml: ")
+    assert expected in message
+
+
+def test_valid_config_defaults_and_grid():
+    suite = validate(minimal(methods={"dpo": {"beta": [0.1, 0.5]}, "ipo": {}}, seeds=[0, 1]))
+    assert suite.train.steps == 20 and suite.train.lr == 5e-4
+    dpo = suite.method_specs[0]
+    assert dpo.hyperparameter_points() == [{"beta": 0.1}, {"beta": 0.5}]
+    assert method_label(dpo, {"beta": 0.5}) == "dpo(beta=0.5)"
+    assert method_label(suite.method_specs[1], {}) == "ipo"
+
+
+def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmethods: {dpo: {}}\ntrain: {lr: 5e-4}\n")  # YAML 1.1 reads 5e-4 as a string
+    assert load_suite(path).train.lr == pytest.approx(5e-4)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmethods: {dpo: {beta: 0.1}, ipo: {}}\n")
+    suite = load_suite(path, ["train.steps=3", "seeds=[1,2]", "methods.dpo.beta=[0.1,0.2]",
+                              "generation.backend=hf", "train.lora.target_modules=[q_proj]"])
+    assert suite.train.steps == 3 and suite.seeds == [1, 2]
+    assert suite.method_specs[0].grid == {"beta": [0.1, 0.2]}
+    assert suite.train.lora.target_modules == ["q_proj"]
+    only = load_suite(path, ["methods=ipo"])
+    assert [s.name for s in only.method_specs] == ["ipo"]
+    with pytest.raises(ConfigError, match=r"s.yaml: train.stepz: unknown field"):
+        load_suite(path, ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("train.steps")
+
+
+def test_apply_override_creates_sections():
+    data = {"name": "x"}
+    apply_override(data, "executor.kind", "ray")
+    assert data == {"name": "x", "executor": {"kind": "ray"}}
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[str(p.relative_to(REPO)) for p in SUITES])
+def test_every_shipped_suite_validates_and_plans(path):
+    suite = load_suite(path)
+    plan = build_plan(suite)
+    assert plan.cells, f"{path} plans no run"
+    methods = {c.method for c in plan.cells}
+    assert methods - {"reference"}, f"{path} has no method"
+
+
+def test_default_suite_has_every_method_and_the_reference_row():
+    import methods
+
+    suite = load_suite(REPO / "configs" / "default.yaml")
+    assert {s.name for s in suite.method_specs} == set(methods.available()[:11])
+    assert suite.reference_row
+    assert suite.models[0].id == "smollm2-135m"
+
+
+def test_cache_keys_follow_inputs():
+    base = validate(minimal(methods={"dpo": {}, "ipo": {}}))
+    changed = validate(minimal(methods={"dpo": {}, "ipo": {}}, train={"lr": 1e-4}))
+    keys = lambda plan, stage: sorted(n.key for n in plan.nodes if n.stage == stage)  # noqa: E731
+    a, b = build_plan(base), build_plan(changed)
+    assert keys(a, "prefdata") == keys(b, "prefdata")  # the data does not depend on the trainer
+    assert set(keys(a, "train")).isdisjoint(keys(b, "train"))
+    method_scores = lambda plan: {c.score.key for c in plan.cells if c.method != "reference"}  # noqa: E731
+    assert method_scores(a).isdisjoint(method_scores(b))  # downstream of training re-keys too
+    ref_a = [c.score.key for c in a.cells if c.method == "reference"]
+    ref_b = [c.score.key for c in b.cells if c.method == "reference"]
+    assert ref_a == ref_b  # the reference row does not depend on the training budget
+
+
+def test_tis_dpo_reuses_the_suites_dpo_policy():
+    suite = validate(minimal(methods={"dpo": {"beta": [0.1, 0.5]}, "tis_dpo": {}}))
+    plan = build_plan(suite)
+    prep = plan.by_stage("prep")
+    assert len(prep) == 1
+    dpo_train = next(c.train for c in plan.cells if c.label == "dpo(beta=0.1)")
+    assert prep[0].deps["positive"] is dpo_train
