@@ -81,12 +81,13 @@ class Limits:
     tmpfs_bytes: int = 64 << 20
     processes: int = 16
     open_files: int = 128
+    files_created: int = 64
     output_bytes: int = 64 << 10
 
     def for_harness(self) -> dict[str, int]:
         return {"cpu_seconds": int(math.ceil(self.timeout_s)) + 1, "memory_bytes": self.memory_bytes,
                 "file_size_bytes": self.file_size_bytes, "tmpfs_bytes": self.tmpfs_bytes,
-                "processes": self.processes, "open_files": self.open_files}
+                "processes": self.processes, "open_files": self.open_files, "files_created": self.files_created}
 
 
 @dataclass
@@ -128,6 +129,7 @@ def _unshare_works(args: Sequence[str]) -> bool:
         return False
 
 
+_SETPRIV = shutil.which("setpriv")
 _NAMESPACES = ["--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child"]
 _detected: str | None = None
 _detect_lock = threading.Lock()
@@ -211,16 +213,18 @@ class Sandbox:
     # -- one program ---------------------------------------------------------------------------
     def _command(self, slot: int, payload_fd: int, result_fd: int) -> list[str]:
         python = [self.python, "-I", "-S", "-B", "-c", HARNESS_SOURCE, str(payload_fd), str(result_fd)]
-        if self.isolation == "namespaces+uid":
-            return [shutil.which("unshare") or "unshare", *_NAMESPACES, "--", *python]
-        if self.isolation == "userns":
-            return [shutil.which("unshare") or "unshare", "--user", "--map-root-user", *_NAMESPACES, "--", *python]
-        return python
+        if self.isolation == "process":
+            return python  # the harness arms its own parent-death signal
+        # `unshare` must die with us (its --kill-child then takes the program down): setpriv arms
+        # the parent-death signal and execs it (preexec_fn is not safe in a threaded parent)
+        prefix = [_SETPRIV, "--pdeathsig", "KILL"] if _SETPRIV else []
+        userns = ["--user", "--map-root-user"] if self.isolation == "userns" else []
+        return [*prefix, shutil.which("unshare") or "unshare", *userns, *_NAMESPACES, "--", *python]
 
     def _payload(self, job: Job, slot: int, nonce: str) -> bytes:
         payload: dict[str, object] = {"solution": job.solution, "test": job.test, "keep_names": list(job.keep_names),
                                       "nonce": nonce, "limits": self.limits.for_harness(),
-                                      "mount_private": self.isolation != "process"}
+                                      "mount_private": self.isolation != "process", "parent_pid": os.getpid()}
         if self.isolation == "namespaces+uid":
             payload["uid"] = payload["gid"] = SLOT_UID_BASE + slot
         else:

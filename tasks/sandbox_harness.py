@@ -89,6 +89,15 @@ def _setup(payload: dict) -> None:
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         del libc, ctypes
 
+    else:
+        # no namespace to take the program down with its parent: die with the parent instead
+        import ctypes
+        PR_SET_PDEATHSIG, SIGKILL = 1, 9
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+        if os.getppid() != payload.get("parent_pid"):  # the parent died before the signal was armed
+            os._exit(3)
+        del ctypes
+
     # -- 3. resource limits
     import resource
     cpu = int(limits["cpu_seconds"])
@@ -122,6 +131,7 @@ def _sandbox_main() -> None:
     nonce = payload.pop("nonce").encode("ascii")
     solution, test = payload["solution"], payload["test"]
     keep_names = set(payload.get("keep_names") or ())
+    limits = payload["limits"]
 
     write, exit_now = os.write, os._exit
     out_streams, flush = (sys.stdout, sys.stderr), type(sys.stdout).flush
@@ -213,6 +223,9 @@ def _sandbox_main() -> None:
         return resolved is None or not (resolved == workdir or resolved.startswith(workdir + "/")
                                         or resolved == "/dev/null")
 
+    created = [0]  # files opened with O_CREAT: with RLIMIT_FSIZE this bounds the disk a program can use
+    max_created = int(limits.get("files_created") or 0)
+
     def audit(event: str, args: tuple) -> None:
         if event in denied_events or event.startswith(("ctypes.", "socket.")):
             raise PermissionError(f"sandbox: {event} is not allowed")
@@ -225,9 +238,13 @@ def _sandbox_main() -> None:
             raise ImportError(f"sandbox: importing {args[0]} is not allowed")
         if event in ("open", "os.listdir", "os.scandir") and args and is_private(args[0]):
             raise PermissionError(f"sandbox: access to {args[0]!r} is not allowed")
-        if event == "open" and len(args) > 2 and isinstance(args[2], int) and args[2] & write_flags \
-                and outside_workdir(args[0]):
-            raise PermissionError(f"sandbox: writing {args[0]!r} outside the working directory is not allowed")
+        if event == "open" and len(args) > 2 and isinstance(args[2], int) and args[2] & write_flags:
+            if outside_workdir(args[0]):
+                raise PermissionError(f"sandbox: writing {args[0]!r} outside the working directory is not allowed")
+            if args[2] & os.O_CREAT:
+                created[0] += 1
+                if max_created and created[0] > max_created:
+                    raise PermissionError(f"sandbox: more than {max_created} files created")
         positions = changing_events.get(event)
         if positions is not None:
             paths, dir_fds = positions
