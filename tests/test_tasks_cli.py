@@ -43,3 +43,9 @@ def test_judge_accuracy_is_reported(capsys):
     out = capsys.readouterr().out
     match = re.search(r"judge accuracy: (0\.\d{3}) \[95% CI .*\] on 1000 labelled reviews", out)
     assert match and float(match.group(1)) > 0.65
+
+
+def test_evaluate_is_for_model_evaluation_tasks(capsys):
+    assert main(["tasks", "imdb", "--evaluate", "some/model"]) == 2
+    assert "--evaluate is for model-evaluation tasks" in capsys.readouterr().err
+    assert main(["tasks", "--evaluate", "some/model"]) == 2

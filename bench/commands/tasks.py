@@ -3,7 +3,8 @@
 ``pobench tasks`` lists every task (built-in and plugins) from class attributes only (no data is
 read). ``--data-dir`` / ``--source`` also show which source each task would load from.
 ``--judge-accuracy`` measures the judge of tasks that can (IMDB: the sentiment scorer on labelled
-IMDB reviews) so users see how far to trust the reward.
+IMDB reviews) so users see how far to trust the reward. ``pobench tasks reasoning --evaluate DIR``
+runs a model-evaluation task (lm-eval GSM8K + ARC-Challenge) on a checkpoint.
 """
 from __future__ import annotations
 
@@ -77,7 +78,48 @@ def _print_row(row: dict[str, Any]) -> None:
                   f"judge {acc['judge']['name']}@{acc['judge']['version']}")
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """``--evaluate CHECKPOINT``: run a model-evaluation task (reasoning) on a checkpoint."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if len(args.names) != 1:
+        print("pobench tasks: --evaluate takes exactly one task name, e.g. `pobench tasks reasoning "
+              "--evaluate runs/.../model`", file=sys.stderr)
+        return 2
+    try:
+        task = tasks.get(args.names[0], data_dir=args.data_dir, source=args.source)
+        if task.evaluation != "model":
+            raise TaskError(f"task {task.name!r} scores samples (evaluation={task.evaluation!r}); --evaluate is "
+                            "for model-evaluation tasks such as reasoning")
+        scores = task.evaluate_model(args.evaluate, limit=args.eval_limit)
+    except TaskError as exc:
+        print(f"pobench tasks: {exc}", file=sys.stderr)
+        return 2
+    result = {"model": args.evaluate, **task.record(), "metrics": scores.metrics, "details": scores.details}
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as handle:
+            json.dump({**result, "per_sample": scores.per_sample}, handle, indent=2, default=str)
+        os.replace(handle.name, out)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        for name, value in scores.metrics.items():
+            stderr = scores.details.get("stderr", {}).get(name)
+            print(f"{name:<40} {value:.4f}" + (f" +- {stderr:.4f}" if stderr is not None else ""))
+        used = task.source_used
+        print(f"data: {used.kind}:{used.location}" if used else "data: -")
+        if args.eval_limit:
+            print(f"(limit={args.eval_limit} items per task: a smoke run, not comparable to full results)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.evaluate:
+        return _evaluate(args)
     names = args.names or tasks.available()
     unknown = [n for n in names if n not in tasks.available()]
     if unknown:
@@ -113,4 +155,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="measure each task's judge where it can (IMDB: sentiment accuracy on labelled reviews)")
     parser.add_argument("--judge", help="judge spec for --judge-accuracy (default: the task's), e.g. sentiment:vader")
     parser.add_argument("--limit", type=int, default=1000, help="labelled examples for --judge-accuracy")
+    parser.add_argument("--evaluate", metavar="CHECKPOINT",
+                        help="run a model-evaluation task (reasoning: lm-eval GSM8K/ARC) on this model dir or hub id")
+    parser.add_argument("--eval-limit", type=int, help="items per lm-eval task for --evaluate (smoke runs)")
+    parser.add_argument("--output", help="with --evaluate: write metrics, details and per-item records here (JSON)")
     parser.set_defaults(func=run)
