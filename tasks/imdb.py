@@ -119,12 +119,14 @@ class IMDB(Task):
     def _reviews(self, split: str) -> list[Review]:
         kind = self.resolve_source()
         if kind == "hub":
-            from datasets import load_dataset
-            ds = load_dataset(HUB_ID, split=split)
-            rows = [(f"{split}/{i}", row["text"], int(row["label"])) for i, row in enumerate(ds)]
-            self._note_source(SourceUsed("hub", HUB_ID, f"split={split}",
-                                         getattr(ds, "_fingerprint", "") or ""))
-            return rows
+            cache = self.__dict__.setdefault("_hub_reviews", {})
+            if split not in cache:  # SFT, prompts and judge accuracy all read the same split
+                from datasets import load_dataset
+                ds = load_dataset(HUB_ID, split=split)
+                cache[split] = [(f"{split}/{i}", row["text"], int(row["label"])) for i, row in enumerate(ds)]
+                self._note_source(SourceUsed("hub", HUB_ID, f"split={split}",
+                                             getattr(ds, "_fingerprint", "") or ""))
+            return cache[split]
         if kind == "local":
             root = self.local_root() / self.source("local").location
             test = list(read_aclimdb(str(root), "test"))
@@ -193,7 +195,7 @@ class IMDB(Task):
         Prefers the 1,000-review balanced sample ``imdb/imdb_test_sample1000.derived.jsonl`` in the
         data dir; otherwise a seeded balanced draw from the test split of the resolved source."""
         root = self.local_root()
-        if root is not None and self.requested_source in ("auto", "local"):
+        if root is not None and self.resolve_source() == "local":
             sample = root / self.source("local").location / LABELLED_SAMPLE
             if sample.exists():
                 texts, labels = [], []
