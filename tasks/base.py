@@ -278,7 +278,7 @@ class Task:
     options: ClassVar[dict[str, tuple[Any, str]]] = {}
 
     def __init__(self, data_dir: str | os.PathLike | None = None, source: str = "auto",
-                 judge: "Judge | str | None" = None, **options: Any) -> None:
+                 judge: "Judge | str | dict[str, Any] | None" = None, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise TaskError(f"task {self.name!r}: unknown option(s) {unknown}; "
@@ -357,11 +357,26 @@ class Task:
     # -- judge -------------------------------------------------------------------------------
     @property
     def judge(self) -> "Judge":
-        """The task's judge: the one passed in (object or spec string), else the task default."""
+        """The task's judge: the one passed in, else the task default. ``judge=`` takes a Judge, a
+        spec string (``tasks.judges.build``) or, from suite YAML, a mapping ``{spec: ..., <judge kwargs>}``."""
         if self._judge is None:
             from tasks import judges
             spec = self._judge_spec if self._judge_spec is not None else self.default_judge()
-            self._judge = judges.build(spec) if isinstance(spec, str) else spec
+            if isinstance(spec, str):
+                self._judge = judges.build(spec)
+            elif isinstance(spec, dict):
+                if "spec" not in spec:
+                    raise TaskError(f"task {self.name!r}: a judge mapping needs a 'spec' key, got {sorted(spec)}")
+                kwargs = {k: v for k, v in spec.items() if k != "spec"}
+                try:
+                    self._judge = judges.build(spec["spec"], **kwargs)
+                except TypeError as exc:
+                    raise TaskError(f"task {self.name!r}: bad judge options {sorted(kwargs)}: {exc}") from None
+            elif isinstance(spec, judges.Judge):
+                self._judge = spec
+            else:
+                raise TaskError(f"task {self.name!r}: judge must be a spec string, a mapping or a Judge, "
+                                f"got {type(spec).__name__}")
         return self._judge
 
     def default_judge(self) -> str:

@@ -120,3 +120,17 @@ def test_entry_point_plugins_join_the_table(monkeypatch):
     assert tasks.task_class("imdb_again").name == "imdb"
     with pytest.raises(TaskError, match="'tasks.base:Sample' is not a tasks.Task subclass"):
         tasks.task_class("bad")
+
+
+def test_judge_from_string_mapping_or_object():
+    from tasks import judges
+
+    assert tasks.get("imdb", judge="sentiment:vader").judge.model == "vader"
+    mapped = tasks.get("imdb", judge={"spec": "sentiment:vader", "include_prompt": False}).judge
+    assert mapped.model == "vader" and mapped.include_prompt is False
+    obj = judges.SentimentJudge("vader")
+    assert tasks.get("imdb", judge=obj).judge is obj
+    with pytest.raises(TaskError, match="needs a 'spec' key"):
+        tasks.get("imdb", judge={"model": "x"}).judge
+    with pytest.raises(TaskError, match="bad judge options"):
+        tasks.get("imdb", judge={"spec": "sentiment:vader", "colour": 1}).judge
