@@ -66,6 +66,8 @@ class Reasoning(Task):
         "num_fewshot": (None, "override every task's few-shot count (None = each task's own)"),
         "backend": ("auto", "hf | vllm | auto (vllm when importable)"),
         "batch_size": (1, "lm-eval batch size"),
+        "apply_chat_template": (False, "format prompts with the model's chat template (the Open LLM Leaderboard "
+                                "v2 does, for chat models); few-shot examples then go in as turns"),
     }
 
     def local_root(self) -> Path | None:
@@ -130,7 +132,9 @@ class Reasoning(Task):
                                              f"lm_eval-{package_version('lm_eval')}"))
             results = simple_evaluate(model=backend, model_args=args, tasks=names, task_manager=manager,
                                       num_fewshot=self.num_fewshot, batch_size=self.batch_size, limit=limit,
-                                      gen_kwargs=gen_kwargs, log_samples=log_samples, **kwargs)
+                                      gen_kwargs=gen_kwargs, log_samples=log_samples,
+                                      apply_chat_template=self.apply_chat_template,
+                                      fewshot_as_multiturn=self.apply_chat_template, **kwargs)
         if results is None:  # non-zero ranks under multi-process lm-eval
             return Scores(metrics={}, per_sample=[], details={"rank": "non-zero: results on rank 0"})
         metrics: dict[str, float] = {}
@@ -149,6 +153,7 @@ class Reasoning(Task):
                 entry["filter"] = row.get("filter")
                 per_sample.append(entry)
         details = {"lm_eval_version": package_version("lm_eval"), "backend": backend, "tasks": names,
+                   "chat_template": self.apply_chat_template,
                    "task_versions": results.get("versions", {}), "n_shot": results.get("n-shot", {}),
                    "limit": limit, "n_samples": {k: v.get("effective", v.get("original"))
                                                  for k, v in results.get("n-samples", {}).items()},
