@@ -153,7 +153,7 @@ def frontier_plot(board: dict[str, Any], task: str, path: Path) -> bool:
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_method[row["method"]].append(row)
-    cmap = plt.get_cmap("tab20")
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
     for i, (method, method_rows) in enumerate(sorted(by_method.items())):
         method_rows.sort(key=lambda r: r["metrics"]["kl"]["mean"])
         xs = [r["metrics"]["kl"]["mean"] for r in method_rows]
@@ -161,7 +161,7 @@ def frontier_plot(board: dict[str, Any], task: str, path: Path) -> bool:
         xerr = list(zip(*[_err(r["metrics"]["kl"]) for r in method_rows]))
         yerr = list(zip(*[_err(r["metrics"][metric]) for r in method_rows]))
         style = {"color": "black", "marker": "*", "markersize": 14} if method == "reference" else {
-            "color": cmap(i % 20), "marker": "o"}
+            "color": palette[i % len(palette)], "marker": "o"}
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, label=method, capsize=3, linestyle="-", linewidth=1.2, **style)
         if len(method_rows) > 1:
             for r, x, y in zip(method_rows, xs, ys):
@@ -224,6 +224,10 @@ def _save(fig: Any, path: Path) -> None:
 # html
 
 _SORT_JS = """
+// for the screenshot test and for readers: how many embedded plots actually decoded
+window.addEventListener('load', () => {
+  document.body.dataset.imagesLoaded = [...document.images].filter(i => i.naturalWidth > 0).length;
+});
 document.querySelectorAll('table.board th').forEach((th, col) => th.addEventListener('click', () => {
   const table = th.closest('table'), body = table.tBodies[0];
   const asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
