@@ -225,7 +225,8 @@ def preference_pairs(problems: Mapping[str, CodeProblem], per_sample: Sequence[M
         if not good or not bad:
             continue
         problem = problems[task_id]
-        combos = [(good[i % len(good)], bad[i % len(bad)]) for i in range(len(good) * len(bad))]
+        # diagonals of the good x bad grid first, so the first pairs use distinct samples on both sides
+        combos = [(good[i], bad[(i + shift) % len(bad)]) for shift in range(len(bad)) for i in range(len(good))]
         seen = set()
         for chosen, rejected in combos:
             if len(seen) >= max_pairs_per_problem:
