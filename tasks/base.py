@@ -362,6 +362,8 @@ class Task:
         if self._judge is None:
             from tasks import judges
             spec = self._judge_spec if self._judge_spec is not None else self.default_judge()
+            if spec is None:
+                raise TaskError(f"task {self.name!r} has no judge; pass judge=<spec>")
             if isinstance(spec, str):
                 self._judge = judges.build(spec)
             elif isinstance(spec, dict):
@@ -379,9 +381,10 @@ class Task:
                                 f"got {type(spec).__name__}")
         return self._judge
 
-    def default_judge(self) -> str:
-        """Spec string for :func:`tasks.judges.build` used when no judge was given."""
-        raise TaskError(f"task {self.name!r} has no judge")
+    @classmethod
+    def default_judge(cls) -> str | None:
+        """Spec string for :func:`tasks.judges.build` used when no judge was given (None: no judge)."""
+        return None
 
     # -- data the harness asks for ----------------------------------------------------------
     def eval_prompts(self, limit: int | None = None) -> list[Prompt]:

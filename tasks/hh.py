@@ -119,7 +119,8 @@ class HH(Task):
         self._cache: dict[str, list[PreferencePair]] = {}
         self._parsed_files: dict[Path, list[PreferencePair]] = {}
 
-    def default_judge(self) -> str:
+    @classmethod
+    def default_judge(cls) -> str:
         return "embedding"
 
     # -- loading ------------------------------------------------------------------------------

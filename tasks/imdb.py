@@ -112,7 +112,8 @@ class IMDB(Task):
                                    "(None: 1000 for VADER, 200 for a HF classifier; 0: off)"),
     }
 
-    def default_judge(self) -> str:
+    @classmethod
+    def default_judge(cls) -> str:
         return "sentiment:auto"
 
     # -- loading ------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ class TLDR(Task):
         "max_eval_pairs": (256, "held-out preference pairs teacher-forced for alignment_accuracy when no limit is given"),
     }
 
-    def default_judge(self) -> str:
+    @classmethod
+    def default_judge(cls) -> str:
         return "embedding"
 
     def _rows(self, which: str, split: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ def _describe(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "sources": [{"kind": s.kind, "location": s.location, "description": s.description} for s in cls.sources],
         "metrics": [{"name": m.name, "direction": m.direction, "description": m.description} for m in cls.metrics],
         "sampling": cls.sampling.as_dict(),
+        "default_judge": cls.default_judge(),
         "options": {k: v[0] for k, v in cls.options.items()},
     }
     if args.data_dir or args.source != "auto":
@@ -61,6 +62,8 @@ def _print_row(row: dict[str, Any]) -> None:
     print(f"{'':<10} evaluation: {mode}")
     for source in row["sources"]:
         print(f"{'':<10} source {source['kind']:<8} {source['location']}")
+    if row["default_judge"]:
+        print(f"{'':<10} judge: {row['default_judge']} (default; change with the task option judge=<spec>)")
     if "resolved_source" in row:
         print(f"{'':<10} -> would load from: {row['resolved_source']}")
     metrics = ", ".join(f"{m['name']} ({m['direction']})" for m in row["metrics"])
