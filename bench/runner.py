@@ -64,13 +64,17 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
             continue
         scores = json.loads((out.path / "scores.json").read_text())
         stages = {}
+        sources = {}
         for node in _chain(cell.score):
             done = store.get(node.stage, node.key)
             record = done.record if done else {}
             stages[f"{node.stage}:{node.label}"] = {"key": node.key, "seconds": record.get("seconds")}
+            source = (record.get("task_record") or {}).get("data_source")
+            if source and node.stage in ("sft", "prefdata", "generate"):
+                sources[node.stage] = source
         runs.append({"row_id": cell.row_id, "task": cell.task, "model": cell.model, "method": cell.method,
                      "label": cell.label, "hparams": cell.hparams, "seed": cell.seed, "scores": scores,
-                     "run_key": cell.score.key, "stages": stages})
+                     "run_key": cell.score.key, "stages": stages, "data_sources": sources})
     return runs
 
 
@@ -78,11 +82,14 @@ def make_leaderboard(plan: Plan, store: Store) -> tuple[dict[str, Any], list[dic
     suite = plan.suite
     runs = collect_runs(plan, store)
     primary, info = primary_metrics(suite)
-    data_sources = {}
+    data_sources: dict[str, Any] = {}
     for run in runs:
         record = run["scores"].get("task_record", {})
         if record.get("data_source"):
-            data_sources[run["task"]] = record["data_source"]
+            data_sources[run["task"]] = record["data_source"]  # what the evaluation prompts came from
+        for stage, source in run.get("data_sources", {}).items():
+            if stage != "generate":
+                data_sources[f"{run['task']}:{stage}"] = source  # preference / SFT data
     manifest = build_manifest(suite.hash(), suite.seeds, data_sources,
                               extra={"suite_source": suite.source, "suite": suite.to_dict()})
     paper = [{"task": p.task or suite.tasks[0], "method": p.method, "metric": p.metric, "value": p.value,

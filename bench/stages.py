@@ -315,10 +315,13 @@ def stage_score(ctx: StageContext, node: Node, inputs: dict[str, StageOutput], o
             row.setdefault("kl", sample.kl)
     if cfg["kl"] and "kl" not in metrics and samples:
         metrics["kl"] = sum(s.kl for s in samples) / len(samples)
+    task_record = task.record()
+    if not task_record.get("data_source"):  # scoring reads no data: the generate stage knows the source
+        task_record["data_source"] = inputs["samples"].record.get("task_record", {}).get("data_source")
     directions = {m.name: m.higher_is_better for m in task.metrics}
     directions.setdefault("kl", False)
     atomic_write_json(out / "scores.json", {"metrics": metrics, "per_sample": per_sample, "details": scores.details,
-                                            "directions": directions, "task_record": task.record()})
+                                            "directions": directions, "task_record": task_record})
     return {"metrics": metrics, "kl_budget_exceeded": bool(metrics.get("kl", 0.0) > cfg["kl_budget"])}
 
 
