@@ -59,6 +59,31 @@ def shifted(t: Tensor) -> Tensor:
     return t[:, 1:]
 
 
+def completion_window(batch: Batch) -> int:
+    """First column holding a completion token in any row: logits are only needed from the
+    position before it, so the prompt-only prefix skips the (vocabulary-sized) output layer."""
+    columns = batch.completion_mask.any(0).nonzero()
+    return max(1, int(columns[0])) if columns.numel() else 1
+
+
+def window_forward(model, batch: Batch, start: int, **kwargs):
+    """Forward pass whose logits cover positions ``start-1 .. T-1`` (``logits_to_keep``)."""
+    keep = batch.input_ids.shape[1] - start + 1
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, **kwargs)
+    except TypeError:  # a model without logits_to_keep: slice afterwards
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    logits = out.logits
+    if logits.shape[1] != keep:
+        logits = logits[:, -keep:]
+    return logits[:, :-1], out
+
+
+def window(t: Tensor | None, start: int) -> Tensor | None:
+    """Unshifted [R, T] tensor -> the label positions of the window (tokens start .. T-1)."""
+    return None if t is None else t[:, start:]
+
+
 def scatter_completion(values: list[Tensor], mask: Tensor) -> Tensor:
     """Place each row's per-completion-token values at the row's completion positions of ``mask``."""
     full = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
@@ -89,13 +114,16 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
         chunk = list(examples[start:start + batch_size])
         batch = collate(chunk, pad_id).to(device)
         mask = shifted(batch.completion_mask)
+        # MaPO hooks the output layer too: its activations must cover every position
+        start = completion_window(batch) if mask_method is None else 1
         hooks = record_activations(reference.model) if mask_method is not None else _no_hooks()
         with hooks as activations, dtype_ctx:
-            logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits, _ = window_forward(reference, batch, start)
         per_row: dict[str, list[Tensor]] = {}
         if want_logps:
-            stats = token_stats(logits[:, :-1], shifted(batch.input_ids), mask)
-            per_row["logps"] = [stats.logps[i][mask[i] > 0].cpu() for i in range(mask.shape[0])]
+            window_mask = window(batch.completion_mask, start)
+            stats = token_stats(logits, window(batch.input_ids, start), window_mask)
+            per_row["logps"] = [stats.logps[i][window_mask[i] > 0].cpu() for i in range(mask.shape[0])]
         if mask_method is not None:
             trimmed = {kind: [a[:, :-1] for a in acts] for kind, acts in activations.items()}
             masks = mask_method.reference_masks(trimmed, mask)
@@ -160,19 +188,18 @@ class PreferenceModule(nn.Module):
     def forward(self, batch: Batch, cached: dict[str, Tensor]) -> StepOutput:
         needs = self.method.needs
         device = batch.input_ids.device
+        start = completion_window(batch)
         with autocast(self.config, device):
-            logits = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits, _ = window_forward(self.policy, batch, start)
         ref_logits = ref_hidden = None
         if self.plan == "online":
             with autocast(self.config, device):
-                ref_out = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                         output_hidden_states="ref_hidden" in needs)
-            ref_logits = ref_out.logits
-            if "ref_hidden" in needs:  # per-layer outputs, embedding output excluded
-                ref_hidden = torch.stack(ref_out.hidden_states[1:], dim=2)[:, :-1].float()
-        labels, mask = shifted(batch.input_ids), shifted(batch.completion_mask)
-        stats = token_stats(logits[:, :-1], labels, mask, None if ref_logits is None else ref_logits[:, :-1],
-                            fkl="fkl" in needs, rkl="rkl" in needs)
+                ref_logits, ref_out = window_forward(self.reference, batch, start,
+                                                     output_hidden_states="ref_hidden" in needs)
+            if "ref_hidden" in needs:  # per-layer outputs (embedding output excluded), window positions
+                ref_hidden = torch.stack([h[:, start - 1:-1] for h in ref_out.hidden_states[1:]], dim=2).float()
+        labels, mask = window(batch.input_ids, start), window(batch.completion_mask, start)
+        stats = token_stats(logits, labels, mask, ref_logits, fkl="fkl" in needs, rkl="rkl" in needs)
         if stats.ref_logps is not None:
             ref_logps = stats.ref_logps
         elif "ref_logps" in cached:
@@ -182,7 +209,7 @@ class PreferenceModule(nn.Module):
         n = batch.input_ids.shape[0] // 2
         fields: dict[str, Tensor | None] = {
             "logps": stats.logps, "ref_logps": ref_logps, "mask": mask, "fkl": stats.fkl, "rkl": stats.rkl,
-            "weights": shifted(batch.weights) if "weights" in needs else None,
+            "weights": window(batch.weights, start) if "weights" in needs else None,
             "masks": cached.get("masks"), "ref_hidden": ref_hidden,
         }
         pair = {}
@@ -301,11 +328,13 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
                                       mask_method=method if "masks" in method.needs else None, config=config,
                                       device=accelerator.device, is_main=accelerator.is_main_process)
     position = {e.index: i for i, e in enumerate(examples)}
+    if plan != "online" and reference is not None and not reference.lora:
+        reference = None  # everything needed from it is cached: free its memory
 
     module = PreferenceModule(policy, method, reference, plan, config)
 
     def step_fn(prepared: nn.Module, batch: Batch) -> StepOutput:
-        mask = shifted(batch.completion_mask)
+        mask = window(batch.completion_mask, completion_window(batch))
         cached: dict[str, Tensor] = {}
         for key, name in (("logps", "ref_logps"), ("masks", "masks")):
             if key in cache:

@@ -19,7 +19,7 @@ from bench.train.data import Batch, resolve_chat_template, tokenize_rows
 from bench.train.engine import (StepOutput, TrainResult, autocast, finished_result, make_accelerator, run_loop,
                                 set_seed, write_json_atomic)
 from bench.train.policy import load_policy, save_final
-from bench.train.preference import _NON_SEMANTIC, prepare_run, shifted
+from bench.train.preference import _NON_SEMANTIC, completion_window, prepare_run, window, window_forward
 
 
 class SFTModule(nn.Module):
@@ -29,10 +29,11 @@ class SFTModule(nn.Module):
         self.config = config
 
     def forward(self, batch: Batch) -> StepOutput:
+        start = completion_window(batch)
         with autocast(self.config, batch.input_ids.device):
-            logits = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        mask = shifted(batch.completion_mask)
-        logps = token_stats(logits[:, :-1], shifted(batch.input_ids), mask).logps
+            logits, _ = window_forward(self.policy, batch, start)
+        mask = window(batch.completion_mask, start)
+        logps = token_stats(logits, window(batch.input_ids, start), mask).logps
         tokens = mask.sum()
         nll = -(logps * mask).sum() / tokens
         return StepOutput(nll, {"completion_tokens": tokens.detach()})

@@ -29,7 +29,7 @@ from methods.tis_dpo import token_weights
 from bench.models import load_model
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Tokenized, collate, resolve_chat_template, tokenize_rows
-from bench.train.preference import shifted, train_preference
+from bench.train.preference import completion_window, train_preference, window, window_forward
 
 ESTIMATORS = ("dpo_contrastive", "prompt_contrastive")
 
@@ -64,10 +64,11 @@ def score_tokens(model, examples: Sequence[Tokenized], pad_id: int, batch_size: 
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
         batch = collate(chunk, pad_id)
+        start = completion_window(batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        mask = shifted(batch.completion_mask)
-        logps = token_stats(logits[:, :-1], shifted(batch.input_ids), mask).logps
+            logits, _ = window_forward(model, batch, start)
+        mask = window(batch.completion_mask, start)
+        logps = token_stats(logits, window(batch.input_ids, start), mask).logps
         rows = [logps[i][mask[i] > 0] for i in range(mask.shape[0])]
         n = len(chunk)
         responses = len(chunk[0].responses)
