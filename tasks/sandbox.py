@@ -43,7 +43,7 @@ itself (crafted marshal data) is contained by the OS isolation but could forge t
 from __future__ import annotations
 
 import dataclasses
-import json
+import marshal
 import math
 import os
 import queue
@@ -230,7 +230,7 @@ class Sandbox:
         else:
             # without a uid of its own, the process limit counts all of this user's processes
             payload["limits"]["processes"] = None  # type: ignore[index]
-        return json.dumps(payload).encode("utf-8")
+        return marshal.dumps(payload)
 
     def _run(self, job: Job, slot: int) -> SandboxResult:
         nonce = secrets.token_hex(16)
@@ -336,6 +336,24 @@ class Sandbox:
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
+        """End the program and everything it started; return once they are gone (or 10 s passed)."""
+        if proc.poll() is None:
+            # namespaced levels: kill unshare's child (the harness, PID 1 of its namespace, whose death
+            # takes the namespace down) first, so unshare reaps it instead of orphaning a zombie
+            try:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as handle:
+                    children = [int(pid) for pid in handle.read().split()]
+            except (OSError, ValueError):
+                children = []
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                proc.wait(timeout=2 if children else 0.01)
+            except subprocess.TimeoutExpired:
+                pass
         # the whole process group: the program runs in a session of its own (start_new_session)
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -208,7 +208,16 @@ def test_every_hostile_program_fails_and_the_host_is_intact(level: str, canary: 
     assert sorted(p.name for p in canary.iterdir()) == ["keep.txt"]
     assert (canary / "keep.txt").read_text() == "original"
     assert not Path("/etc/pobench_pwned").exists()
-    assert _sandbox_processes() == []
+    assert _no_sandbox_process_within(seconds=5) == []
+
+
+def _no_sandbox_process_within(seconds: float) -> list[str]:
+    """Leftovers after a grace period (a killed process may take a moment to release its memory)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while (left := _sandbox_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 @pytest.mark.parametrize("level", _levels())
