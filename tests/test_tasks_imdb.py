@@ -92,3 +92,21 @@ def test_missing_logprobs_are_reported_not_invented(tmp_path, monkeypatch):
     assert "kl" not in scores.metrics and "token_entropy" not in scores.metrics
     assert set(scores.details["missing"]) == {"kl", "token_entropy"}
     assert scores.metrics["reward"] > 0.5
+
+
+def test_extracted_aclimdb_folder_with_both_splits(tmp_path):
+    reviews = {"test/pos/1_9.txt": "An absolute joy of a film, I smiled throughout.",
+               "test/neg/2_1.txt": "Dull, slow and far too long for its thin story.",
+               "train/pos/3_10.txt": "Brilliant performances lift this gentle drama.",
+               "train/neg/4_2.txt": "I walked out after an hour of this mess."}
+    for rel, text in reviews.items():
+        path = tmp_path / "imdb" / "aclImdb" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    task = tasks.get("imdb", data_dir=tmp_path)
+    assert {p.id for p in task.eval_prompts()} == {"test/pos/1_9", "test/neg/2_1"}
+    assert {p.id for p in task.train_prompts()} == {"train/pos/3_10", "train/neg/4_2"}
+    assert "test + train" in task.record()["data_source"]["detail"]
+    by_id = {e.id: e for e in task.sft_data()}
+    prompt = next(p for p in task.train_prompts() if p.id == "train/neg/4_2")
+    assert prompt.text + by_id["train/neg/4_2"].completion == reviews["train/neg/4_2.txt"]
