@@ -541,6 +541,15 @@ def _check_tasks(names: list[str]) -> None:
     for i, name in enumerate(names):
         if name not in available:
             raise ConfigError(f"tasks[{i}]: unknown task {name!r}; available: {available}")
+        try:
+            cls = tasks_registry.task_class(name)
+        except Exception:  # an unloadable task names itself when a stage uses it
+            continue
+        if getattr(cls, "evaluation", "samples") != "samples" or getattr(cls, "preference_mode", "") == "none":
+            raise ConfigError(f"tasks[{i}]: task {name!r} evaluates checkpoints (evaluation="
+                              f"{getattr(cls, 'evaluation', '?')!r}, preference_mode="
+                              f"{getattr(cls, 'preference_mode', '?')!r}) and cannot be a suite's training task; "
+                              f"evaluate a trained policy with `pobench tasks {name} --evaluate CHECKPOINT`")
 
 
 def resolve_suite_path(name_or_path: str | os.PathLike[str]) -> Path:

@@ -34,6 +34,7 @@ def minimal(**extra):
     (minimal(generation={"backend": "openai"}), "generation.base_url: the openai backend needs base_url"),
     ({"name": "t", "methods": {"tis_dpo": {}}}, "tis.positive: 'suite_dpo' reuses this suite's DPO policy"),
     (minimal(task_options={"hh": {}}), "task_options.hh: not one of this suite's tasks ['imdb']"),
+    (minimal(tasks=["reasoning"]), "tasks[0]: task 'reasoning' evaluates checkpoints"),
 ])
 def test_errors_name_field_and_allowed_values(data, expected):
     with pytest.raises(ConfigError) as info:
