@@ -213,23 +213,28 @@ class Sandbox:
     # -- one program ---------------------------------------------------------------------------
     def _command(self, slot: int, payload_fd: int, result_fd: int) -> list[str]:
         python = [self.python, "-I", "-S", "-B", "-c", HARNESS_SOURCE, str(payload_fd), str(result_fd)]
-        if self.isolation == "process":
-            return python  # the harness arms its own parent-death signal
-        # `unshare` must die with us (its --kill-child then takes the program down): setpriv arms
-        # the parent-death signal and execs it (preexec_fn is not safe in a threaded parent)
+        # the program must die with us: setpriv arms the parent-death signal and execs the rest
+        # (preexec_fn is not safe in a threaded parent)
         prefix = [_SETPRIV, "--pdeathsig", "KILL"] if _SETPRIV else []
+        if self.isolation == "process":
+            return [*prefix, *python]
+        # namespaced: the harness's first stage sets up mounts and the uid, then execs the second
+        setup: dict[str, object] = {"tmpfs_bytes": self.limits.tmpfs_bytes}
+        if self.isolation == "namespaces+uid":
+            setup["uid"] = setup["gid"] = SLOT_UID_BASE + slot
         userns = ["--user", "--map-root-user"] if self.isolation == "userns" else []
-        return [*prefix, shutil.which("unshare") or "unshare", *userns, *_NAMESPACES, "--", *python]
+        return [*prefix, shutil.which("unshare") or "unshare", *userns, *_NAMESPACES, "--", *python,
+                marshal.dumps(setup).hex()]
 
     def _payload(self, job: Job, slot: int, nonce: str) -> bytes:
+        limits = self.limits.for_harness()
+        if self.isolation != "namespaces+uid":
+            # without a uid of its own, the process limit would count all of this user's processes
+            limits["processes"] = None
         payload: dict[str, object] = {"solution": job.solution, "test": job.test, "keep_names": list(job.keep_names),
-                                      "nonce": nonce, "limits": self.limits.for_harness(),
-                                      "mount_private": self.isolation != "process", "parent_pid": os.getpid()}
-        if self.isolation == "namespaces+uid":
-            payload["uid"] = payload["gid"] = SLOT_UID_BASE + slot
-        else:
-            # without a uid of its own, the process limit counts all of this user's processes
-            payload["limits"]["processes"] = None  # type: ignore[index]
+                                      "nonce": nonce, "limits": limits,
+                                      "mount_private": self.isolation != "process",
+                                      "parent_pid": os.getpid() if self.isolation == "process" else None}
         return marshal.dumps(payload)
 
     def _run(self, job: Job, slot: int) -> SandboxResult:

@@ -1,37 +1,48 @@
 """The program that runs INSIDE each sandboxed process (see tasks/sandbox.py for the whole design).
 
 It is not imported by pobench: :mod:`tasks.sandbox` reads this file and starts it with
-``python -I -S -B -c <this source> <payload_fd> <result_fd>``. Stdlib only, no pobench imports.
+``python -I -S -B -c <this source> <payload_fd> <result_fd> [<namespace setup>]``. Stdlib only.
 
-Order of events (everything before step 6 is trusted: no untrusted code has run yet):
+Stage 1 (namespaced levels only, given the setup argument; root inside fresh namespaces): mount
+private size-limited tmpfs over /tmp, /var/tmp, /dev/shm and /run/lock, an empty read-only tmpfs
+over /proc, re-expose read-only the interpreter's directories that an unprivileged uid could not
+enter (pyenv under /root), remount / read-only, drop to the parent's chosen uid/gid, re-arm the
+parent-death signal, then exec stage 2 -- a fresh interpreter image, so nothing stage 1 loaded
+(``_ctypes``, which would give a program raw memory access) is left in the process.
 
-1. read the payload (marshal: a dict of solution, test, nonce, limits, privileges) from ``payload_fd``; close it;
-2. (namespaced runs, as root) mount private tmpfs over /tmp, /var/tmp, /dev/shm, /run/lock, an
-   empty read-only tmpfs over /proc, remount / read-only, arm the parent-death signal, drop to the
-   unprivileged uid/gid chosen by the parent;
-3. set resource limits (CPU, address space, file size, process count, open files, no core dumps);
-4. keep private references to everything the verdict needs (``os.write``, ``os._exit``, the
+Stage 2 (every level; everything before the program runs is trusted):
+
+1. read the payload (marshal: solution, test, nonce, limits) from ``payload_fd``; close it;
+2. set resource limits (CPU, address space, file size, process count, open files, no core dumps);
+3. keep private references to everything the verdict needs (``os.write``, ``os._exit``, the
    result fd, a pristine copy of the builtins, ``_thread._count``); make ``__main__`` a fresh
-   module; drop ``signal``/``ctypes`` from ``sys.modules``;
-5. install an audit hook (cannot be removed once installed) that refuses the operations a program
+   module; drop ``signal`` from ``sys.modules``; compile the solution and the test;
+4. install an audit hook (cannot be removed once installed) that refuses the operations a program
    could use to reach the harness's memory (frames, gc, ctypes, /proc, code construction), to
-   escape (processes, signals, sockets) or to install signal handlers;
-6. run the solution in its own namespace, then the test in a separate namespace whose builtins are
+   escape (processes, signals, sockets, writes outside its directory) or to install signal handlers;
+5. run the solution in its own namespace, then the test in a separate namespace whose builtins are
    the pristine copy (so patching ``builtins`` or shadowing ``abs``/``len`` cannot fool the asserts);
-7. only if the test returned normally and no other thread is alive: write ``PASS:<nonce>`` to the
+6. only if the test returned normally and no other thread is alive: write ``PASS:<nonce>`` to the
    result fd and ``os._exit(0)`` at once (atexit hooks, finalizers and threads never run after it).
 
 The parent counts a pass only when the result pipe holds exactly ``PASS:<nonce>``.
 """
 
 
-class _Libc:
-    """mount(2) and prctl(2) through the bare ``_ctypes`` extension: importing the ``ctypes`` package
-    costs ~15 ms per program, a quarter of a sandboxed run. Removed from sys.modules before the
-    program runs, and the audit hook refuses any ctypes use after that."""
+def _namespace_stage(setup_hex: str) -> None:
+    """Stage 1: filesystem view and privileges inside fresh namespaces, then exec stage 2."""
+    import marshal
+    import os
+    import sys
 
-    def __init__(self) -> None:
-        import _ctypes
+    result_fd = int(sys.argv[2])
+    try:
+        setup = marshal.loads(bytes.fromhex(setup_hex))
+        with open("/proc/self/cmdline", "rb") as handle:  # read before /proc is covered
+            argv = handle.read().split(b"\0")[:-1]
+        with open("/proc/self/maps") as handle:  # the interpreter binary and its shared libraries
+            mapped = {line.split(None, 5)[5].strip() for line in handle if len(line.split(None, 5)) == 6}
+        import _ctypes  # gone with this process image at exec
 
         class c_int(_ctypes._SimpleCData):
             _type_ = "i"
@@ -40,86 +51,79 @@ class _Libc:
             _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
             _restype_ = c_int
 
-        self._handle = _ctypes.dlopen(None, 2)  # the process's own symbols (libc), RTLD_NOW
-        self.mount = Function(("mount", self))
-        self.prctl = Function(("prctl", self))
-        self.errno = _ctypes.get_errno
+        class Libc:
+            _handle = _ctypes.dlopen(None, 2)  # this process's own symbols (libc)
 
+        libc_mount, libc_prctl = Function(("mount", Libc())), Function(("prctl", Libc()))
+        MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
 
-def _setup(payload: dict) -> None:
-    """Steps 2 and 3: filesystem view, privileges, resource limits (trusted phase)."""
-    import os
-    import sys
-    limits = payload["limits"]
-    # -- 2. filesystem view and privileges (only when the parent asked: root in fresh namespaces)
-    if payload.get("mount_private"):
-        libc = _Libc()
-        MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
-        size = str(limits["tmpfs_bytes"]).encode()
+        def mount(source: bytes, target: str, fstype: bytes | None, flags: int, options: bytes | None) -> None:
+            if libc_mount(source, target.encode(), fstype, flags, options) != 0:
+                raise OSError(_ctypes.get_errno(), f"mount on {target} failed")
 
-        def mount(target: bytes, fs_options: bytes, flags: int = MS_NOSUID | MS_NODEV) -> None:
-            if libc.mount(b"tmpfs", target, b"tmpfs", flags, fs_options) != 0:
-                raise OSError(libc.errno(), f"mount tmpfs on {target.decode()} failed")
+        def tmpfs(target: str, options: bytes, flags: int = MS_NOSUID | MS_NODEV) -> None:
+            mount(b"tmpfs", target, b"tmpfs", flags, options)
 
-        uid = payload.get("uid")
+        uid, gid = setup.get("uid"), setup.get("gid")
         if uid is not None:
-            # The interpreter's stdlib may sit under a directory the unprivileged uid cannot enter
-            # (pyenv under /root, mode 700). Cover each such directory with an empty tmpfs (which
-            # also hides whatever else it holds) and bind the stdlib directories back, read-only.
-            library_dirs = [p for p in sys.path if os.path.isdir(p)]
+            # Directories the interpreter needs (stdlib, extension modules, its binary and libpython)
+            # may sit under one an unprivileged uid cannot enter (pyenv under /root, mode 700). Cover
+            # each such ancestor with an empty tmpfs (hiding whatever else it holds) and bind the
+            # needed directories back, read-only.
+            needed = {p for p in sys.path if os.path.isdir(p)}
+            needed |= {os.path.dirname(p) for p in mapped if p.startswith("/") and os.path.isfile(p)}
+            needed.add(os.path.dirname(os.path.realpath(argv[0].decode())))
             blocked: dict[str, list[str]] = {}
-            for path in library_dirs:
+            for path in sorted(needed):
                 parts = path.strip("/").split("/")
                 for depth in range(1, len(parts) + 1):
                     ancestor = "/" + "/".join(parts[:depth])
                     if not os.stat(ancestor).st_mode & 0o001:
                         blocked.setdefault(ancestor, []).append(path)
                         break
-            MS_REC = 16384
             for ancestor, paths in blocked.items():
                 handles = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in paths}
-                mount(ancestor.encode(), b"size=4k,mode=755")
-                for path, handle in handles.items():
+                tmpfs(ancestor, b"size=4k,mode=755")
+                for path in sorted(paths, key=len):
                     os.makedirs(path, 0o755, exist_ok=True)
-                    source = f"/proc/self/fd/{handle}".encode()
-                    if libc.mount(source, path.encode(), None, MS_BIND | MS_REC, None) != 0 or \
-                            libc.mount(b"none", path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) != 0:
-                        raise OSError(libc.errno(), f"binding {path} into the sandbox failed")
-                    os.close(handle)
-        for target in (b"/tmp", b"/var/tmp", b"/dev/shm", b"/run/lock"):
+                    mount(f"/proc/self/fd/{handles[path]}".encode(), path, None, MS_BIND | MS_REC, None)
+                    mount(b"none", path, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+                    os.close(handles[path])
+        size = str(setup["tmpfs_bytes"]).encode()
+        for target in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
             if os.path.isdir(target):
-                mount(target, b"size=" + size + b",mode=1777")
-        mount(b"/proc", b"size=4k,mode=555", MS_RDONLY | MS_NOSUID | MS_NODEV)
+                tmpfs(target, b"size=" + size + b",mode=1777")
+        tmpfs("/proc", b"size=4k,mode=555", MS_RDONLY | MS_NOSUID | MS_NODEV)
         # read-only root: a program that finds a writable directory outside /tmp still cannot write
-        if libc.mount(b"none", b"/", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) != 0:
-            raise OSError(libc.errno(), "remounting / read-only failed")
+        mount(b"none", "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
         workdir = "/tmp/work"
         os.mkdir(workdir, 0o700)
-        gid = payload.get("gid")
         if uid is not None:
             os.chown(workdir, uid, gid)
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
-            # changing credentials clears the parent-death signal: re-arm it so a killed parent
-            # (or a killed `unshare`) takes this process, and with it the whole PID namespace, down
+            # changing credentials clears the parent-death signal: re-arm it so a killed `unshare`
+            # takes this process, and with it the whole PID namespace, down
             PR_SET_PDEATHSIG, SIGKILL = 1, 9
-            libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+            libc_prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
         os.chdir(workdir)
-        os.environ["HOME"] = os.environ["TMPDIR"] = workdir
-        del libc
+        env = dict(os.environ, HOME=workdir, TMPDIR=workdir)
+        stage2 = argv[:-1]  # the same command without the setup argument
+        os.execve(stage2[0], stage2, env)
+    except BaseException as exc:  # the sandbox could not be set up: not a verdict on the program
+        os.write(result_fd, f"ERROR:{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
+        os._exit(3)
 
-    else:
-        # no namespace to take the program down with its parent: die with the parent instead
-        PR_SET_PDEATHSIG, SIGKILL = 1, 9
-        _Libc().prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
-        if os.getppid() != payload.get("parent_pid"):  # the parent died before the signal was armed
-            os._exit(3)
 
-    # -- 3. resource limits
+def _set_limits(payload: dict) -> None:
+    """Resource limits, and (process level) refuse to run when the parent is already gone."""
+    import os
     import resource
-    cpu = int(limits["cpu_seconds"])
-    for name, value in (("RLIMIT_CPU", cpu), ("RLIMIT_AS", limits["memory_bytes"]),
+    limits = payload["limits"]
+    if payload.get("parent_pid") is not None and os.getppid() != payload["parent_pid"]:
+        os._exit(3)  # the parent died before the parent-death signal was armed
+    for name, value in (("RLIMIT_CPU", limits["cpu_seconds"]), ("RLIMIT_AS", limits["memory_bytes"]),
                         ("RLIMIT_FSIZE", limits["file_size_bytes"]), ("RLIMIT_NOFILE", limits["open_files"]),
                         ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", limits["processes"])):
         if value is None:
@@ -166,7 +170,7 @@ def _sandbox_main() -> None:
             exit_now(0)
 
     try:
-        _setup(payload)
+        _set_limits(payload)
     except BaseException as exc:  # the sandbox could not be set up: not a verdict on the program
         write(result_fd, f"ERROR:{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
         exit_now(3)
@@ -182,7 +186,7 @@ def _sandbox_main() -> None:
     user_main = module_type("__main__")
     user_main.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = user_main
-    for name in ("signal", "_signal", "ctypes", "_ctypes"):
+    for name in ("signal", "_signal"):
         sys.modules.pop(name, None)
     blocked_imports = frozenset({
         "signal", "_signal", "ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_testbuffer",
@@ -341,4 +345,9 @@ def _sandbox_main() -> None:
     report(b"PASS:" + nonce)
 
 
-_sandbox_main()
+if __name__ == "__main__":
+    import sys as _sys
+    if len(_sys.argv) > 3:
+        _namespace_stage(_sys.argv[3])
+    else:
+        _sandbox_main()

@@ -62,6 +62,11 @@ HOSTILE: list[tuple[str, str]] = [
      "import signal\nsignal.signal(signal.SIGALRM, lambda s, frame: print(frame.f_back.f_locals))\n"
      "signal.setitimer(signal.ITIMER_REAL, 0.01)"),
     ("ctypes_memory_read", "import ctypes\nctypes.string_at(id(object()), 64)"),
+    ("ctypes_types_left_in_memory",
+     "cdata = [c for c in object.__subclasses__() if c.__name__ == '_CData'][0]\n"
+     "simple = [c for c in cdata.__subclasses__() if c.__name__ == '_SimpleCData'][0]\n"
+     "class CharPointer(simple):\n    _type_ = 'z'\n"
+     "def answer():\n    return 42 if CharPointer(id(b'raw read') + 32).value == b'raw read' else 0"),
     ("craft_code_object",
      "def answer():\n    return 0\nanswer.__code__ = answer.__code__.replace(co_consts=(None, 42))"),
     # -- patching builtins and the test harness
