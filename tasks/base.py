@@ -276,6 +276,8 @@ class Task:
     preference_mode: ClassVar[str] = "none"
     evaluation: ClassVar[str] = "samples"
     options: ClassVar[dict[str, tuple[Any, str]]] = {}
+    #: what a pairwise LLM judge is asked to prefer for this task (used when its own hint is empty)
+    judge_hint: ClassVar[str] = ""
 
     def __init__(self, data_dir: str | os.PathLike | None = None, source: str = "auto",
                  judge: "Judge | str | dict[str, Any] | None" = None, **options: Any) -> None:
@@ -379,6 +381,8 @@ class Task:
             else:
                 raise TaskError(f"task {self.name!r}: judge must be a spec string, a mapping or a Judge, "
                                 f"got {type(spec).__name__}")
+            if self.judge_hint and getattr(self._judge, "task_hint", None) == "":
+                self._judge.task_hint = self.judge_hint
         return self._judge
 
     @classmethod

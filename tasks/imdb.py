@@ -102,6 +102,7 @@ class IMDB(Task):
     )
     sampling = Sampling(max_new_tokens=32, temperature=1.0, top_p=1.0, n=1)
     preference_mode = "generated"
+    judge_hint = "Prefer the review text that is more positive about the movie."
     options = {
         "margin": (0.2, "minimum reward gap for a best-vs-worst pair"),
         "seed": (0, "seed of the prompt shuffle and of the prefix lengths"),

@@ -317,7 +317,7 @@ class PairwiseLLMJudge(Judge):
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "model": self.model, "base_url": self.base_url,
-                "template_version": PAIRWISE_TEMPLATE_VERSION, "both_orders": True}
+                "template_version": PAIRWISE_TEMPLATE_VERSION, "task_hint": self.task_hint, "both_orders": True}
 
     def ask(self, prompt: str, first: str, second: str) -> str | None:
         """One judgement in one order: 'A' (first better), 'B', or None."""

@@ -71,6 +71,7 @@ class TLDR(Task):
     )
     sampling = Sampling(max_new_tokens=64, temperature=1.0, top_p=1.0, n=1, stop=("\n",))
     preference_mode = "dataset"
+    judge_hint = "Prefer the summary that captures the most important points of the post more concisely and precisely."
     options = {
         "eval_split": ("test", "split of trl-lib/tldr whose prompts are evaluated"),
         "max_eval_pairs": (256, "held-out preference pairs teacher-forced for alignment_accuracy when no limit is given"),

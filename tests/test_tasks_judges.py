@@ -129,3 +129,17 @@ def test_sentiment_judge_with_a_local_hf_classifier(tmp_path):
     assert judge.threshold == 0.5 and str(tmp_path) in judge.version
     accuracy = judge.accuracy(["a", "b"], [1, 0])
     assert accuracy["n"] == 2 and accuracy["accuracy"] in (0.0, 0.5, 1.0)
+
+
+def test_tasks_give_the_llm_judge_their_question():
+    import tasks
+
+    with JudgeServer() as server:
+        task = tasks.get("tldr", judge=f"llm:{server.base_url}?model=longer")
+        assert task.judge.task_hint.startswith("Prefer the summary")
+        kept = tasks.get("tldr", judge={"spec": f"llm:{server.base_url}?model=longer", "task_hint": "Mine."})
+        assert kept.judge.task_hint == "Mine."
+        task.judge.compare(["post"], ["x"], ["y"])
+        assert len(server.seen) == 2
+        assert all(m.startswith("[Task] Prefer the summary") for m in server.user_messages)
+        assert task.judge.identity()["task_hint"].startswith("Prefer the summary")
