@@ -412,7 +412,12 @@ class Task:
     # -- generated preferences ----------------------------------------------------------------
     def reward(self, samples: Sequence[Sample]) -> list[float]:
         """Pointwise score of each sample (higher = better) used to build generated pairs."""
-        return self.judge.score([s.prompt for s in samples], [s.completion for s in samples])
+        judge = self.judge
+        if not callable(getattr(judge, "score", None)):
+            raise TaskError(f"task {self.name!r}: judge {judge.label} ({judge.kind}) gives no pointwise score; "
+                            "use a sentiment/reward_model judge, or rank samples pairwise "
+                            "(tasks.ranking.pairs_by_ranking, prefdata source pairwise_ranking)")
+        return judge.score([s.prompt for s in samples], [s.completion for s in samples])
 
     def pairs_from_samples(self, samples: Sequence[Sample], margin: float | None = None,
                            rewards: Sequence[float] | None = None) -> list[PreferencePair]:

@@ -134,3 +134,9 @@ def test_judge_from_string_mapping_or_object():
         tasks.get("imdb", judge={"model": "x"}).judge
     with pytest.raises(TaskError, match="bad judge options"):
         tasks.get("imdb", judge={"spec": "sentiment:vader", "colour": 1}).judge
+
+
+def test_reward_needs_a_pointwise_judge():
+    task = tasks.get("tldr", judge="embedding")
+    with pytest.raises(TaskError, match="gives no pointwise score.*pairwise_ranking"):
+        task.reward([Sample("p", "P", "x")])
