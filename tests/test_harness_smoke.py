@@ -99,6 +99,10 @@ def test_rerun_is_fully_cached_and_identical(smoke):
     assert after["rows"] == before["rows"]
     plan = pobench("plan", "smoke", "--work-dir", str(work))
     assert "work left: nothing (all cached)" in plan.stdout
+    rebuilt = pobench("leaderboard", "smoke", "--work-dir", str(work), "--results-dir", str(results / "rebuilt"),
+                      "--format", "json")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert json.loads(rebuilt.stdout)["rows"] == before["rows"]
 
 
 def test_resume_after_kill_9_equals_uninterrupted_run(smoke, tmp_path):
