@@ -3,9 +3,9 @@
 Every program below is wrong on purpose (``answer()`` never honestly returns 42) and attacks the
 sandbox in one way; each must be scored as a failure, and the host must be unaffected afterwards
 (files outside the sandbox unchanged, no process left behind, this process alive). The suite runs
-at the detected isolation level and at the weakest one ("process", the fallback for users without
-root or user namespaces), where only the audit-hook policy and rlimits stand between the program
-and the host.
+at every isolation level the machine allows, including the weakest ("process", the fallback for
+users without root or user namespaces), where only the audit-hook policy and rlimits stand between
+the program and the host.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.sandbox import SLOT_UID_BASE, Job, Limits, Sandbox, SandboxError, detect_isolation
+from tasks.sandbox import ISOLATION_LEVELS, SLOT_UID_BASE, Job, Limits, Sandbox, SandboxError, detect_isolation
 
 TEST = "assert answer() == 42"
 FORGED = "'PASS:' + '0' * 32"
@@ -168,9 +168,15 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _levels() -> list[str]:
-    levels = [detect_isolation()]
-    if "process" not in levels:
-        levels.append("process")
+    """Every isolation level this machine can run (as root: all three)."""
+    levels = []
+    for level in ISOLATION_LEVELS:
+        try:
+            Sandbox(isolation=level)
+        except SandboxError:
+            continue
+        levels.append(level)
+    assert detect_isolation() in levels
     return levels
 
 
