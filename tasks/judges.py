@@ -382,10 +382,12 @@ class EmbeddingJudge(Judge):
     name = "embedding_similarity"
     kind = "reference"
 
-    def __init__(self, model: str | None = None, tie_tolerance: float = 1e-4, batch_size: int = 32) -> None:
+    def __init__(self, model: str | None = None, tie_tolerance: float = 1e-4, batch_size: int = 32,
+                 device: str | None = None) -> None:
         self.model_path = model
         self.tie_tolerance = tie_tolerance
         self.batch_size = batch_size
+        self.device = device  # None: sentence-transformers picks (GPU when there is one)
         self._model: Any = None
 
     @property
@@ -402,7 +404,7 @@ class EmbeddingJudge(Judge):
         if self._model is None:
             _require("sentence_transformers", "sentence-transformers", "the embedding judge")
             from sentence_transformers import SentenceTransformer
-            self._model = SentenceTransformer(str(self.model_path or minilm_path()), device="cpu")
+            self._model = SentenceTransformer(str(self.model_path or minilm_path()), device=self.device)
         return self._model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
                                   normalize_embeddings=True, show_progress_bar=False)
 
