@@ -136,17 +136,24 @@ _detect_lock = threading.Lock()
 
 
 def detect_isolation() -> str:
-    """The strongest isolation level this machine allows (probed once per process)."""
+    """The strongest isolation level that works here (probed once per process): a level is used
+    only if a canary program actually passes under it, so a container where `unshare` starts but
+    mounts are refused falls back instead of failing every program."""
     global _detected
     with _detect_lock:
         if _detected is None:
+            candidates = []
             if os.geteuid() == 0 and _unshare_works(_NAMESPACES):
-                _detected = "namespaces+uid"
-            elif _unshare_works(["--user", "--map-root-user", *_NAMESPACES]):
-                _detected = "userns"
-            else:
-                _detected = "process"
-        return _detected
+                candidates.append("namespaces+uid")
+            if _unshare_works(["--user", "--map-root-user", *_NAMESPACES]):
+                candidates.append("userns")
+            candidates.append("process")
+            for level in candidates:
+                canary = Sandbox(Limits(timeout_s=30.0), isolation=level, workers=1, _checked=True)
+                if canary.run("x = 1", "assert x == 1").passed or level == "process":
+                    _detected = level
+                    break
+        return _detected  # type: ignore[return-value]
 
 
 def _scrubbed_env(workdir: str) -> dict[str, str]:
@@ -164,12 +171,14 @@ class Sandbox:
     """
 
     def __init__(self, limits: Limits | None = None, isolation: str = "auto", workers: int | None = None,
-                 python: str | None = None) -> None:
+                 python: str | None = None, _checked: bool = False) -> None:
         self.limits = limits or Limits()
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.python = python or sys.executable
         if isolation == "auto":
             isolation = detect_isolation()
+        elif _checked:  # detect_isolation's own probe
+            pass
         elif isolation not in ISOLATION_LEVELS:
             raise SandboxError(f"unknown isolation level {isolation!r}; use auto or one of {ISOLATION_LEVELS}")
         elif isolation == "namespaces+uid" and (os.geteuid() != 0 or not _unshare_works(_NAMESPACES)):
