@@ -53,6 +53,12 @@ def _require(module: str, package: str, why: str) -> None:
         raise TaskError(f"{why} needs the package {package!r}: pip install {package}")
 
 
+def auto_device() -> str:
+    """'cuda' when torch sees a GPU, else 'cpu' (judges run beside training, not inside it)."""
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def clean_review(text: str) -> str:
     """IMDB reviews carry HTML line breaks; scorers should not see them."""
     return re.sub(r"<br\s*/?>", " ", text).replace("  ", " ").strip()
@@ -159,7 +165,7 @@ class SentimentJudge(PointwiseJudge):
         if self._pipe is None:
             from transformers import pipeline
             try:
-                self._pipe = pipeline("text-classification", model=self.model, device=self.device)
+                self._pipe = pipeline("text-classification", model=self.model, device=self.device or auto_device())
             except OSError as exc:
                 raise TaskError(f"sentiment judge: cannot load {self.model!r} ({exc}). Offline? use "
                                 "--judge sentiment:vader or pass a local model directory") from exc
@@ -202,13 +208,13 @@ class RewardModelJudge(PointwiseJudge):
     name = "reward_model"
 
     def __init__(self, model: str, text_pair: bool = False, positive_index: int = -1, batch_size: int = 8,
-                 max_length: int = 1024, device: str = "cpu") -> None:
+                 max_length: int = 1024, device: str | None = None) -> None:
         self.model_name = model
         self.text_pair = text_pair
         self.positive_index = positive_index
         self.batch_size = batch_size
         self.max_length = max_length
-        self.device = device
+        self.device = device or auto_device()
         self._model: Any = None
         self._tokenizer: Any = None
 
