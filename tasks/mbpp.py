@@ -164,8 +164,8 @@ class MBPP(CodeTask):
                 try:
                     ds = load_dataset(HUB_ID, self.variant, split=split)
                 except Exception as exc:  # no network, no such revision: say what to do instead
-                    raise TaskError(f"{self.name}: could not load {HUB_ID} from the hub ({exc}); offline, set "
-                                    "HF_HUB_OFFLINE=1 or pass --source local/--data-dir" + (" or --source builtin" if self.source("builtin") else "")) from exc
+                    raise TaskError(f"mbpp: could not load {HUB_ID} from the hub ({exc}); offline, set "
+                                    "HF_HUB_OFFLINE=1 or pass --source local/--data-dir with mbpp/mbpp.jsonl") from exc
                 for row in ds:
                     problem = problem_from_record(dict(row), self.variant)
                     problems[problem.task_id] = problem

@@ -143,8 +143,8 @@ HOSTILE: list[tuple[str, str]] = [
     ("delete_host_file", "import os\nos.remove('{canary}/keep.txt')\ndef answer():\n    return 42"),
     ("symlink_escape",
      "import os\nos.symlink('{canary}/keep.txt', 'link')\nopen('link', 'w').write('changed')\ndef answer():\n    return 42"),
-    ("hardlink_escape", "import os\nos.link('{canary}/keep.txt', 'hard')\nopen('hard', 'w').write('changed')\n"
-                        "def answer():\n    return 42"),
+    ("hardlink_escape",
+     "import os\nos.link('{canary}/keep.txt', 'hard')\nopen('hard', 'w').write('changed')\ndef answer():\n    return 42"),
     ("dir_fd_escape",
      "import os\nfd = os.open('{canary}', os.O_RDONLY)\nos.mkdir('pwned_dir', dir_fd=fd)\ndef answer():\n    return 42"),
     ("write_to_etc", "open('/etc/pobench_pwned', 'w').write('x')\ndef answer():\n    return 42"),
@@ -234,7 +234,7 @@ def _no_sandbox_process_within(seconds: float) -> list[str]:
 @pytest.mark.parametrize("level", _levels())
 def test_the_honest_version_passes_at_the_same_level(level: str) -> None:
     """Guards the suite above against failing for the wrong reason (a sandbox that fails everything)."""
-    box = Sandbox(Limits(timeout_s=3.0), isolation=level)
+    box = Sandbox(Limits(timeout_s=30.0), isolation=level)
     assert box.run("def answer():\n    return 42", TEST).passed
 
 
