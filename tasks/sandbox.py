@@ -65,6 +65,10 @@ ISOLATION_LEVELS = ("namespaces+uid", "userns", "process")
 #: first uid/gid of the per-slot unprivileged identities used when running as root (unused range)
 SLOT_UID_BASE = 61000
 HARNESS_SOURCE = (Path(__file__).with_name("sandbox_harness.py")).read_text(encoding="utf-8")
+# Compiling the harness costs ~10 ms per interpreter start (two per namespaced program); the same
+# interpreter can load it precompiled instead (marshal is version-specific: only for sys.executable).
+_HARNESS_CODE_HEX = marshal.dumps(compile(HARNESS_SOURCE, "<sandbox harness>", "exec")).hex()
+_LOAD_PRECOMPILED = "import marshal, sys; exec(marshal.loads(bytes.fromhex(sys.argv.pop(1))))"
 
 
 class SandboxError(RuntimeError):
@@ -221,7 +225,8 @@ class Sandbox:
 
     # -- one program ---------------------------------------------------------------------------
     def _command(self, slot: int, payload_fd: int, result_fd: int) -> list[str]:
-        python = [self.python, "-I", "-S", "-B", "-c", HARNESS_SOURCE, str(payload_fd), str(result_fd)]
+        harness = ([_LOAD_PRECOMPILED, _HARNESS_CODE_HEX] if self.python == sys.executable else [HARNESS_SOURCE])
+        python = [self.python, "-I", "-S", "-B", "-c", *harness, str(payload_fd), str(result_fd)]
         # the program must die with us: setpriv arms the parent-death signal and execs the rest
         # (preexec_fn is not safe in a threaded parent)
         prefix = [_SETPRIV, "--pdeathsig", "KILL"] if _SETPRIV else []
