@@ -108,6 +108,8 @@ class PreferenceTrainConfig(TrainConfig):
     lr: float = 5e-6
     method_weight_decay: float = 0.01  # weight decay of method.modules() (SparsePO mask heads)
     precompute_reference: bool | None = None
+    #: completion positions per chunk of the vocabulary-wide token math (bounds its fp32 workspace)
+    token_chunk_size: int = 64
 
 
 @dataclass

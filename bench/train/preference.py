@@ -66,17 +66,39 @@ def completion_window(batch: Batch) -> int:
     return max(1, int(columns[0])) if columns.numel() else 1
 
 
-def window_forward(model, batch: Batch, start: int, **kwargs):
-    """Forward pass whose logits cover positions ``start-1 .. T-1`` (``logits_to_keep``)."""
-    keep = batch.input_ids.shape[1] - start + 1
+def completion_forward(model, batch: Batch, **kwargs):
+    """Forward pass whose logits are ``[N, V]``: one row per completion token (the positions that
+    predict them, in row-major order), so padding and prompt positions never reach the output
+    layer. Falls back to full logits + indexing for models without boolean ``logits_to_keep``."""
+    keep = torch.zeros_like(batch.completion_mask, dtype=torch.bool)
+    keep[:, :-1] = batch.completion_mask[:, 1:] > 0
     try:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, **kwargs)
-    except TypeError:  # a model without logits_to_keep: slice afterwards
+        logits = out.logits
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        out, logits = None, None
+    n = int(keep.sum())
+    if logits is None or logits.dim() != 2 or logits.shape[0] != n:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
-    logits = out.logits
-    if logits.shape[1] != keep:
-        logits = logits[:, -keep:]
-    return logits[:, :-1], out
+        logits = out.logits[keep]
+    return logits, out
+
+
+def flat_token_stats(logits: Tensor, ref_logits: Tensor | None, labels: Tensor, mask: Tensor, **options):
+    """``token_stats`` on ``[N, V]`` completion-only logits, results placed back as ``[R, T]`` like ``mask``."""
+    flat_labels = labels[mask > 0]
+    ones = torch.ones(1, flat_labels.shape[0], device=mask.device)
+    stats = token_stats(logits[None], flat_labels[None], ones, None if ref_logits is None else ref_logits[None],
+                        **options)
+    where = mask > 0
+
+    def unflatten(values: Tensor | None) -> Tensor | None:
+        if values is None:
+            return None
+        return torch.zeros(mask.shape, dtype=values.dtype, device=mask.device).masked_scatter(where, values[0])
+
+    return type(stats)(logps=unflatten(stats.logps), ref_logps=unflatten(stats.ref_logps),
+                       fkl=unflatten(stats.fkl), rkl=unflatten(stats.rkl))
 
 
 def window(t: Tensor | None, start: int) -> Tensor | None:
@@ -118,11 +140,15 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
         start = completion_window(batch) if mask_method is None else 1
         hooks = record_activations(reference.model) if mask_method is not None else _no_hooks()
         with hooks as activations, dtype_ctx:
-            logits, _ = window_forward(reference, batch, start)
+            if mask_method is None:
+                logits, _ = completion_forward(reference, batch)
+            else:  # full logits: the output layer is one of the hooked activations
+                logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                logits = logits[:, :-1][batch.completion_mask[:, 1:] > 0]
         per_row: dict[str, list[Tensor]] = {}
         if want_logps:
             window_mask = window(batch.completion_mask, start)
-            stats = token_stats(logits, window(batch.input_ids, start), window_mask)
+            stats = flat_token_stats(logits, None, window(batch.input_ids, start), window_mask)
             per_row["logps"] = [stats.logps[i][window_mask[i] > 0].cpu() for i in range(mask.shape[0])]
         if mask_method is not None:
             trimmed = {kind: [a[:, :-1] for a in acts] for kind, acts in activations.items()}
@@ -190,16 +216,17 @@ class PreferenceModule(nn.Module):
         device = batch.input_ids.device
         start = completion_window(batch)
         with autocast(self.config, device):
-            logits, _ = window_forward(self.policy, batch, start)
+            logits, _ = completion_forward(self.policy, batch)
         ref_logits = ref_hidden = None
         if self.plan == "online":
             with autocast(self.config, device):
-                ref_logits, ref_out = window_forward(self.reference, batch, start,
-                                                     output_hidden_states="ref_hidden" in needs)
+                ref_logits, ref_out = completion_forward(self.reference, batch,
+                                                         output_hidden_states="ref_hidden" in needs)
             if "ref_hidden" in needs:  # per-layer outputs (embedding output excluded), window positions
                 ref_hidden = torch.stack([h[:, start - 1:-1] for h in ref_out.hidden_states[1:]], dim=2).float()
         labels, mask = window(batch.input_ids, start), window(batch.completion_mask, start)
-        stats = token_stats(logits, labels, mask, ref_logits, fkl="fkl" in needs, rkl="rkl" in needs)
+        stats = flat_token_stats(logits, ref_logits, labels, mask, fkl="fkl" in needs, rkl="rkl" in needs,
+                                 chunk_size=self.config.token_chunk_size)
         if stats.ref_logps is not None:
             ref_logps = stats.ref_logps
         elif "ref_logps" in cached:

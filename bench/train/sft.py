@@ -13,13 +13,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from methods import token_stats
 from bench.train.config import SFTConfig, fingerprint
 from bench.train.data import Batch, resolve_chat_template, tokenize_rows
 from bench.train.engine import (StepOutput, TrainResult, autocast, finished_result, make_accelerator, run_loop,
                                 set_seed, write_json_atomic)
 from bench.train.policy import load_policy, save_final
-from bench.train.preference import _NON_SEMANTIC, completion_window, prepare_run, window, window_forward
+from bench.train.preference import (_NON_SEMANTIC, completion_forward, completion_window, flat_token_stats,
+                                    prepare_run, window)
 
 
 class SFTModule(nn.Module):
@@ -31,9 +31,9 @@ class SFTModule(nn.Module):
     def forward(self, batch: Batch) -> StepOutput:
         start = completion_window(batch)
         with autocast(self.config, batch.input_ids.device):
-            logits, _ = window_forward(self.policy, batch, start)
+            logits, _ = completion_forward(self.policy, batch)
         mask = window(batch.completion_mask, start)
-        logps = token_stats(logits, window(batch.input_ids, start), mask).logps
+        logps = flat_token_stats(logits, None, window(batch.input_ids, start), mask).logps
         tokens = mask.sum()
         nll = -(logps * mask).sum() / tokens
         return StepOutput(nll, {"completion_tokens": tokens.detach()})

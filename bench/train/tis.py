@@ -24,12 +24,11 @@ from typing import Any, Sequence
 import torch
 
 import methods as method_registry
-from methods import token_stats
 from methods.tis_dpo import token_weights
 from bench.models import load_model
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Tokenized, collate, resolve_chat_template, tokenize_rows
-from bench.train.preference import completion_window, train_preference, window, window_forward
+from bench.train.preference import completion_forward, completion_window, flat_token_stats, train_preference, window
 
 ESTIMATORS = ("dpo_contrastive", "prompt_contrastive")
 
@@ -66,9 +65,9 @@ def score_tokens(model, examples: Sequence[Tokenized], pad_id: int, batch_size: 
         batch = collate(chunk, pad_id)
         start = completion_window(batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits, _ = window_forward(model, batch, start)
+            logits, _ = completion_forward(model, batch)
         mask = window(batch.completion_mask, start)
-        logps = token_stats(logits, window(batch.input_ids, start), mask).logps
+        logps = flat_token_stats(logits, None, window(batch.input_ids, start), mask).logps
         rows = [logps[i][mask[i] > 0] for i in range(mask.shape[0])]
         n = len(chunk)
         responses = len(chunk[0].responses)
