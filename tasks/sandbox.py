@@ -46,7 +46,6 @@ import dataclasses
 import marshal
 import math
 import os
-import queue
 import secrets
 import selectors
 import shutil
@@ -133,6 +132,29 @@ def _unshare_works(args: Sequence[str]) -> bool:
         return False
 
 
+class _SlotPool:
+    """Slot numbers of the programs running in this process (across Sandbox instances): in the
+    namespaces+uid level a program runs as uid SLOT_UID_BASE + slot, so no two running programs
+    share a uid (RLIMIT_NPROC and file ownership are per uid)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[int] = []
+        self._next = 0
+
+    def acquire(self) -> int:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self._next += 1
+            return self._next - 1
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+
+_slots = _SlotPool()
 _SETPRIV = shutil.which("setpriv")
 _NAMESPACES = ["--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child"]
 _detected: str | None = None
@@ -190,10 +212,7 @@ class Sandbox:
         elif isolation == "userns" and not _unshare_works(["--user", "--map-root-user", *_NAMESPACES]):
             raise SandboxError("isolation 'userns' needs unprivileged user namespaces and `unshare` (util-linux)")
         self.isolation = isolation
-        # parallel slots: each running program holds one, which picks its uid in namespaces+uid mode
-        self._slots: queue.Queue[int] = queue.Queue()
-        for slot in range(self.workers):
-            self._slots.put(slot)
+        self._running = threading.BoundedSemaphore(self.workers)
 
     # -- public API ----------------------------------------------------------------------------
     def run(self, solution: str, test: str = "", keep_names: Iterable[str] = ()) -> SandboxResult:
@@ -201,11 +220,12 @@ class Sandbox:
         return self.run_job(Job(solution, test, tuple(keep_names)))
 
     def run_job(self, job: Job) -> SandboxResult:
-        slot = self._slots.get()
-        try:
-            return self._run(job, slot)
-        finally:
-            self._slots.put(slot)
+        with self._running:
+            slot = _slots.acquire()
+            try:
+                return self._run(job, slot)
+            finally:
+                _slots.release(slot)
 
     def run_many(self, jobs: Sequence[Job], progress: Callable[[int, SandboxResult], None] | None = None
                  ) -> list[SandboxResult]:
