@@ -117,6 +117,17 @@ class Reasoning(Task):
 
         backend = self._backend()
         args: dict[str, Any] = {"pretrained": str(model), **(model_args or {})}
+        adapter_config = Path(str(model)) / "adapter_config.json"
+        if adapter_config.is_file() and "peft" not in args:
+            # a LoRA checkpoint: lm-eval's hf model loads the base and applies the adapter
+            import json
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+            if not base:
+                raise TaskError(f"reasoning: {adapter_config} names no base_model_name_or_path")
+            if backend != "hf":
+                raise TaskError(f"reasoning: {model} is a PEFT adapter; merge it first for the {backend} backend "
+                                "or use backend=hf")
+            args.update(pretrained=base, peft=str(model))
         if backend == "hf":
             args.setdefault("device", device)
             args.setdefault("dtype", "float32" if device == "cpu" else "auto")
@@ -153,7 +164,7 @@ class Reasoning(Task):
                 entry["filter"] = row.get("filter")
                 per_sample.append(entry)
         details = {"lm_eval_version": package_version("lm_eval"), "backend": backend, "tasks": names,
-                   "chat_template": self.apply_chat_template,
+                   "chat_template": self.apply_chat_template, "model_args": args,
                    "task_versions": results.get("versions", {}), "n_shot": results.get("n-shot", {}),
                    "limit": limit, "n_samples": {k: v.get("effective", v.get("original"))
                                                  for k, v in results.get("n-samples", {}).items()},

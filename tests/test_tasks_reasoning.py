@@ -2,6 +2,7 @@
 runs end to end on a tiny model with them."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -64,3 +65,25 @@ def test_simple_evaluate_end_to_end_on_a_tiny_model():
     assert scores.details["n_shot"] == {"pobench_gsm8k": 5, "pobench_arc_challenge": 0}
     assert scores.details["backend"] == "hf" and scores.details["limit"] == 2
     assert task.record()["data_source"]["kind"] == "local"
+
+
+@needs_data
+@pytest.mark.slow
+def test_a_lora_checkpoint_is_evaluated_as_base_plus_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from bench.models import tiny_model
+
+    base = tiny_model(save=True)
+    model, tokenizer = tiny_model()
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base  # a tiny model built in memory has no path of its own
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    task = tasks.get("reasoning", data_dir=DATA, backend="hf", lm_eval_tasks=["pobench_arc_challenge"])
+    scores = task.evaluate_model(str(tmp_path), limit=2)
+    assert set(scores.metrics) == {"arc_challenge_acc", "arc_challenge_acc_norm"}
+    assert scores.details["model_args"]["pretrained"] == base
+    assert scores.details["model_args"]["peft"] == str(tmp_path)
