@@ -95,8 +95,8 @@ def _score_code(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{args.task}: {result.details['samples']} samples over {result.details['problems_attempted']} "
-          f"of {result.details['problems_total']} problems ({summary['isolation']} isolation, "
+    print(f"{args.task}: {result.details['samples']} samples over {result.details['problems_attempted']} problems "
+          f"(the task has {result.details['problems_total']}; {summary['isolation']} isolation, "
           f"{elapsed:.1f} s, {summary['programs_per_second']} programs/s)")
     for name, value in result.metrics.items():
         print(f"  {name}: {value:.4f}")
