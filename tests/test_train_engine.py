@@ -179,3 +179,39 @@ def test_tis_weight_stage_produces_per_token_weights_that_train(tmp_path, estima
     assert estimate_tis_weights(config, PAIRS, tmp_path / "weights") == weighted
     result = train_preference(quick(steps=1), weighted, methods.get("tis_dpo"), tmp_path / "train")
     assert 0.7 < result.metrics["weights/mean_chosen"] < 1.3
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    big = train_preference(quick(batch_size=4, grad_accum=1, steps=3), PAIRS, methods.get("dpo"), tmp_path / "big")
+    acc = train_preference(quick(batch_size=2, grad_accum=2, steps=3), PAIRS, methods.get("dpo"), tmp_path / "acc")
+    assert losses(tmp_path / "acc") == pytest.approx(losses(tmp_path / "big"), abs=1e-6)
+    a = load_file(f"{big.model_path}/model.safetensors")
+    b = load_file(f"{acc.model_path}/model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_warmup_schedule_and_bf16_autocast_train(tmp_path):
+    config = quick(precision="bf16", warmup_steps=2, steps=4, batch_size=6, lr=2e-3)
+    train_preference(config, PAIRS, methods.get("tdpo2"), tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # linear warmup over 2 steps then linear decay to 0 at step 4
+    assert [round(x["lr"], 8) for x in lines] == [0.0, 1e-3, 2e-3, 1e-3]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert all(math.isfinite(x["kl/seq_fkl_chosen"]) for x in lines)
+
+
+def test_cli_trains_from_a_jsonl_file(tmp_path, capsys):
+    from bench.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS + [{"prompt": "x", "chosen": "y"}]))
+    code = main(["train", "--method", "ipo", "--hp", "beta=0.5", "--model", "tiny", "--data", str(data),
+                 "--steps", "2", "--batch-size", "3", "--set", "max_length=64", "--set", "max_prompt_length=32",
+                 "--set", "progress_bar=false", "--set", "tensorboard=false", "--out", str(tmp_path / "run")])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 2 and report["data"]["dropped"] == {"missing_field:rejected": 1}
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["extra"]["hparams"] == {"beta": 0.5}
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path / "missing.jsonl"),
+                 "--out", str(tmp_path / "x")]) == 2

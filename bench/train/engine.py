@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,12 @@ class TrainResult:
     @classmethod
     def load(cls, path: Path) -> "TrainResult":
         return cls(**json.loads(Path(path).read_text()))
+
+
+def say(accelerator, message: str) -> None:
+    """A progress/warning line on stderr, once (main process): stdout stays machine-readable."""
+    if accelerator.is_main_process:
+        print(message, file=sys.stderr, flush=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -231,7 +238,7 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         start = resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
-        accelerator.print(f"[pobench] resuming {run_name} from {checkpoint} (step {start}/{steps})")
+        say(accelerator, f"[pobench] resuming {run_name} from {checkpoint} (step {start}/{steps})")
 
     logger = MetricsLogger(config, output_dir, steps, start, accelerator.is_main_process, run_name)
     B, K = config.batch_size, config.grad_accum

@@ -31,7 +31,7 @@ from bench.models import cache_dir
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Batch, Tokenized, collate, resolve_chat_template, tokenize_rows
 from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, finished_result,
-                                make_accelerator, run_loop, set_seed, write_json_atomic)
+                                make_accelerator, run_loop, say, set_seed, write_json_atomic)
 from bench.train.policy import FrozenReference, load_policy, model_shape, save_final
 
 ONLINE_REFERENCE_NEEDS = frozenset({"fkl", "rkl", "ref_hidden"})
@@ -334,7 +334,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
         max_prompt_length=config.max_prompt_length, use_chat_template=use_template, add_eos=config.add_eos,
         bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow, weight_keys=WEIGHT_KEYS if needs_weights else None)
     if report.dropped:
-        accelerator.print(f"[pobench] {method.name}: {report.summary()}")
+        say(accelerator, f"[pobench] {method.name}: {report.summary()}")
 
     hidden_size, num_layers = model_shape(policy)
     method.setup(hidden_size, num_layers)

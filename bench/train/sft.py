@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.train.config import SFTConfig, fingerprint
 from bench.train.data import Batch, resolve_chat_template, tokenize_rows
-from bench.train.engine import (StepOutput, TrainResult, autocast, finished_result, make_accelerator, run_loop,
+from bench.train.engine import (StepOutput, TrainResult, autocast, finished_result, make_accelerator, run_loop, say,
                                 set_seed, write_json_atomic)
 from bench.train.policy import load_policy, save_final
 from bench.train.preference import (_NON_SEMANTIC, completion_forward, completion_window, flat_token_stats,
@@ -65,7 +65,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], output_dir: str | Path, *
         max_prompt_length=config.max_prompt_length, use_chat_template=use_template, add_eos=config.add_eos,
         bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow)
     if report.dropped:
-        accelerator.print(f"[pobench] sft: {report.summary()}")
+        say(accelerator, f"[pobench] sft: {report.summary()}")
     policy.to(accelerator.device)
     module = SFTModule(policy, config)
     groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "weight_decay": config.weight_decay}]
