@@ -198,7 +198,7 @@ def _sandbox_main() -> None:
 
     # -- 5. the audit hook
     import posixpath
-    realpath, fspath = posixpath.realpath, os.fsdecode
+    realpath, fspath, is_directory = posixpath.realpath, os.fsdecode, posixpath.isdir
     frame_attributes = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
     process_events = frozenset({"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
                                 "subprocess.Popen", "pty.spawn", "os.startfile"})
@@ -262,6 +262,11 @@ def _sandbox_main() -> None:
             raise ImportError(f"sandbox: importing {args[0]} is not allowed")
         if event in ("open", "os.listdir", "os.scandir") and args and is_private(args[0]):
             raise PermissionError(f"sandbox: access to {args[0]!r} is not allowed")
+        if event == "open" and args and not isinstance(args[0], int) and outside_workdir(args[0]) \
+                and is_directory(resolve(args[0]) or ""):
+            # the "open" event does not carry dir_fd, so a directory fd from outside would let a
+            # relative path (checked as if under the working directory) reach anywhere
+            raise PermissionError(f"sandbox: opening the directory {args[0]!r} is not allowed")
         if event == "open" and len(args) > 2 and isinstance(args[2], int) and args[2] & write_flags:
             if outside_workdir(args[0]):
                 raise PermissionError(f"sandbox: writing {args[0]!r} outside the working directory is not allowed")

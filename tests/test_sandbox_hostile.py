@@ -147,6 +147,10 @@ HOSTILE: list[tuple[str, str]] = [
      "import os\nos.link('{canary}/keep.txt', 'hard')\nopen('hard', 'w').write('changed')\ndef answer():\n    return 42"),
     ("dir_fd_escape",
      "import os\nfd = os.open('{canary}', os.O_RDONLY)\nos.mkdir('pwned_dir', dir_fd=fd)\ndef answer():\n    return 42"),
+    ("proc_through_a_directory_fd",
+     "import os\nroot = os.open('/', os.O_RDONLY)\nproc = os.open('proc', os.O_RDONLY, dir_fd=root)\n"
+     "data = os.read(os.open('self/environ', os.O_RDONLY, dir_fd=proc), 100000)\n"
+     f"def answer():\n    return 42 if b'{SECRET_VAR}' in data else 0"),
     ("write_to_etc", "open('/etc/pobench_pwned', 'w').write('x')\ndef answer():\n    return 42"),
     # -- signals to the parent and to other processes
     ("kill_parent", "import os\nos.kill(os.getppid(), 9)\ndef answer():\n    return 42"),
