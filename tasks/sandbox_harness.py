@@ -155,6 +155,11 @@ def _sandbox_main() -> None:
     keep_names = set(payload.get("keep_names") or ())
     limits = payload["limits"]
 
+    # Every function defined below takes its builtins from this copy (a function's builtins are
+    # fixed when it is created), so a program that patches `builtins.len` or `builtins.any` cannot
+    # change what the audit hook or the verdict code do.
+    pristine_builtins = dict(builtins.__dict__)
+    globals()["__builtins__"] = pristine_builtins
     write, exit_now = os.write, os._exit
     out_streams, flush = (sys.stdout, sys.stderr), type(sys.stdout).flush
 
@@ -175,8 +180,7 @@ def _sandbox_main() -> None:
         write(result_fd, f"ERROR:{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
         exit_now(3)
 
-    # -- 4. private references, pristine builtins, a fresh __main__
-    pristine_builtins = dict(builtins.__dict__)
+    # -- 4. private references, a fresh __main__
     # `types` reads a traceback's tb_frame at import (to name FrameType), which the hook refuses:
     # import it now, while that is still allowed
     import types  # noqa: F401
@@ -196,9 +200,57 @@ def _sandbox_main() -> None:
     # test (and harness lines, below both offsets, are skipped)
     solution_line_offset, test_line_offset = 1_000_000, 2_000_000
 
-    # -- 5. the audit hook
-    import posixpath
-    realpath, fspath, is_directory = posixpath.realpath, os.fsdecode, posixpath.isdir
+    # -- 5. the audit hook. Paths are resolved with the C functions captured here, never through
+    # os/posixpath module attributes, which the program may patch.
+    getcwd, lstat, stat, readlink, to_path = os.getcwd, os.lstat, os.stat, os.readlink, os.fspath
+    S_IFMT, S_IFLNK, S_IFDIR = 0o170000, 0o120000, 0o040000
+
+    def as_text(path: object) -> str | None:
+        try:
+            path = to_path(path)
+        except TypeError:
+            return None
+        return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else path
+
+    def resolve(path: object) -> str | None:
+        """The absolute path with every symlink resolved (what posixpath.realpath computes)."""
+        text = as_text(path)
+        if text is None or "\0" in text:
+            return None
+        if not text.startswith("/"):
+            text = getcwd() + "/" + text
+        todo, parts, hops = text.split("/")[::-1], [], 0
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+                continue
+            candidate = "/" + "/".join(parts + [part])
+            try:
+                is_link = lstat(candidate).st_mode & S_IFMT == S_IFLNK
+            except OSError:
+                is_link = False
+            if not is_link:
+                parts.append(part)
+                continue
+            hops += 1
+            if hops > 40:
+                return None
+            target = readlink(candidate)
+            if target.startswith("/"):
+                parts = []
+            todo.extend(target.split("/")[::-1])
+        return "/" + "/".join(parts)
+
+    def is_directory(path: str) -> bool:
+        try:
+            return stat(path).st_mode & S_IFMT == S_IFDIR
+        except OSError:
+            return False
+
     frame_attributes = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
     process_events = frozenset({"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
                                 "subprocess.Popen", "pty.spawn", "os.startfile"})
@@ -206,7 +258,7 @@ def _sandbox_main() -> None:
                                "sys._current_exceptions", "sys.settrace", "sys.setprofile", "code.__new__",
                                "os.kill", "os.killpg", "signal.pthread_kill", "sys.remote_exec"}) | process_events
     private_paths = ("/proc", "/dev/mem", "/dev/kmem", "/dev/port", "/sys/kernel")
-    workdir = realpath(os.getcwd())
+    workdir = resolve(getcwd())
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     # events that change the filesystem -> (positions of path arguments, positions of dir_fd arguments)
     changing_events = {"os.rename": ((0, 1), (2, 3)), "os.link": ((0, 1), (2, 3)), "os.symlink": ((1,), (2,)),
@@ -216,19 +268,15 @@ def _sandbox_main() -> None:
                        "os.chflags": ((0,), ()), "os.lchflags": ((0,), ()), "os.setxattr": ((0,), ()),
                        "os.removexattr": ((0,), ())}
 
-    def resolve(path: object) -> str | None:
-        try:
-            return realpath(fspath(path))
-        except (TypeError, ValueError):
-            return None
-
-    readlink, join = os.readlink, posixpath.join
     confined = bool(payload.get("mount_private"))
 
     def at_directory(dir_fd: object, path: object) -> object:
         """The path a *at() call (shutil.rmtree uses them) would touch, or None when unknown."""
+        text = as_text(path)
+        if text is not None and text.startswith("/"):
+            return text  # an absolute path ignores dir_fd
         try:
-            return join(readlink(f"/proc/self/fd/{int(dir_fd)}"), fspath(path))
+            return readlink(f"/proc/self/fd/{int(dir_fd)}") + "/" + (text or "")
         except (OSError, TypeError, ValueError):
             # /proc is hidden in the namespaced levels, where the OS (read-only /, own uid) confines
             # writes anyway; in the process level an unresolvable directory fd is refused

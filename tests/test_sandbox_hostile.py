@@ -76,6 +76,15 @@ HOSTILE: list[tuple[str, str]] = [
     ("shadow_builtin_in_globals", "def abs(x):\n    return 0\ndef answer():\n    return 0"),
     ("override_assertion_error",
      "import builtins\nbuiltins.AssertionError = type('Ignored', (Exception,), {})\ndef answer():\n    return 0"),
+    ("patch_builtins_the_audit_hook_uses",
+     "import builtins\nbuiltins.len = lambda x: 0\nbuiltins.any = lambda x: False\n"
+     "builtins.isinstance = lambda *a: False\nbuiltins.PermissionError = type('Ignored', (Exception,), {})\n"
+     "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    frame = e.__traceback__.tb_frame.f_back\n"
+     "def answer():\n    return frame.f_locals.get('nonce') and 42"),
+    ("patch_path_functions_then_write_outside",
+     "import os, posixpath\nos.chdir('{canary}')\nos.getcwd = lambda: '/nowhere'\n"
+     "posixpath.realpath = lambda p, **k: '/nowhere/' + str(p)\nos.path.realpath = posixpath.realpath\n"
+     "open('pwned', 'w').write('x')\ndef answer():\n    return 42"),
     ("patch_exec_and_compile",
      "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: compile('pass', "
      "'x', 'exec')\ndef answer():\n    return 0"),
