@@ -166,6 +166,8 @@ class ScoreConfig:
     kl: bool = doc(True, "KL(policy || reference) per sequence by teacher forcing")
     kl_budget: float = doc(5.0, "flag runs whose mean KL exceeds this many nats/seq", minimum=0)
     kl_batch_size: int = doc(32, minimum=1)
+    kl_dtype: str = choice("float32", "bfloat16", default="float32",
+                           help="teacher-forcing weights dtype (log-softmax always in float32)")
 
 
 @dataclass

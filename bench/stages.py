@@ -301,12 +301,14 @@ def stage_score(ctx: StageContext, node: Node, inputs: dict[str, StageOutput], o
                 s.kl = 0.0
         else:
             kls = teacher_forcing.sequence_kl(policy, reference, [s.prompt for s in samples],
-                                              [s.completion for s in samples], batch_size=cfg["kl_batch_size"])
+                                              [s.completion for s in samples], batch_size=cfg["kl_batch_size"],
+                                              dtype=cfg.get("kl_dtype", "float32"))
             for s, kl in zip(samples, kls):
                 s.kl = kl
     eval_pairs = task.eval_pairs()
     if eval_pairs:
-        pair_logps = teacher_forcing.pair_logps(policy, reference, eval_pairs, batch_size=cfg["kl_batch_size"])
+        pair_logps = teacher_forcing.pair_logps(policy, reference, eval_pairs, batch_size=cfg["kl_batch_size"],
+                                                dtype=cfg.get("kl_dtype", "float32"))
     scores = task.score(samples, pair_logps=pair_logps)
     metrics = dict(scores.metrics)
     per_sample = scores.per_sample

@@ -1,8 +1,9 @@
 """Sequence log-probs by teacher forcing, for KL(pi || ref) on samples and held-out pair margins.
 
 Independent of the generation backend by design: the sampled text is re-tokenised as
-``prompt_ids + completion_ids`` (the same split the trainer uses) and scored under both models in
-float32, so hf, vLLM and server samples are measured the same way.
+``prompt_ids + completion_ids`` (the same split the trainer uses) and scored under both models
+(float32 by default; ``score.kl_dtype: bfloat16`` trades precision for speed, the log-softmax stays
+float32), so hf, vLLM and server samples are measured the same way.
 KL per sequence = sum over completion tokens of log pi(y_t|.) - log ref(y_t|.), the Monte-Carlo
 estimate of KL(pi||ref) for samples drawn from pi at temperature 1.
 """
@@ -52,9 +53,12 @@ def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: 
     return out
 
 
-def _load_pair(policy_path: str, reference_path: str):
-    policy, tokenizer = load_for_inference(policy_path, torch.float32)
-    reference, ref_tokenizer = load_for_inference(reference_path, torch.float32)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _load_pair(policy_path: str, reference_path: str, dtype: str = "float32"):
+    policy, tokenizer = load_for_inference(policy_path, DTYPES[dtype])
+    reference, ref_tokenizer = load_for_inference(reference_path, DTYPES[dtype])
     if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
         raise ValueError(f"policy {policy_path} and reference {reference_path} use different tokenizers; "
                          "KL by teacher forcing needs the same vocabulary")
@@ -62,9 +66,9 @@ def _load_pair(policy_path: str, reference_path: str):
 
 
 def sequence_kl(policy_path: str, reference_path: str, prompts: Sequence[str], completions: Sequence[str],
-                batch_size: int = 32) -> list[float]:
+                batch_size: int = 32, dtype: str = "float32") -> list[float]:
     """KL(pi||ref) estimate per sample: sum over completion tokens of log pi - log ref."""
-    policy, reference, tokenizer = _load_pair(policy_path, reference_path)
+    policy, reference, tokenizer = _load_pair(policy_path, reference_path, dtype)
     rows = _encode(tokenizer, prompts, completions)
     lp = completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)
     del policy
@@ -72,11 +76,12 @@ def sequence_kl(policy_path: str, reference_path: str, prompts: Sequence[str], c
     return [float(sum(a) - sum(b)) for a, b in zip(lp, lr)]
 
 
-def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32) -> list[Any]:
+def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32,
+               dtype: str = "float32") -> list[Any]:
     """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps)."""
     from tasks.base import PairLogps
 
-    policy, reference, tokenizer = _load_pair(policy_path, reference_path)
+    policy, reference, tokenizer = _load_pair(policy_path, reference_path, dtype)
     prompts = [p.prompt for p in pairs] * 2
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     rows = _encode(tokenizer, prompts, completions)
