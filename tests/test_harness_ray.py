@@ -16,7 +16,10 @@ SUBSET = ["methods=dpo,ipo,simpo", "methods.dpo.beta=0.1", "prefdata.prompts=8",
 
 
 def run(tmp: Path, executor: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+    # one thread in both runs: Ray workers get OMP_NUM_THREADS=num_cpus=1, and float reductions
+    # (hence sampled text) may differ with the thread count
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
+           "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "smoke", *SUBSET, "--executor", executor,
                            "--work-dir", str(tmp / "work"), "--results-dir", str(tmp / "results")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
