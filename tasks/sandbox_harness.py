@@ -160,6 +160,9 @@ def _sandbox_main() -> None:
     # change what the audit hook or the verdict code do.
     pristine_builtins = dict(builtins.__dict__)
     globals()["__builtins__"] = pristine_builtins
+    # the tests get a copy of their own: a test that hands one of its functions to the program
+    # (func.__builtins__) must not expose the harness's
+    test_builtins = dict(builtins.__dict__)
     write, exit_now = os.write, os._exit
     out_streams, flush = (sys.stdout, sys.stderr), type(sys.stdout).flush
 
@@ -378,7 +381,7 @@ def _sandbox_main() -> None:
         report(describe("solution raised", exc))
 
     # the test sees the solution's names, but never its shadows of builtins (abs = lambda x: 0)
-    test_globals = {"__name__": "__test__", "__builtins__": pristine_builtins}
+    test_globals = {"__name__": "__test__", "__builtins__": test_builtins}
     for name, value in list_(user_main.__dict__.items()):
         if type_of(name) is not str_type or name.startswith("__"):
             continue
