@@ -88,8 +88,13 @@ def read_samples(path: str | os.PathLike, problems: Mapping[str, CodeProblem],
     samples: list[CodeSample] = []
     errors: list[DataError] = []
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
+    with opener(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(DataError(path, line_no, f"not UTF-8 (byte {exc.start + 1})"))
+                continue
             if not line.strip():
                 continue
             try:

@@ -71,16 +71,18 @@ def test_malformed_records_are_reported_with_file_line_and_reason(tmp_path: Path
         "",                                                                   # 9 blank: skipped
         json.dumps({"task_id": "T/1", "completion": "    return -x\n"}),      # 10 fine
     ]) + "\n")
+    with open(path, "ab") as handle:
+        handle.write(b'{"task_id": "T/0", "completion": "\xff"}\n')              # 11 not UTF-8
     with pytest.raises(SampleFileError) as info:
         read_samples(path, PROBLEMS)
     errors = info.value.errors
-    assert [e.line for e in errors] == [2, 3, 4, 5, 6, 7, 8]
+    assert [e.line for e in errors] == [2, 3, 4, 5, 6, 7, 8, 11]
     assert all(e.path == str(path) for e in errors)
     reasons = [e.reason for e in errors]
     assert "invalid JSON" in reasons[0] and "expected a JSON object" in reasons[1]
     assert "missing field 'task_id'" in reasons[2] and "'task_id' must be" in reasons[3]
     assert "missing field 'completion'" in reasons[4] and "'completion' must be a string" in reasons[5]
-    assert "unknown task_id 'T/9'" in reasons[6]
+    assert "unknown task_id 'T/9'" in reasons[6] and "not UTF-8" in reasons[7]
     assert f"{path}:2: invalid JSON" in str(info.value)
 
 
