@@ -140,6 +140,7 @@ def _sandbox_main() -> None:
     import sys
     import _thread
 
+    # -- 1. the payload (and 2. the limits, below)
     payload_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
     chunks = []
     while True:
@@ -183,7 +184,7 @@ def _sandbox_main() -> None:
         write(result_fd, f"ERROR:{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
         exit_now(3)
 
-    # -- 4. private references, a fresh __main__
+    # -- 3. private references, a fresh __main__
     # `types` reads a traceback's tb_frame at import (to name FrameType), which the hook refuses:
     # import it now, while that is still allowed
     import types  # noqa: F401
@@ -203,7 +204,7 @@ def _sandbox_main() -> None:
     # test (and harness lines, below both offsets, are skipped)
     solution_line_offset, test_line_offset = 1_000_000, 2_000_000
 
-    # -- 5. the audit hook. Paths are resolved with the C functions captured here, never through
+    # -- 4. the audit hook. Paths are resolved with the C functions captured here, never through
     # os/posixpath module attributes, which the program may patch.
     getcwd, lstat, stat, readlink, to_path = os.getcwd, os.lstat, os.stat, os.readlink, os.fspath
     S_IFMT, S_IFLNK, S_IFDIR = 0o170000, 0o120000, 0o040000
@@ -335,7 +336,7 @@ def _sandbox_main() -> None:
                 if outside_workdir(args[path_at] if dir_fd in (-1, None) else at_directory(dir_fd, args[path_at])):
                     raise PermissionError(f"sandbox: {event} outside the working directory is not allowed")
 
-    # -- 6. run the solution, then the test. Everything used from here on was bound above, before
+    # -- 5. run the solution, then the test. Everything used from here on was bound above, before
     # any untrusted code ran (the program may patch builtins, modules and sys.modules afterwards).
     def where(exc: BaseException) -> str:
         tb, line = exc.__traceback__, None
@@ -395,7 +396,7 @@ def _sandbox_main() -> None:
     except BaseException as exc:
         report(describe("test failed", exc))
 
-    # -- 7. the verdict
+    # -- 6. the verdict
     if thread_count() != 0:
         report(b"FAIL:threads still running after the tests")
     report(b"PASS:" + nonce)
