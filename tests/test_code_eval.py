@@ -182,3 +182,10 @@ def test_score_code_command_reports_malformed_lines(tmp_path: Path, capsys: pyte
     assert code == 2
     assert f"{samples}:2: invalid JSON" in capsys.readouterr().err
     assert not results_path(samples).exists()
+
+
+def test_score_code_refuses_tasks_that_are_not_code_tasks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "x", "completion": "y"}) + "\n")
+    assert pobench(["score", "code", "--task", "imdb", "--samples", str(samples)]) == 2
+    assert "not a code task" in capsys.readouterr().err

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-CODE_TASKS = ("humaneval", "mbpp")
-
 
 def _parse_ks(text: str) -> list[int]:
     try:
@@ -35,7 +33,9 @@ def _register_code(subparsers: argparse._SubParsersAction) -> None:
         "code", help="pass@k of code samples (HumanEval, MBPP) run in the sandbox",
         description="Run code samples against their problems' tests in the pobench sandbox; print pass@k "
                     "and write per-sample results beside the samples file (FILE_results.jsonl).")
-    parser.add_argument("--task", required=True, choices=CODE_TASKS, help="which problems the samples answer")
+    parser.add_argument("--task", required=True,
+                        help="which problems the samples answer: humaneval, mbpp, or any task built on "
+                             "tasks.code_eval.CodeTask (plugins included)")
     parser.add_argument("--samples", required=True, type=Path, help="jsonl with task_id and completion per line")
     parser.add_argument("--k", type=_parse_ks, default=[1, 10, 100], help="pass@k to report (default: 1,10,100)")
     parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program (default 10)")
@@ -43,7 +43,8 @@ def _register_code(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--isolation", default="auto",
                         choices=["auto", "namespaces+uid", "userns", "process"], help="sandbox isolation level")
     parser.add_argument("--data-dir", help="folder holding the task's local files (default: the task's sources)")
-    parser.add_argument("--source", default="auto", choices=["auto", "hub", "local", "builtin"])
+    parser.add_argument("--source", default="auto", choices=["auto", "hub", "local", "builtin"],
+                        help="where the problems come from (default: auto, see docs/code.md)")
     parser.add_argument("--variant", choices=["full", "sanitized"], help="MBPP variant (default: full)")
     parser.add_argument("--pairs", type=Path, help="also write preference pairs (passing vs failing) here")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -53,13 +54,23 @@ def _register_code(subparsers: argparse._SubParsersAction) -> None:
 def _score_code(args: argparse.Namespace) -> int:
     import tasks
     from tasks.base import TaskError
-    from tasks.code_eval import evaluate, preference_pairs, read_samples, results_path, write_jsonl
+    from tasks.code_eval import CodeTask, evaluate, preference_pairs, read_samples, results_path, write_jsonl
     from tasks.sandbox import SandboxError
+
+    try:
+        task_class = tasks.task_class(args.task)
+    except TaskError as exc:
+        print(f"pobench score code: {exc}", file=sys.stderr)
+        return 2
+    if not issubclass(task_class, CodeTask):
+        print(f"pobench score code: task {args.task!r} is not a code task (it is not built on "
+              f"tasks.code_eval.CodeTask); code tasks: humaneval, mbpp", file=sys.stderr)
+        return 2
 
     options = {"timeout": args.timeout, "workers": args.workers, "isolation": args.isolation}
     if args.variant:
-        if args.task != "mbpp":
-            print("pobench score code: --variant applies to --task mbpp only", file=sys.stderr)
+        if "variant" not in task_class.options:
+            print(f"pobench score code: task {args.task!r} has no --variant option", file=sys.stderr)
             return 2
         options["variant"] = args.variant
     try:
