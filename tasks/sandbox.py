@@ -61,8 +61,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 ISOLATION_LEVELS = ("namespaces+uid", "userns", "process")
-#: first uid/gid of the per-slot unprivileged identities used when running as root (unused range)
-SLOT_UID_BASE = 61000
+#: first uid/gid of the per-slot unprivileged identities used when running as root. The default
+#: sits between Debian's normal users (< 60000), systemd-homed (60001-60513) and systemd's dynamic
+#: users (61184-65519); set POBENCH_SANDBOX_UID_BASE where that range is taken.
+SLOT_UID_BASE = int(os.environ.get("POBENCH_SANDBOX_UID_BASE", "60600"))
 HARNESS_SOURCE = (Path(__file__).with_name("sandbox_harness.py")).read_text(encoding="utf-8")
 # Compiling the harness costs ~10 ms per interpreter start (two per namespaced program); the same
 # interpreter can load it precompiled instead (marshal is version-specific: only for sys.executable).

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tasks.sandbox import ISOLATION_LEVELS, Job, Limits, Sandbox, SandboxError, detect_isolation
+from tasks.sandbox import ISOLATION_LEVELS, SLOT_UID_BASE, Job, Limits, Sandbox, SandboxError, detect_isolation
 
 FAST = Limits(timeout_s=5.0)
 
@@ -27,7 +27,8 @@ def test_root_gets_namespaces_and_its_own_uid(sandbox: Sandbox) -> None:
         pytest.skip("namespaces+uid needs root (CI runs as root)")
     assert sandbox.isolation == "namespaces+uid"
     result = sandbox.run("import os\nUID = os.getuid()\nPID = os.getpid()\nCWD = os.getcwd()\n",
-                         "assert UID != 0, UID\nassert PID == 1, PID\nassert CWD == '/tmp/work', CWD")
+                         f"assert {SLOT_UID_BASE} <= UID < {SLOT_UID_BASE + 64}, UID\nassert PID == 1, PID\n"
+                         "assert CWD == '/tmp/work', CWD")
     assert result.passed, result.message
 
 

@@ -201,7 +201,7 @@ def _sandbox_processes() -> list[str]:
         pid, uid, stat, args = (line.split(None, 3) + [""])[:4]
         if int(pid) == os.getpid() or stat.startswith("Z"):  # zombies hold no resources but a pid
             continue
-        if SLOT_UID_BASE <= int(uid) < SLOT_UID_BASE + 1000 or "_sandbox_main" in args or "sleep 300" in args:
+        if SLOT_UID_BASE <= int(uid) < SLOT_UID_BASE + 500 or "_sandbox_main" in args or "sleep 300" in args:
             left.append(line.strip()[:200])
     return left
 
