@@ -215,3 +215,10 @@ def test_cli_trains_from_a_jsonl_file(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["extra"]["hparams"] == {"beta": 0.5}
     assert main(["train", "--model", "tiny", "--data", str(tmp_path / "missing.jsonl"),
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_non_finite_input_names_the_field_and_row(tmp_path):
+    weighted = [{**p, "weights_chosen": [1.0] * 16, "weights_rejected": [1.0] * 16} for p in PAIRS]
+    weighted[2]["weights_chosen"] = [float("nan")] * 16
+    with pytest.raises(NonFiniteLossError, match=r"non-finite input weights_w at optimizer step 1.*data rows \[2\]"):
+        train_preference(quick(batch_size=6, steps=1), weighted, methods.get("tis_dpo"), tmp_path / "run")

@@ -244,10 +244,12 @@ class PreferenceModule(nn.Module):
             if value is None:
                 continue
             pair[f"{name}_w"], pair[f"{name}_l"] = value[:n], value[n:]
-        for name, value in pair.items():
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                rows = sorted({int(r) % n for r in (~torch.isfinite(value)).nonzero()[:, 0].tolist()})
-                raise NonFiniteTerm(f"input {name}", rows, "before the method's loss")
+        floating = [(name, value) for name, value in pair.items() if value.is_floating_point()]
+        finite = torch.stack([torch.isfinite(value).all() for _, value in floating])
+        if not bool(finite.all()):  # one host read per step; the details only when something broke
+            name, value = next((nv for nv, ok in zip(floating, finite.tolist()) if not ok))
+            rows = sorted({int(r) for r in (~torch.isfinite(value)).nonzero()[:, 0].tolist()})
+            raise NonFiniteTerm(f"input {name}", rows, "before the method's loss")
         try:
             out = self.method.loss(PairBatch(**pair))
         except MethodError as exc:
