@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from bench.train.config import SFTConfig, fingerprint

@@ -27,7 +27,7 @@ import methods as method_registry
 from methods.tis_dpo import token_weights
 from bench.models import load_model
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
-from bench.train.data import Tokenized, collate, resolve_chat_template, tokenize_rows
+from bench.train.data import Tokenized, collate, format_prompt, resolve_chat_template, tokenize_rows
 from bench.train.preference import completion_forward, completion_window, flat_token_stats, train_preference, window
 
 ESTIMATORS = ("dpo_contrastive", "prompt_contrastive")
@@ -62,13 +62,13 @@ def score_tokens(model, examples: Sequence[Tokenized], pad_id: int, batch_size: 
     out: list[list[torch.Tensor]] = []
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
-        batch = collate(chunk, pad_id)
+        batch = collate(chunk, pad_id).to(model.device)
         start = completion_window(batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits, _ = completion_forward(model, batch)
         mask = window(batch.completion_mask, start)
         logps = flat_token_stats(logits, None, window(batch.input_ids, start), mask).logps
-        rows = [logps[i][mask[i] > 0] for i in range(mask.shape[0])]
+        rows = [logps[i][mask[i] > 0].cpu() for i in range(mask.shape[0])]
         n = len(chunk)
         responses = len(chunk[0].responses)
         out.extend([rows[r * n + i] for r in range(responses)] for i in range(n))
@@ -131,8 +131,6 @@ def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_
             conditioned = []
             for ex in examples:
                 prompt_text = pairs[ex.index]["prompt"]
-                from bench.train.data import format_prompt
-
                 prompt_ids = tokenizer(format_prompt(tokenizer, prompt_text, use_template, system),
                                        add_special_tokens=not use_template).input_ids
                 conditioned.append(Tokenized(ex.index, prompt_ids, ex.responses, None, ex.eos_last))
