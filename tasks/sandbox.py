@@ -196,11 +196,16 @@ class Sandbox:
     ``isolation``: "auto" (strongest available) or one of :data:`ISOLATION_LEVELS` (a level the
     machine does not allow raises :class:`SandboxError`). ``workers``: parallel programs
     (default ``os.cpu_count()``). ``python``: interpreter for the programs (default: this one).
+    ``audit_policy=False`` leaves out the in-process audit hook: for testing the OS-level isolation
+    alone, never for scoring (the hook is what keeps the verdict's nonce out of reach).
     """
 
     def __init__(self, limits: Limits | None = None, isolation: str = "auto", workers: int | None = None,
-                 python: str | None = None, _checked: bool = False) -> None:
+                 python: str | None = None, audit_policy: bool = True, _checked: bool = False) -> None:
         self.limits = limits or Limits()
+        # False only to test what the OS-level isolation holds on its own: without the audit hook
+        # nothing protects the nonce, so a program could forge a pass
+        self.audit_policy = audit_policy
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.python = python or sys.executable
         if isolation == "auto":
@@ -270,6 +275,7 @@ class Sandbox:
         payload: dict[str, object] = {"solution": job.solution, "test": job.test, "keep_names": list(job.keep_names),
                                       "nonce": nonce, "limits": limits,
                                       "mount_private": self.isolation != "process",
+                                      "audit_policy": self.audit_policy,
                                       "parent_pid": os.getpid() if self.isolation == "process" else None}
         return marshal.dumps(payload)
 

@@ -373,7 +373,8 @@ def _sandbox_main() -> None:
     except BaseException as exc:
         report(describe("test does not compile", exc))
 
-    sys.addaudithook(audit)
+    if payload.get("audit_policy", True):  # off only in tests of the OS-level isolation alone
+        sys.addaudithook(audit)
     try:
         exec_(solution_code, user_main.__dict__)
     except SystemExit:
