@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tasks.base import (DataError, Metric, PairLogps, PreferencePair, Prompt, Sample, Scores, Task, TaskError,
                         limit_list)
-from tasks.sandbox import Job, Sandbox, SandboxResult
+from tasks.sandbox import Job, Sandbox, SandboxError, SandboxResult
 
 DEFAULT_KS = (1, 10, 100)
 
@@ -165,6 +165,10 @@ def evaluate(problems: Mapping[str, CodeProblem], samples: Sequence[CodeSample],
     sandbox = sandbox or Sandbox()
     jobs = [problems[s.task_id].job(s.completion) for s in samples]
     results = sandbox.run_many(jobs, progress=progress)
+    broken = [r for r in results if r.status == "error"]
+    if broken:  # the sandbox failed, not the samples: no pass@k from that
+        raise SandboxError(f"{len(broken)} of {len(results)} programs could not be run in the sandbox "
+                           f"({sandbox.isolation}): {broken[0].message}")
     completion_ids: dict[str, int] = defaultdict(int)
     per_sample: list[dict[str, Any]] = []
     for sample, result in zip(samples, results):

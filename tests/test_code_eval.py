@@ -189,3 +189,13 @@ def test_score_code_refuses_tasks_that_are_not_code_tasks(tmp_path: Path, capsys
     samples.write_text(json.dumps({"task_id": "x", "completion": "y"}) + "\n")
     assert pobench(["score", "code", "--task", "imdb", "--samples", str(samples)]) == 2
     assert "not a code task" in capsys.readouterr().err
+
+
+def test_sandbox_failures_are_not_scored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program the sandbox could not start is an infrastructure error, never a failed sample."""
+    from tasks.sandbox import SandboxError, SandboxResult
+    box = Sandbox(Limits(timeout_s=2.0))
+    monkeypatch.setattr(box, "run_many", lambda jobs, progress=None: [
+        SandboxResult(False, "error", "sandbox setup failed: mount refused", 0.0, box.isolation, 3)] * len(jobs))
+    with pytest.raises(SandboxError, match="could not be run in the sandbox.*mount refused"):
+        evaluate(PROBLEMS, [CodeSample("T/0", "    return a + b\n", 1)], box)

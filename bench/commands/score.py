@@ -89,7 +89,11 @@ def _score_code(args: argparse.Namespace) -> int:
         if sys.stderr.isatty() and (done[0] % 50 == 0 or done[0] == len(samples)):
             print(f"\r{done[0]}/{len(samples)} programs", end="", file=sys.stderr, flush=True)
 
-    result = evaluate(problems, samples, sandbox, ks=args.k, progress=progress)
+    try:
+        result = evaluate(problems, samples, sandbox, ks=args.k, progress=progress)
+    except SandboxError as exc:
+        print(f"pobench score code: {exc}", file=sys.stderr)
+        return 1
     elapsed = time.monotonic() - started
     out = write_jsonl(results_path(args.samples), result.per_sample)
     summary = {"task": args.task, "task_version": task.version, "samples_file": str(args.samples),
