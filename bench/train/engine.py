@@ -247,7 +247,7 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
     trainable = [p for group in param_groups for p in group["params"]]
     try:
         for step in range(start, steps):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             stream = example_stream(len(examples), config.seed, step * global_batch, global_batch)
             sums: dict[str, Tensor] = {}
             tokens = torch.zeros((), dtype=torch.float64)
@@ -295,6 +295,8 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
             if grad_norm is not None:
                 last["grad_norm"] = float(grad_norm)
             last["step_time_s"] = elapsed
+            # CPU seconds of this process (all its threads): robust to other jobs sharing the machine
+            last["step_cpu_s"] = time.process_time() - cpu0
             if (step + 1) % config.log_every == 0 or step + 1 == steps:
                 logger.log(step + 1, last)
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
