@@ -12,7 +12,7 @@ from bench.config import SuiteConfig
 from bench.executors import execute
 from bench.leaderboard import build_leaderboard
 from bench.manifest import build_manifest
-from bench.plan import REFERENCE, Cell, Node, Plan, build_plan
+from bench.plan import Node, Plan, build_plan
 from bench.report import write_all
 from bench.store import Store, atomic_write_json
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bench.config import SuiteConfig
-from bench.plan import REFERENCE, Node
+from bench.plan import Node
 from bench.store import StageOutput, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("pobench")
@@ -345,10 +345,6 @@ def execute_node(ctx: StageContext, store: Any, node: Node) -> tuple[StageOutput
     return store.run(node.stage, node.key, lambda out: fn(ctx, node, inputs, out),
                      inputs={"label": node.label, "params": node.params,
                              "deps": {k: f"{d.stage}/{d.key}" for k, d in node.deps.items()}})
-
-
-def is_reference_cell(method: str) -> bool:
-    return method == REFERENCE
 
 
 def ensure_threads() -> None:
