@@ -108,8 +108,17 @@ class PreferenceTrainConfig(TrainConfig):
     lr: float = 5e-6
     method_weight_decay: float = 0.01  # weight decay of method.modules() (SparsePO mask heads)
     precompute_reference: bool | None = None
+    #: weights of a frozen reference copy: None = bf16 when precision is bf16, else fp32
+    reference_dtype: str | None = None
     #: completion positions per chunk of the vocabulary-wide token math (bounds its fp32 workspace)
     token_chunk_size: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        if self.reference_dtype not in (None, "fp32", "bf16"):
+            raise TrainConfigError(f"training config: reference_dtype={self.reference_dtype!r}: null | fp32 | bf16")
+        if self.token_chunk_size < 1:
+            raise TrainConfigError(f"training config: token_chunk_size={self.token_chunk_size}: must be >= 1")
 
 
 @dataclass

@@ -35,7 +35,7 @@ class FrozenReference:
     """The reference model: a frozen copy of the initial policy, or - with LoRA - the policy
     itself with its adapters disabled (no second copy of the weights)."""
 
-    def __init__(self, policy: nn.Module, lora: bool) -> None:
+    def __init__(self, policy: nn.Module, lora: bool, dtype: torch.dtype | None = None) -> None:
         self.lora = lora
         if lora:
             self.model = policy
@@ -43,6 +43,8 @@ class FrozenReference:
             self.model = copy.deepcopy(policy)
             self.model.requires_grad_(False)
             self.model.eval()
+            if dtype is not None:  # a frozen model needs no fp32 master weights
+                self.model.to(dtype)
 
     def context(self):
         return self.model.disable_adapter() if self.lora else _nullcontext()

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import methods as method_registry
 from methods import Method, MethodError, PairBatch, token_stats
-from bench.models import cache_dir
+from bench.models import cache_dir, parse_dtype
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Batch, Tokenized, collate, resolve_chat_template, tokenize_rows
 from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, finished_result,
@@ -342,7 +342,8 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     method.setup(hidden_size, num_layers)
     plan = reference_plan(method, config)
     needs_reference_model = plan != "none" or "masks" in method.needs
-    reference = FrozenReference(policy, config.lora is not None) if needs_reference_model else None
+    ref_dtype = parse_dtype(config.reference_dtype or ("bf16" if config.precision == "bf16" else "fp32"))
+    reference = FrozenReference(policy, config.lora is not None, ref_dtype) if needs_reference_model else None
     if reference is not None and not reference.lora:
         reference.model.to(accelerator.device)
     policy.to(accelerator.device)
@@ -350,7 +351,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
 
     cache: dict[str, list] = {}
     if plan == "cached" or "masks" in method.needs:
-        key_parts = {"model": model_identity(resolved), "lora": config.lora is not None,
+        key_parts = {"model": model_identity(resolved), "lora": config.lora is not None, "dtype": str(ref_dtype),
                      "data": [(e.prompt, e.responses) for e in examples]}
         cache = cached_reference_pass(key_parts, reference, examples, tokenizer.pad_token_id,
                                       want_logps=plan == "cached",
