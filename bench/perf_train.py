@@ -67,7 +67,8 @@ def _worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     pairs = synthetic_pairs(spec["batch_size"] * spec["steps"], spec["prompt_words"], spec["response_words"])
     config = PreferenceTrainConfig(model=spec["model"], steps=spec["steps"], batch_size=spec["batch_size"],
                                    lr=1e-6, max_length=spec["max_length"], max_prompt_length=spec["max_prompt_length"],
-                                   precision=spec["precision"], tensorboard=False, progress_bar=False, seed=0)
+                                   precision=spec["precision"], tensorboard=False, progress_bar=False, seed=0,
+                                   chat_template=False)  # TRL applies no template to plain-text pairs either
     with tempfile.TemporaryDirectory() as tmp:
         train_preference(config, pairs, methods.get(spec["method"]), Path(tmp) / "run")
         lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
