@@ -112,9 +112,8 @@ def test_training_drops_bad_rows_and_reports_them(tmp_path):
     assert result.data["kept"] == len(PAIRS)
 
 
-@methods.register
 class _ExplodesOnLongChosen(Method):
-    """Test method: NaN for pairs whose chosen response has more than 6 tokens."""
+    """Test method (not registered): NaN for pairs whose chosen response has more than 6 tokens."""
 
     name = "_test_explodes"
     hyperparameters = {"beta": Hyperparameter(0.1, "unused")}
@@ -127,7 +126,7 @@ class _ExplodesOnLongChosen(Method):
 
 def test_non_finite_loss_stops_with_step_rows_and_term(tmp_path):
     with pytest.raises(NonFiniteLossError) as info:
-        train_preference(quick(batch_size=6, steps=2), PAIRS, methods.get("_test_explodes"), tmp_path / "run")
+        train_preference(quick(batch_size=6, steps=2), PAIRS, _ExplodesOnLongChosen(), tmp_path / "run")
     message = str(info.value)
     assert "optimizer step 1" in message and "_test_explodes loss" in message
     assert "data rows [0]" in message  # only the first pair's chosen response is that long
