@@ -62,6 +62,8 @@ def test_every_method_and_stage_produces_a_leaderboard(smoke):
     # every stage ran: prefdata, prep (TIS weights), train, generate, score
     for stage in ("prefdata", "prep", "train", "generate", "score"):
         assert any((work / stage).glob("*/record.json")), stage
+    prep = json.loads(next((work / "prep").glob("*/record.json")).read_text())
+    assert prep["reused_suite_dpo_as_pi_plus"] is True  # TIS-DPO's pi_plus is the suite's own DPO policy
     with open(results / "leaderboard.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(board["rows"])
