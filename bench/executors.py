@@ -74,14 +74,16 @@ def run_ray(plan: Plan, store: Store, progress: Progress | None = None) -> dict[
             labels[ref] = node
         pending = list(refs.values())
         computed = cached = 0
-        t0 = time.time()
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             did = ray.get(done[0])  # re-raises a failed node's exception here
             computed += did
             cached += not did
             if progress:
-                progress(labels[done[0]], "done" if did else "cached", time.time() - t0)
+                node = labels[done[0]]
+                finished = store.get(node.stage, node.key)
+                seconds = finished.record.get("seconds", 0.0) if (finished and did) else 0.0
+                progress(node, "done" if did else "cached", seconds)
         return {"computed": computed, "cached": cached}
     finally:
         if started_here:
