@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from methods.base import (OPTIONAL_FIELDS, Hyperparameter, LossOutput, Method, MethodError, PairBatch,
-                          check_batch)
+from methods.base import (OPTIONAL_FIELDS, Hyperparameter, LossOutput, Method, MethodError, NonFiniteLoss,
+                          PairBatch, check_batch)
 from methods.token_math import TokenStats, token_stats
 
-__all__ = ["PairBatch", "LossOutput", "Method", "MethodError", "Hyperparameter", "OPTIONAL_FIELDS",
+__all__ = ["PairBatch", "LossOutput", "Method", "MethodError", "NonFiniteLoss", "Hyperparameter", "OPTIONAL_FIELDS",
            "TokenStats", "token_stats", "check_batch", "get", "available", "method_class", "register"]
 
 ENTRY_POINT_GROUP = "pobench.methods"

@@ -31,6 +31,14 @@ class MethodError(ValueError):
     """A method was misconfigured or given a batch it cannot use; the message says what to fix."""
 
 
+class NonFiniteLoss(MethodError):
+    """The loss of some pairs is NaN/inf although every input was finite; ``pairs`` lists them."""
+
+    def __init__(self, method: str, pairs: list[int]) -> None:
+        self.method, self.pairs = method, pairs
+        super().__init__(f"method {method!r}: non-finite loss for pair(s) {pairs} although every input was finite")
+
+
 @dataclass
 class PairBatch:
     """Per-token inputs of B preference pairs; every tensor is [B, T] unless noted.
@@ -147,9 +155,7 @@ class Method(nn.Module):
         check_batch(batch, self.needs, self.name, self.uses_reference)
         per_pair, metrics = self.compute(batch)
         if not torch.isfinite(per_pair).all():
-            bad = (~torch.isfinite(per_pair)).nonzero().flatten().tolist()
-            raise MethodError(f"method {self.name!r}: non-finite loss for pair(s) {bad} "
-                              "although every input was finite")
+            raise NonFiniteLoss(self.name, (~torch.isfinite(per_pair)).nonzero().flatten().tolist())
         out_metrics = {k: (v.detach().float().mean() if v.dim() else v.detach().float())
                        for k, v in metrics.items()}
         return LossOutput(loss=per_pair.mean(), per_pair=per_pair, metrics=out_metrics)

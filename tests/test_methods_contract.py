@@ -106,3 +106,11 @@ def test_methods_command_lists_every_method():
     for name in BUILTIN:
         assert f"\n{name} " in "\n" + out.stdout
     assert "2404.11999" in out.stdout and "beta=0.1, alpha=0.5" in out.stdout
+
+
+def test_loss_overflowing_from_finite_inputs_names_the_pairs():
+    batch = random_batch(dtype=torch.float32)
+    batch.logps_w[1] = -3e38  # finite, but the sequence sum overflows float32 to -inf
+    with pytest.raises(methods.NonFiniteLoss, match=r"pair\(s\) \[1\]") as info:
+        methods.get("dpo").loss(batch)
+    assert info.value.pairs == [1]

@@ -16,7 +16,6 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 """
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import methods as method_registry
-from methods import Method, MethodError, PairBatch, token_stats
+from methods import Method, NonFiniteLoss, PairBatch, token_stats
 from bench.models import cache_dir, parse_dtype
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Batch, Tokenized, collate, resolve_chat_template, tokenize_rows
@@ -252,13 +251,8 @@ class PreferenceModule(nn.Module):
             raise NonFiniteTerm(f"input {name}", rows, "before the method's loss")
         try:
             out = self.method.loss(PairBatch(**pair))
-        except MethodError as exc:
-            if "non-finite" in str(exc) or "NaN" in str(exc):
-                # Method.loss names the offending pair positions: "pair(s) [i, j]"
-                found = re.search(r"pair\(s\) \[([\d, ]+)\]", str(exc))
-                rows = [int(i) for i in found.group(1).split(",")] if found else []
-                raise NonFiniteTerm(f"{self.method.name} loss", rows, str(exc)) from exc
-            raise
+        except NonFiniteLoss as exc:
+            raise NonFiniteTerm(f"{self.method.name} loss", exc.pairs, str(exc)) from exc
         metrics = dict(out.metrics)
         # sequence-level KL of the policy from the reference, wherever it was computed anyway
         for kind, values in (("fkl", stats.fkl), ("rkl", stats.rkl)):
