@@ -46,49 +46,58 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _log_softmax_rows(logits: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    return logits[rows, cols].to(_compute_dtype(logits.dtype)).log_softmax(-1)
-
-
 class _ChunkedTokenStats(torch.autograd.Function):
-    """(policy [B,T,V], ref [B,T,V] | None, rows, cols, labels) -> logps, ref_logps, fkl, rkl at (rows, cols)."""
+    """(policy [B,T,V], ref [B,T,V] | None, rows, cols, labels) -> logps, ref_logps, fkl, rkl at (rows, cols).
+
+    The forward keeps each position's log-normaliser (logsumexp, one float per position) so the
+    backward rebuilds a chunk's log-softmax with one subtraction instead of another reduction.
+    """
 
     @staticmethod
     def forward(ctx, policy: Tensor, ref: Tensor | None, rows: Tensor, cols: Tensor, labels: Tensor,
                 chunk_size: int, want_fkl: bool, want_rkl: bool):
-        outputs: dict[str, list[Tensor]] = {"logps": [], "ref_logps": [], "fkl": [], "rkl": []}
+        dtype = _compute_dtype(policy.dtype)
+        outputs: dict[str, list[Tensor]] = {"logps": [], "ref_logps": [], "fkl": [], "rkl": [],
+                                            "lse": [], "ref_lse": []}
         for start in range(0, rows.numel(), chunk_size):
             r, c = rows[start:start + chunk_size], cols[start:start + chunk_size]
             y = labels[start:start + chunk_size].unsqueeze(-1)
-            pol_lp = _log_softmax_rows(policy, r, c)
+            x = policy[r, c].to(dtype)
+            lse = x.logsumexp(-1, keepdim=True)
+            pol_lp = x.sub_(lse)
+            outputs["lse"].append(lse.squeeze(-1))
             outputs["logps"].append(pol_lp.gather(-1, y).squeeze(-1))
             if ref is not None:
-                ref_lp = _log_softmax_rows(ref, r, c)
+                x_ref = ref[r, c].to(dtype)
+                ref_lse = x_ref.logsumexp(-1, keepdim=True)
+                ref_lp = x_ref.sub_(ref_lse)
+                outputs["ref_lse"].append(ref_lse.squeeze(-1))
                 outputs["ref_logps"].append(ref_lp.gather(-1, y).squeeze(-1))
                 if want_fkl:
                     outputs["fkl"].append((ref_lp.exp() * (ref_lp - pol_lp)).sum(-1))
                 if want_rkl:
                     outputs["rkl"].append((pol_lp.exp() * (pol_lp - ref_lp)).sum(-1))
-        dtype = _compute_dtype(policy.dtype)
-        result = [torch.cat(v) if v else policy.new_zeros(0, dtype=dtype) for v in outputs.values()]
-        ctx.save_for_backward(policy, ref, rows, cols, labels, result[3])
+        logps, ref_logps, fkl, rkl, lse, ref_lse = (torch.cat(v) if v else policy.new_zeros(0, dtype=dtype)
+                                                    for v in outputs.values())
+        ctx.save_for_backward(policy, ref, rows, cols, labels, rkl, lse, ref_lse)
         ctx.chunk_size, ctx.want_fkl, ctx.want_rkl = chunk_size, want_fkl, want_rkl
-        ctx.mark_non_differentiable(result[1])
-        return tuple(result)
+        ctx.mark_non_differentiable(ref_logps)
+        return logps, ref_logps, fkl, rkl
 
     @staticmethod
     def backward(ctx, grad_logps, _grad_ref_logps, grad_fkl, grad_rkl):
-        policy, ref, rows, cols, labels, rkl = ctx.saved_tensors
+        policy, ref, rows, cols, labels, rkl, lse, ref_lse = ctx.saved_tensors
+        dtype = _compute_dtype(policy.dtype)
         grad_policy = torch.zeros_like(policy)
         for start in range(0, rows.numel(), ctx.chunk_size):
             sl = slice(start, start + ctx.chunk_size)
             r, c, y = rows[sl], cols[sl], labels[sl].unsqueeze(-1)
-            pol_lp = _log_softmax_rows(policy, r, c)
+            pol_lp = policy[r, c].to(dtype).sub_(lse[sl].unsqueeze(-1))
             p = pol_lp.exp()
             a = grad_logps[sl].unsqueeze(-1)
             grad = (-a * p).scatter_add_(-1, y, a)
             if ref is not None and (ctx.want_fkl or ctx.want_rkl):
-                ref_lp = _log_softmax_rows(ref, r, c)
+                ref_lp = ref[r, c].to(dtype).sub_(ref_lse[sl].unsqueeze(-1))
                 if ctx.want_fkl:
                     grad += grad_fkl[sl].unsqueeze(-1) * (p - ref_lp.exp())
                 if ctx.want_rkl:
