@@ -110,6 +110,9 @@ def _namespace_stage(setup_hex: str) -> None:
         os.chdir(workdir)
         env = dict(os.environ, HOME=workdir, TMPDIR=workdir)
         stage2 = argv[:-1]  # the same command without the setup argument
+        # exec the interpreter by its real path (bound above): a virtualenv's symlink to it may sit
+        # under a directory the uid cannot enter (tox's .tox is 0700); -I -S ignores the venv anyway
+        stage2[0] = os.path.realpath(argv[0])
         os.execve(stage2[0], stage2, env)
     except BaseException as exc:  # the sandbox could not be set up: not a verdict on the program
         os.write(result_fd, f"ERROR:{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
