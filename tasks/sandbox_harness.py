@@ -65,6 +65,10 @@ def _namespace_stage(setup_hex: str) -> None:
             mount(b"tmpfs", target, b"tmpfs", flags, options)
 
         uid, gid = setup.get("uid"), setup.get("gid")
+        # exec stage 2 by the interpreter's real path, resolved while still root: a virtualenv's
+        # symlink may sit under a directory the uid cannot enter (tox's .tox is 0700); -I -S
+        # ignores the venv anyway
+        interpreter = os.path.realpath(argv[0])
         if uid is not None:
             # Directories the interpreter needs (stdlib, extension modules, its binary and libpython)
             # may sit under one an unprivileged uid cannot enter (pyenv under /root, mode 700). Cover
@@ -110,9 +114,7 @@ def _namespace_stage(setup_hex: str) -> None:
         os.chdir(workdir)
         env = dict(os.environ, HOME=workdir, TMPDIR=workdir)
         stage2 = argv[:-1]  # the same command without the setup argument
-        # exec the interpreter by its real path (bound above): a virtualenv's symlink to it may sit
-        # under a directory the uid cannot enter (tox's .tox is 0700); -I -S ignores the venv anyway
-        stage2[0] = os.path.realpath(argv[0])
+        stage2[0] = interpreter
         os.execve(stage2[0], stage2, env)
     except BaseException as exc:  # the sandbox could not be set up: not a verdict on the program
         os.write(result_fd, f"ERROR:{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
