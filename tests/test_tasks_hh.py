@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_real_malformed_records_are_reported_with_file_line_and_reason():
     assert len(evals) + len(train) == 2312 - 9
     report = task.malformed_report()
     assert [r["line"] for r in report] == [87, 517, 926, 1104, 1255, 1689, 1951, 1953, 2037]
-    assert all(r["file"] == str(HH_FILE) for r in report)
+    assert all(Path(r["file"]).resolve() == HH_FILE.resolve() for r in report)  # same file, however spelled
     assert {r["reason"] for r in report} == {
         "empty final chosen response",
         "chosen and rejected transcripts differ before their final Assistant turn"}
