@@ -171,6 +171,17 @@ class ScoreConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Model-evaluation tasks (``eval_tasks``): how every trained policy and the reference are evaluated."""
+
+    limit: int | None = doc(None, "items per benchmark (e.g. per lm-eval task); null = all. Limited "
+                            "results are not comparable with published numbers", minimum=1)
+    device: str = choice("auto", "cpu", "cuda", default="auto", help="auto = cuda when available, else cpu")
+    gen_kwargs: dict[str, Any] = doc(factory=dict, help="generation overrides for evaluators that take them "
+                                     "(lm-eval gen_kwargs, e.g. {max_gen_toks: 64}); {} = each benchmark's own")
+
+
+@dataclass
 class ExecutorConfig:
     kind: str = choice("local", "ray", default="local")
     address: str | None = doc(None, "ray: cluster address (None = start a local cluster)")
@@ -216,6 +227,8 @@ class SuiteConfig:
     tasks: list[str] = doc(factory=lambda: ["imdb"])
     task_options: dict[str, Any] = doc(factory=dict, help="task name -> keyword arguments of tasks.get "
                                        "(source, judge, data_dir and the task's own options)")
+    eval_tasks: list[str] = doc(factory=list, help="model-evaluation tasks (evaluation = model, e.g. reasoning) "
+                                "run on every trained policy and the reference; their metrics are extra columns")
     methods: dict[str, Any] = doc(factory=dict, help="method name -> {hyperparameter: value | [values]}")
     reference_row: bool = doc(True, "add the reference policy as a leaderboard row")
     seeds: list[int] = doc(factory=lambda: [0])
@@ -225,6 +238,7 @@ class SuiteConfig:
     train: TrainConfig = doc(factory=TrainConfig)
     generation: GenerationConfig = doc(factory=GenerationConfig)
     score: ScoreConfig = doc(factory=ScoreConfig)
+    eval: EvalConfig = doc(factory=EvalConfig)
     executor: ExecutorConfig = doc(factory=ExecutorConfig)
     paper_reference: list[PaperValue] = doc(factory=list)
     work_dir: str | None = doc(None, "cache of stage outputs (default: $POBENCH_WORK_DIR or ./runs)")
@@ -512,11 +526,17 @@ def validate(data: dict[str, Any], source: str = "<dict>", check_registries: boo
             raise ConfigError("tasks: give at least one task")
         if check_registries:
             _check_tasks(suite.tasks)
+            _check_eval_tasks(suite)
+        elif len(set(suite.eval_tasks)) != len(suite.eval_tasks):
+            raise ConfigError(f"eval_tasks: duplicate tasks in {suite.eval_tasks}")
         for name, options in suite.task_options.items():
-            if name not in suite.tasks:
-                raise ConfigError(f"task_options.{name}: not one of this suite's tasks {suite.tasks}")
+            if name not in suite.tasks and name not in suite.eval_tasks:
+                raise ConfigError(f"task_options.{name}: not one of this suite's tasks {suite.tasks}"
+                                  + (f" or eval_tasks {suite.eval_tasks}" if suite.eval_tasks else ""))
             if not isinstance(options, dict):
                 raise ConfigError(f"task_options.{name}: expected a mapping of tasks.get keyword arguments")
+        if check_registries:
+            _check_eval_task_options(suite)
         suite.method_specs = _method_specs(suite.methods, check_registries)
         if suite.generation.backend == "openai" and not (suite.generation.base_url or suite.generation.serve_python):
             raise ConfigError("generation.base_url: the openai backend needs base_url (an existing server) "
@@ -548,10 +568,80 @@ def _check_tasks(names: list[str]) -> None:
         except Exception:  # an unloadable task names itself when a stage uses it
             continue
         if getattr(cls, "evaluation", "samples") != "samples" or getattr(cls, "preference_mode", "") == "none":
+            hint = (f"list it under `eval_tasks: [{name}]` to evaluate every trained policy and the reference, "
+                    f"or run `pobench tasks {name} --evaluate CHECKPOINT`"
+                    if getattr(cls, "evaluation", "samples") == "model" else
+                    f"evaluate a trained policy with `pobench tasks {name} --evaluate CHECKPOINT`")
             raise ConfigError(f"tasks[{i}]: task {name!r} evaluates checkpoints (evaluation="
                               f"{getattr(cls, 'evaluation', '?')!r}, preference_mode="
                               f"{getattr(cls, 'preference_mode', '?')!r}) and cannot be a suite's training task; "
-                              f"evaluate a trained policy with `pobench tasks {name} --evaluate CHECKPOINT`")
+                              f"{hint}")
+
+
+#: keyword arguments every task accepts besides its own ``options`` (tasks.base.Task.__init__)
+COMMON_TASK_ARGUMENTS = ("data_dir", "source", "judge")
+
+
+def model_evaluation_tasks() -> list[str]:
+    """Registered tasks that evaluate a checkpoint (``evaluation == "model"``): what ``eval_tasks`` accepts."""
+    import tasks as tasks_registry
+
+    names = []
+    for name in tasks_registry.available():
+        try:
+            if getattr(tasks_registry.task_class(name), "evaluation", "samples") == "model":
+                names.append(name)
+        except Exception:  # an unloadable task names itself when a stage uses it
+            continue
+    return names
+
+
+def _check_eval_tasks(suite: SuiteConfig) -> None:
+    """``eval_tasks``: registered model-evaluation tasks, each once, whose metric names are not
+    already columns of the training tasks' rows (they become extra columns of the same rows)."""
+    if not suite.eval_tasks:
+        return
+    try:
+        import tasks as tasks_registry
+    except ImportError:
+        return
+    available = list(tasks_registry.available())
+    allowed = model_evaluation_tasks()
+    seen: dict[str, str] = {}  # metric -> task that reports it
+    for name in suite.tasks:
+        try:
+            seen.update({m.name: name for m in tasks_registry.task_class(name).metrics})
+        except Exception:
+            continue
+    seen.setdefault("kl", "the score stage")
+    for i, name in enumerate(suite.eval_tasks):
+        if name not in available:
+            raise ConfigError(f"eval_tasks[{i}]: unknown task {name!r}; model-evaluation tasks: {allowed}")
+        if name in suite.eval_tasks[:i]:
+            raise ConfigError(f"eval_tasks[{i}]: {name!r} is listed twice")
+        cls = tasks_registry.task_class(name)
+        evaluation = getattr(cls, "evaluation", "samples")
+        if evaluation != "model":
+            raise ConfigError(f"eval_tasks[{i}]: task {name!r} scores generated samples (evaluation={evaluation!r}); "
+                              f"eval_tasks takes model-evaluation tasks: {allowed} (list {name!r} under tasks:)")
+        for metric in cls.metrics:
+            if metric.name in seen:
+                raise ConfigError(f"eval_tasks[{i}]: task {name!r} reports metric {metric.name!r}, which "
+                                  f"{seen[metric.name]!r} already reports; both would fill one leaderboard column")
+            seen[metric.name] = name
+
+
+def _check_eval_task_options(suite: SuiteConfig) -> None:
+    """An eval task's options are checked now: it first runs after training, too late to learn of a typo."""
+    try:
+        import tasks as tasks_registry
+    except ImportError:
+        return
+    for name in suite.eval_tasks:
+        allowed = sorted({*COMMON_TASK_ARGUMENTS, *tasks_registry.task_class(name).options})
+        for key in suite.task_options.get(name, {}):
+            if key not in allowed:
+                raise ConfigError(f"task_options.{name}.{key}: unknown option of task {name!r}; allowed: {allowed}")
 
 
 def resolve_suite_path(name_or_path: str | os.PathLike[str]) -> Path:

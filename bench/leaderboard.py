@@ -6,6 +6,10 @@ Statistics, per row (one configuration over its seeds) and metric:
 * ``ci`` (95%): with >= 2 seeds, a t-interval over the per-seed values (``ci_over: "seeds"``);
   with one seed, a t-interval over per-prompt means (``ci_over: "prompts"``) when the task gives
   per-sample values for the metric; corpus-level metrics (e.g. distinct-n) of one seed have none.
+  Metrics of model-evaluation tasks (``eval_tasks``, e.g. lm-eval) come with the evaluator's own
+  standard error over its items (``scores["stderr"]``): with one seed, or when the seeds did not
+  change the value (the reference's one deterministic evaluation, shared by its seeds), the
+  interval is mean +- z * stderr (``ci_over: "items"``).
 * ``vs_reference``: the paired difference to the reference policy's samples on the same prompts
   and seed (per prompt: policy mean - reference mean, averaged over seeds), with a t-interval
   over prompts. This is the test behind "DPO beats the reference".
@@ -51,11 +55,27 @@ def per_prompt_means(per_sample: Sequence[dict[str, Any]], metric: str) -> dict[
     return {k: sum(v) / len(v) for k, v in acc.items() if v}
 
 
+def stderr_interval(mean: float, se: float, level: float = 0.95) -> dict[str, Any]:
+    """A normal interval from a reported standard error (what lm-eval's stderr is meant for)."""
+    from scipy import stats
+
+    half = float(stats.norm.ppf(0.5 + level / 2)) * se
+    return {"mean": mean, "se": se, "ci": [mean - half, mean + half], "ci_over": "items"}
+
+
 def _metric_stats(seed_scores: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     per_seed = [s["metrics"].get(metric) for s in seed_scores]
     per_seed = [float(v) for v in per_seed if isinstance(v, (int, float))]
     if not per_seed:
         return None
+    reported_se = [s.get("stderr", {}).get(metric) for s in seed_scores]
+    reported_se = [float(v) for v in reported_se if isinstance(v, (int, float))]
+    if reported_se and (len(per_seed) == 1 or len(set(per_seed)) == 1):
+        # one measurement (repeated): the seeds say nothing about its error, the evaluator does
+        stats = stderr_interval(per_seed[0], max(reported_se))
+        stats["n"] = None  # items behind the stderr: the evaluator's business (e.g. lm-eval's n-samples)
+        stats["per_seed"] = per_seed
+        return stats
     if len(per_seed) >= 2:
         stats = t_interval(per_seed)
         stats["ci_over"] = "seeds"

@@ -1,13 +1,15 @@
 """The planner: a suite -> a DAG of content-addressed stage nodes, and the grid of leaderboard rows.
 
 Stages: ``sft`` (optional) -> ``prefdata`` -> ``prep`` (method-specific, e.g. TIS-DPO token
-weights) -> ``train`` -> ``generate`` -> ``score``; ``report`` aggregates the scores. A node's
-key is the hash of everything that can change its output: its own config slice and the keys of
-its inputs, so two suites (or two cells of one suite) that share an input compute it once, and a
-change anywhere upstream re-keys everything downstream.
+weights) -> ``train`` -> ``generate`` -> ``score``, and per model-evaluation task of the suite
+(``eval_tasks``) an ``evaluate`` node on the trained policy (or the reference); ``report``
+aggregates the scores and evaluations. A node's key is the hash of everything that can change its
+output: its own config slice and the keys of its inputs, so two suites (or two cells of one suite)
+that share an input compute it once, and a change anywhere upstream re-keys everything downstream.
 
 A *cell* is one leaderboard entry for one seed: (task, model, method, hyperparameter point, seed),
-or the reference policy (method ``reference``) for that seed. Its ``score`` node is what the report reads.
+or the reference policy (method ``reference``) for that seed. Its ``score`` node and its
+``evaluate`` nodes are what the report reads.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from typing import Any
 from bench.config import (GenerationConfig, MethodSpec, ModelConfig, SuiteConfig, TrainConfig, effective_section,
                           stable_hash)
 
-STAGES = ("sft", "prefdata", "prep", "train", "generate", "score")
+STAGES = ("sft", "prefdata", "prep", "train", "generate", "score", "evaluate")
 #: bump when a stage's implementation changes its outputs, so old cached results are not reused
-STAGE_VERSIONS = {"sft": "1", "prefdata": "1", "prep": "1", "train": "1", "generate": "1", "score": "1"}
+STAGE_VERSIONS = {"sft": "1", "prefdata": "1", "prep": "1", "train": "1", "generate": "1", "score": "1",
+                  "evaluate": "1"}
 REFERENCE = "reference"
 
 
@@ -50,6 +53,8 @@ class Cell:
     label: str
     score: Node
     train: Node | None
+    #: eval task name -> its ``evaluate`` node on this cell's policy (``eval_tasks``)
+    evals: dict[str, Node] = field(default_factory=dict)
 
     @property
     def row_id(self) -> str:
@@ -122,6 +127,8 @@ def build_plan(suite: SuiteConfig) -> Plan:
     b = _Builder(suite)
     cells: list[Cell] = []
     gen_default = suite.generation
+    # the device is not part of the key: where a checkpoint is evaluated does not change what is measured
+    eval_payload = {"limit": suite.eval.limit, "gen_kwargs": suite.eval.gen_kwargs}
     for model in suite.models:
         model_payload = {"id": model.id, "revision": model.revision, "dtype": model.dtype}
         for task in suite.tasks:
@@ -148,10 +155,19 @@ def build_plan(suite: SuiteConfig) -> Plan:
                                        "seed": seed, "reference": reference},
                              {"samples": generate, **policy_deps}, label=f"score {label} s{seed}", heavy=True)
 
+            def evaluate(policy_deps: dict[str, Node], label: str) -> dict[str, Node]:
+                """One node per eval task on this policy. No seed in the key: the evaluation of one
+                checkpoint is deterministic, so the reference's seeds share its evaluation."""
+                return {name: b.add("evaluate", {"model": model_payload, "task": task_payload(suite, name),
+                                                 "eval": eval_payload, "reference": reference},
+                                    policy_deps, label=f"evaluate {name} {label}", heavy=True)
+                        for name in suite.eval_tasks}
+
             for seed in suite.seeds:
                 if suite.reference_row:
                     score = generate_and_score(dict(reference_deps), seed, gen_default, REFERENCE)
-                    cells.append(Cell(task, model.id, REFERENCE, {}, seed, REFERENCE, score, None))
+                    cells.append(Cell(task, model.id, REFERENCE, {}, seed, REFERENCE, score, None,
+                                      evaluate(dict(reference_deps), REFERENCE)))
 
             train_nodes: dict[tuple[str, str, int], Node] = {}
             # DPO first: TIS-DPO's prep may reuse the suite's own DPO policy
@@ -173,7 +189,8 @@ def build_plan(suite: SuiteConfig) -> Plan:
                                       deps, label=f"train {label} s{seed}", heavy=True)
                         train_nodes.setdefault((spec.name, stable_hash(point), seed), train)
                         score = generate_and_score({"policy": train, **reference_deps}, seed, gen, label)
-                        cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train))
+                        evals = evaluate({"policy": train, **reference_deps}, f"{label} s{seed}")
+                        cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train, evals))
     return Plan(suite=suite, cells=cells, nodes=b.order)
 
 
@@ -232,6 +249,8 @@ def estimate_work(plan: Plan) -> dict[str, Any]:
             units["kl_sequences"] = units.get("kl_sequences", 0) + (g["prompts"] or 0) * g["samples_per_prompt"]
         elif node.stage == "sft":
             units["sft_steps"] = units.get("sft_steps", 0) + int(p["sft"]["steps"] or 0)
+        elif node.stage == "evaluate":
+            units["model_evaluations"] = units.get("model_evaluations", 0) + 1
     return units
 
 
@@ -256,6 +275,8 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
                 chain.append(n)
 
         visit(cell.score)
+        for node in cell.evals.values():
+            visit(node)
         cells.append({"task": cell.task, "model": cell.model, "label": cell.label, "seed": cell.seed,
                       "run_key": cell.score.key,
                       "stages": " ".join(f"{n.stage}:{status[(n.stage, n.key)]}" for n in chain)})

@@ -111,7 +111,8 @@ def write_csv(board: dict[str, Any], path: Path) -> None:
 def markdown(board: dict[str, Any]) -> str:
     header, rows = table_rows(board)
     lines = [f"## pobench leaderboard: {board['suite']}", "",
-             "Mean [95% CI]; CIs over seeds when a row has several, else over prompts. "
+             "Mean [95% CI]; CIs over seeds when a row has several, else over prompts "
+             "(metrics of eval_tasks: +-1.96 x the evaluator's standard error over its items). "
              "`vs reference` is the paired per-prompt difference to the reference policy. "
              "`paper` rows are published numbers, not measured here.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -260,7 +261,8 @@ def html_page(board: dict[str, Any], plots: dict[str, bytes]) -> str:
     parts = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>",
              f"<title>pobench leaderboard: {esc(board['suite'])}</title><style>{_CSS}</style></head><body>",
              f"<h1>pobench leaderboard: {esc(board['suite'])}</h1>",
-             "<p>Mean [95% CI]; CIs over seeds when a row has several, else over prompts. "
+             "<p>Mean [95% CI]; CIs over seeds when a row has several, else over prompts "
+             "(metrics of eval_tasks: &plusmn;1.96 &times; the evaluator's standard error over its items). "
              "<em>vs reference</em> is the paired per-prompt difference to the reference policy. "
              "Italic rows are published numbers, not measured here. Click a column header to sort.</p>",
              "<table class='board' id='leaderboard'><thead><tr>"

@@ -36,6 +36,10 @@ def primary_metrics(suite: SuiteConfig) -> tuple[dict[str, str], dict[str, dict[
                                           "description": metric.description})
             if name not in primary and metric.higher_is_better is True:
                 primary[name] = metric.name
+    for name in suite.eval_tasks:  # extra columns of every row, never a task's primary metric
+        for metric in tasks.task_class(name).metrics:
+            info.setdefault(metric.name, {"higher_is_better": metric.higher_is_better,
+                                          "description": metric.description, "eval_task": name})
     info.setdefault("kl", {"higher_is_better": False,
                            "description": "KL(policy || reference) per sequence, nats (teacher forcing)"})
     return primary, info
@@ -54,6 +58,18 @@ def _chain(node: Node) -> list[Node]:
     return list(seen.values())
 
 
+def add_evaluation(scores: dict[str, Any], results: dict[str, Any], eval_task: str) -> None:
+    """Fold an ``evaluate`` stage's results into a run's scores: extra metrics (names are checked
+    disjoint from the training task's at config time), their directions and standard errors."""
+    clash = sorted(set(scores["metrics"]) & set(results["metrics"]))
+    if clash:  # only metrics a task could not declare (e.g. an lm-eval group's) get here
+        raise RuntimeError(f"eval task {eval_task!r} reports metric(s) {clash} that this row already has "
+                           "(from its training task or another eval task); they would share one leaderboard column")
+    scores["metrics"].update(results["metrics"])
+    scores.setdefault("directions", {}).update(results.get("directions", {}))
+    scores.setdefault("stderr", {}).update(results.get("stderr", {}))
+
+
 def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
     import json
 
@@ -65,6 +81,7 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
         scores = json.loads((out.path / "scores.json").read_text())
         stages = {}
         sources = {}
+        evaluations = {}
         for node in _chain(cell.score):
             done = store.get(node.stage, node.key)
             record = done.record if done else {}
@@ -72,9 +89,25 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
             source = (record.get("task_record") or {}).get("data_source")
             if source and node.stage in ("sft", "prefdata", "generate"):
                 sources[node.stage] = source
+        for name, node in cell.evals.items():
+            done = store.get(node.stage, node.key)
+            stages[f"{node.stage}:{node.label}"] = {"key": node.key,
+                                                    "seconds": done.record.get("seconds") if done else None}
+            if done is None:  # not evaluated yet: its columns stay empty (check reports them missing)
+                continue
+            results = json.loads((done.path / "results.json").read_text())
+            add_evaluation(scores, results, name)
+            source = (results.get("task_record") or {}).get("data_source")
+            if source:
+                sources[f"evaluate:{name}"] = source
+            evaluations[name] = {"key": node.key, "metrics": results["metrics"], "stderr": results.get("stderr", {}),
+                                 "task_record": results.get("task_record"), "given_as": results.get("given_as"),
+                                 "details": {k: v for k, v in (results.get("details") or {}).items()
+                                             if k != "stderr"}}
         runs.append({"row_id": cell.row_id, "task": cell.task, "model": cell.model, "method": cell.method,
                      "label": cell.label, "hparams": cell.hparams, "seed": cell.seed, "scores": scores,
-                     "run_key": cell.score.key, "stages": stages, "data_sources": sources})
+                     "run_key": cell.score.key, "stages": stages, "data_sources": sources,
+                     "evaluations": evaluations})
     return runs
 
 

@@ -15,6 +15,8 @@ prep       ``weights.jsonl``: TIS-DPO token weights per pair
 train      ``model/``: the trained policy (or a PEFT adapter over the reference)
 generate   ``samples.jsonl``: one Sample per line (prompt_id, index, prompt, completion)
 score      ``scores.json``: task metrics, per-sample values, KL per sample, task record
+evaluate   ``results.json``: a model-evaluation task's metrics, their standard errors, per-item
+           records and details (e.g. lm-eval's) on the policy or the reference
 =========  ===============================================================================
 """
 from __future__ import annotations
@@ -327,9 +329,61 @@ def stage_score(ctx: StageContext, node: Node, inputs: dict[str, StageOutput], o
     return {"metrics": metrics, "kl_budget_exceeded": bool(metrics.get("kl", 0.0) > cfg["kl_budget"])}
 
 
+def evaluation_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def stage_evaluate(ctx: StageContext, node: Node, inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    """A model-evaluation task (``evaluation == "model"``, e.g. lm-eval reasoning) on the policy or reference.
+
+    A PEFT adapter goes to the task as is when the task evaluates with transformers (its ``backend``
+    option resolves to ``hf``; lm-eval's hf model applies the adapter), else it is merged first
+    (vLLM and servers need full weights), like the generate stage does.
+    """
+    from bench.backends import vllm_available
+
+    task = ctx.task(node.params["task"])
+    cfg = node.params["eval"]
+    checkpoint = model = policy_path(node, inputs)
+    given_as = "full weights"
+    if (Path(checkpoint) / "adapter_config.json").is_file():
+        backend = getattr(task, "backend", None)  # the task's own option (reasoning: hf | vllm | auto)
+        if backend == "hf" or (backend == "auto" and not vllm_available()):
+            given_as = "PEFT adapter"
+        else:
+            model, given_as = merge_adapter(checkpoint, out / "merged"), "merged PEFT adapter"
+    kwargs: dict[str, Any] = {"limit": cfg["limit"], "device": evaluation_device(ctx.suite.eval.device)}
+    if cfg.get("gen_kwargs"):
+        kwargs["gen_kwargs"] = dict(cfg["gen_kwargs"])
+    try:
+        scores = task.evaluate_model(model, **kwargs)
+    finally:
+        shutil.rmtree(out / "merged", ignore_errors=True)  # merged weights were only for the evaluator
+    metrics = {k: float(v) for k, v in scores.metrics.items()}
+    # standard errors as the evaluator reports them (lm-eval: over benchmark items); "N/A" etc. dropped
+    stderr = {k: float(v) for k, v in (scores.details.get("stderr") or {}).items()
+              if k in metrics and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # declared directions first; an evaluator may report the directions of metrics a task cannot
+    # declare in advance (lm-eval groups such as the Open LLM Leaderboard v2)
+    reported = scores.details.get("higher_is_better") or {}
+    directions = {k: v for k, v in reported.items() if k in metrics and isinstance(v, bool)}
+    directions.update({m.name: m.higher_is_better for m in task.metrics})
+    task_record = task.record()
+    atomic_write_json(out / "results.json", {"metrics": metrics, "stderr": stderr, "directions": directions,
+                                             "per_sample": scores.per_sample, "details": scores.details,
+                                             "task_record": task_record, "checkpoint": checkpoint,
+                                             "given_as": given_as})
+    return {"metrics": metrics, "stderr": stderr, "task_record": task_record, "checkpoint": checkpoint,
+            "given_as": given_as, "limit": cfg["limit"], "device": kwargs["device"]}
+
+
 STAGE_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": stage_sft, "prefdata": stage_prefdata, "prep": stage_prep, "train": stage_train,
-    "generate": stage_generate, "score": stage_score,
+    "generate": stage_generate, "score": stage_score, "evaluate": stage_evaluate,
 }
 
 

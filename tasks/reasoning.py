@@ -149,11 +149,15 @@ class Reasoning(Task):
         if results is None:  # non-zero ranks under multi-process lm-eval
             return Scores(metrics={}, per_sample=[], details={"rank": "non-zero: results on rank 0"})
         metrics: dict[str, float] = {}
+        directions: dict[str, bool] = {}  # lm-eval's own: the class's `metrics` cannot list the leaderboard group's
         for task, values in results["results"].items():
             for metric, value in values.items():
                 if (isinstance(value, (int, float)) and not isinstance(value, bool) and "_stderr" not in metric
                         and metric != "sample_len"):
                     metrics[metric_key(task, metric)] = float(value)
+                    higher = (results.get("higher_is_better") or {}).get(task, {}).get(metric.partition(",")[0])
+                    if isinstance(higher, bool):
+                        directions[metric_key(task, metric)] = higher
         per_sample = []
         for task, rows in (results.get("samples") or {}).items():
             for row in rows:
@@ -169,5 +173,6 @@ class Reasoning(Task):
                    "limit": limit, "n_samples": {k: v.get("effective", v.get("original"))
                                                  for k, v in results.get("n-samples", {}).items()},
                    "stderr": {metric_key(t, m.replace("_stderr", "")): v for t, vals in results["results"].items()
-                              for m, v in vals.items() if "_stderr" in m and isinstance(v, (int, float))}}
+                              for m, v in vals.items() if "_stderr" in m and isinstance(v, (int, float))},
+                   "higher_is_better": directions}
         return Scores(metrics=metrics, per_sample=per_sample, details=details)

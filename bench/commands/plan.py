@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plan", help="dry run: the grid of runs, which stages are cached, the work left",
         description="Validate a suite and print its grid (task x model x method x hyperparameters x seed), "
                     "the status of every stage node in the work dir (done / partial / todo) and the work "
-                    "left (optimizer steps, sequences to sample and to score). Runs nothing.")
+                    "left (optimizer steps, sequences to sample and to score, model evaluations of "
+                    "`eval_tasks`). Runs nothing.")
     add_suite_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=main)
@@ -35,6 +36,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"work dir {report['work_dir']}; results -> {suite.resolved_results_dir()}")
     print(f"{len(plan.cells)} runs = {len(suite.tasks)} task(s) x {len(suite.models)} model(s) x "
           f"{report['configurations']} configuration(s) x {len(suite.seeds)} seed(s)")
+    if suite.eval_tasks:
+        limit = "all items" if suite.eval.limit is None else f"{suite.eval.limit} items per benchmark"
+        print(f"model evaluation: {', '.join(suite.eval_tasks)} on every policy and the reference ({limit})")
     print()
     print(f"{'task':<8} {'model':<14} {'method':<28} {'seed':>4}  stages (done/partial/todo)")
     for row in report["cells"]:

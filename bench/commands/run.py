@@ -11,8 +11,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="run a suite: sft -> prefdata -> prep -> train -> generate -> score -> report",
         description="Run a suite end to end. Finished stages are cached in the work dir (keyed by the hash "
-                    "of their inputs): a re-run skips them and an interrupted run resumes. Leaderboard files "
-                    "go to results/<suite>/.")
+                    "of their inputs): a re-run skips them and an interrupted run resumes. Model-evaluation "
+                    "tasks of the suite (`eval_tasks: [reasoning]`, e.g. lm-eval GSM8K/ARC; `eval.limit` "
+                    "items per benchmark) run on every trained policy and the reference, and their metrics "
+                    "become extra leaderboard columns. Leaderboard files go to results/<suite>/.")
     add_suite_arguments(parser)
     parser.set_defaults(func=main)
 
