@@ -90,7 +90,10 @@ class TrainConfig:
     max_prompt_length: int = doc(256, "max prompt tokens", minimum=1)
     peft: str = choice("lora", "full", default="lora", help="LoRA adapters or full fine-tuning")
     lora: LoraConfig = doc(factory=LoraConfig)
-    precision: str = choice("fp32", "bf16", default="fp32", help="autocast dtype for forward/backward")
+    precision: str = choice("fp32", "bf16", default="fp32", help="autocast dtype for forward/backward "
+                            "(bf16 + LoRA: frozen base weights in bf16, adapters and loss math in fp32)")
+    attn_implementation: str | None = doc(None, "transformers attention kernel for training (None = the "
+                                          "model's default; eager has the faster backward for short CPU batches)")
     chat_template: bool | None = doc(False, "None = the tokenizer's template when it has one; False = plain text")
     checkpoint_every: int = doc(5, "optimizer steps between resumable checkpoints (0 = none)", minimum=0)
     method_weight_decay: float = doc(0.01, "weight decay of method modules (SparsePO mask heads)", minimum=0)

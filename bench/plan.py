@@ -90,6 +90,8 @@ def train_settings(train: TrainConfig) -> dict[str, Any]:
     data = dataclasses.asdict(train)
     data["lora"] = None if train.peft == "full" else data["lora"]
     data.pop("peft")
+    if data.get("attn_implementation") is None:
+        data.pop("attn_implementation", None)  # the model's default: keys stay as before the option existed
     return data
 
 

@@ -28,29 +28,54 @@ def _encode(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str]) 
 @torch.inference_mode()
 def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32
                      ) -> list[list[float]]:
-    """Per-token log-probs of each row's completion part (tokens after ``prompt_len``)."""
+    """Per-token log-probs of each row's completion part (tokens after ``prompt_len``).
+
+    Only the positions that predict completion tokens reach the output layer (boolean
+    ``logits_to_keep``), and log p = logit - logsumexp is taken in float32 without materialising a
+    full log-softmax: with a 49k vocabulary the output layer and the softmax over it, not the
+    transformer, dominate this pass on CPU."""
     out: list[list[float]] = [[] for _ in rows]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = [i for i in order[start:start + batch_size] if len(rows[i][0]) > rows[i][1]]
+        if not idx:
+            continue
         width = max(len(rows[i][0]) for i in idx)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         attn = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            seq = rows[i][0]
-            ids[j, :len(seq)] = torch.tensor(seq)
-            attn[j, :len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+        keep = torch.zeros((len(idx), width), dtype=torch.bool)
+        targets = []
         for j, i in enumerate(idx):
             seq, prompt_len = rows[i]
-            if len(seq) <= prompt_len:
-                continue
+            ids[j, :len(seq)] = torch.tensor(seq)
+            attn[j, :len(seq)] = 1
             # position t predicts token t+1: completion tokens are predicted from prompt_len-1 .. len-2
-            pred = logits[j, prompt_len - 1:len(seq) - 1]
-            target = torch.tensor(seq[prompt_len:], device=pred.device)
-            out[i] = torch.log_softmax(pred, dim=-1).gather(-1, target[:, None]).squeeze(-1).tolist()
+            keep[j, prompt_len - 1:len(seq) - 1] = True
+            targets.extend(seq[prompt_len:])
+        logits = _kept_logits(model, ids.to(device), attn.to(device), keep.to(device))
+        target = torch.tensor(targets, device=logits.device)
+        token = logits.gather(-1, target[:, None]).squeeze(-1).float()
+        logps = (token - torch.logsumexp(logits.float(), dim=-1)).tolist()
+        offset = 0
+        for i in idx:  # kept positions come out in row-major order, i.e. row by row
+            n = len(rows[i][0]) - rows[i][1]
+            out[i] = logps[offset:offset + n]
+            offset += n
     return out
+
+
+def _kept_logits(model: Any, ids: torch.Tensor, attn: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``[N, V]`` logits of the ``keep`` positions (row-major). Falls back to full logits and
+    indexing for models whose forward has no boolean ``logits_to_keep``."""
+    n = int(keep.sum())
+    try:
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
+        if logits.dim() == 2 and logits.shape[0] == n:
+            return logits
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        pass
+    return model(input_ids=ids, attention_mask=attn).logits[keep]
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -66,3 +66,43 @@ def test_auto_backend_choice():
     assert resolve_backend_name("auto") == ("vllm" if vllm_available() else "hf")
     with pytest.raises(RuntimeError, match="unknown generation backend"):
         resolve_backend_name("tgi")
+
+
+def _draw(probs: list[float], rows: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0):
+    """Tokens drawn by the hf backend's sampler from scores log(probs), one per row."""
+    from bench.backends.hf import InverseCDFSampler
+
+    scores = torch.log(torch.tensor(probs, dtype=torch.float32)).expand(rows, -1).clone()
+    out = InverseCDFSampler(temperature, top_p, torch.Generator().manual_seed(seed))(None, scores)
+    assert (torch.isfinite(out).sum(-1) == 1).all()  # exactly one finite score: greedy argmax emits it
+    return out.argmax(-1)
+
+
+def test_inverse_cdf_sampler_draws_from_the_tempered_nucleus():
+    p = [0.5, 0.3, 0.15, 0.05]
+    rows = 40_000  # binomial sd of a frequency <= 0.0025: 0.012 is ~5 sd
+    cases = {
+        (1.0, 1.0): p,
+        (0.5, 1.0): [x * x / sum(y * y for y in p) for x in p],  # temperature 0.5 squares the probabilities
+        (1.0, 0.8): [0.5 / 0.8, 0.3 / 0.8, 0.0, 0.0],  # 0.5 + 0.3 reaches 0.8: the nucleus is {0, 1}
+        (1.0, 0.81): [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],
+    }
+    for (temperature, top_p), expected in cases.items():
+        tokens = _draw(p, rows, temperature, top_p)
+        freq = torch.bincount(tokens, minlength=4).double() / rows
+        assert freq.tolist() == pytest.approx(expected, abs=0.012), (temperature, top_p)
+        if 0.0 in expected:
+            assert freq[torch.tensor(expected) == 0].sum() == 0  # outside the nucleus: never
+    assert torch.equal(_draw(p, 50, seed=3), _draw(p, 50, seed=3))
+    assert not torch.equal(_draw(p, 50, seed=3), _draw(p, 50, seed=4))
+    assert (_draw([0.0, 0.0, 1.0, 0.0], 100) == 2).all()  # zero-probability tokens are never drawn
+
+
+def test_inverse_cdf_sampler_rejects_bad_settings():
+    from bench.backends import BackendError
+    from bench.backends.hf import InverseCDFSampler
+
+    with pytest.raises(BackendError, match="temperature"):
+        InverseCDFSampler(0.0, 1.0, torch.Generator())
+    with pytest.raises(BackendError, match="top_p"):
+        InverseCDFSampler(1.0, 0.0, torch.Generator())

@@ -221,3 +221,27 @@ def test_non_finite_input_names_the_field_and_row(tmp_path):
     weighted[2]["weights_chosen"] = [float("nan")] * 16
     with pytest.raises(NonFiniteLossError, match=r"non-finite input weights_w at optimizer step 1.*data rows \[2\]"):
         train_preference(quick(batch_size=6, steps=1), weighted, methods.get("tis_dpo"), tmp_path / "run")
+
+
+def test_bf16_lora_trains_over_a_bf16_base_and_merges_into_the_fp32_base(tmp_path):
+    config = quick(lora=LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), precision="bf16",
+                   attn_implementation="eager", lr=5e-3, steps=2, batch_size=6, lr_schedule="constant")
+    result = train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "run")
+    lines = losses(tmp_path / "run")
+    assert lines[0] == pytest.approx(math.log(2), abs=1e-6) and lines[1] < lines[0]
+    base = load_model("tiny", dtype=torch.float32)[0].state_dict()
+    saved = load_file(f"{result.model_path}/model.safetensors")
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    adapted = 0
+    for name, weight in saved.items():
+        delta = (weight.double() - base[name].double())
+        if "q_proj" in name or "v_proj" in name:
+            # the merged LoRA update: nonzero, and of rank <= r (it is B @ A); the rest of the
+            # spectrum is float32 rounding of base + update (a bf16-rounded base would be full rank)
+            singular = torch.linalg.svdvals(delta)
+            assert singular[0] > 0 and singular[4] < 1e-4 * singular[0], name
+            adapted += 1
+        else:
+            # untouched weights are the fp32 base exactly, not its bf16 rounding
+            assert torch.equal(weight, base[name]), name
+    assert adapted == 2 * len([k for k in base if k.endswith("q_proj.weight")])

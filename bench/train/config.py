@@ -30,7 +30,10 @@ class TrainConfig:
     one optimizer step sees ``batch_size * grad_accum * num_processes`` examples.
     ``steps``: optimizer steps; when 0, ``epochs`` passes over the data decide the length.
     ``precision``: "fp32" or "bf16" (bf16 autocast for the model's matmuls; the loss and token
-    math always run in fp32).  ``checkpoint_every``: optimizer steps between resumable
+    math always run in fp32; with LoRA the frozen base weights are held in bf16 and the adapters
+    in fp32, and the saved policy merges the adapters into the fp32 base).
+    ``attn_implementation``: the transformers attention kernel (None = the model's default;
+    "eager" is the faster backward for short sequences on CPU).  ``checkpoint_every``: optimizer steps between resumable
     checkpoints (0 = none).  ``chat_template``: None = use the tokenizer's template when it has
     one, True = require it, False = plain text prompts.
     """
@@ -50,6 +53,7 @@ class TrainConfig:
     max_prompt_length: int = 256
     seed: int = 0
     precision: str = "fp32"  # "fp32" | "bf16"
+    attn_implementation: str | None = None  # None | "eager" | "sdpa" | any kernel transformers knows
     checkpoint_every: int = 0
     keep_checkpoints: int = 1
     chat_template: bool | None = None

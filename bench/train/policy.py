@@ -16,19 +16,35 @@ from bench.train.config import TrainConfig
 
 
 def load_policy(config: TrainConfig):
-    """(policy, tokenizer, source) with LoRA adapters attached when ``config.lora`` is set."""
+    """(policy, tokenizer, source) with LoRA adapters attached when ``config.lora`` is set.
+
+    LoRA + bf16: the frozen base weights are loaded in bf16 (no fp32 master copy is needed for
+    weights that never change, and autocast then has nothing to cast); peft keeps the adapters in
+    fp32. :func:`save_final` merges them into the fp32 base."""
     resolved = resolve_model(config.model)
-    policy, tokenizer = load_model(resolved.path, dtype=torch.float32)
+    base_dtype = torch.bfloat16 if (config.lora is not None and config.precision == "bf16") else torch.float32
+    policy, tokenizer = load_model(resolved.path, dtype=base_dtype)
     policy.config.use_cache = False
+    if config.attn_implementation:
+        policy.set_attn_implementation(config.attn_implementation)
     if config.lora is not None:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:  # pragma: no cover - peft is a dependency
-            raise ImportError("LoRA training needs the peft package: pip install peft") from None
-        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                          target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM")
-        policy = get_peft_model(policy, lora)
+        policy = get_peft_model(policy, lora_config(config))
     return policy, tokenizer, resolved
+
+
+def lora_config(config: TrainConfig):
+    try:
+        from peft import LoraConfig
+    except ImportError:  # pragma: no cover - peft is a dependency
+        raise ImportError("LoRA training needs the peft package: pip install peft") from None
+    return LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM")
+
+
+def get_peft_model(model: nn.Module, lora):
+    from peft import get_peft_model as attach
+
+    return attach(model, lora)
 
 
 class FrozenReference:
@@ -74,15 +90,19 @@ def model_shape(policy: nn.Module) -> tuple[int, int]:
 
 
 def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], output_dir: Path,
-               lora: bool) -> Path:
+               lora: bool, config: TrainConfig | None = None) -> Path:
     """Write ``<output_dir>/model`` atomically: full safetensors weights (LoRA merged) + tokenizer,
-    and ``method_modules.pt`` with the method's trainable extras (SparsePO mask heads)."""
+    and ``method_modules.pt`` with the method's trainable extras (SparsePO mask heads).
+
+    A LoRA policy trained over a bf16 base is merged into the fp32 base weights: merging a small
+    adapter delta into bf16 weights would round most of it away, and the saved policy would also
+    differ from the fp32 reference by the base's own rounding."""
     final = output_dir / "model"
     tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=output_dir))
     try:
         to_save = policy
         if lora:
-            to_save = copy.deepcopy(policy).merge_and_unload()
+            to_save = merged_fp32(policy, config)
         to_save.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra_modules:
@@ -92,6 +112,19 @@ def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def merged_fp32(policy: nn.Module, config: TrainConfig | None) -> nn.Module:
+    """The LoRA policy with its adapters merged into float32 base weights."""
+    base_is_fp32 = all(p.dtype == torch.float32 for p in policy.base_model.model.parameters())
+    if base_is_fp32 or config is None:
+        return copy.deepcopy(policy).merge_and_unload().float()
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    base, _ = load_model(resolve_model(config.model).path, dtype=torch.float32)
+    fresh = get_peft_model(base, lora_config(config))
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(policy))
+    return fresh.merge_and_unload()
 
 
 def write_manifest(path: Path, data: dict) -> None:

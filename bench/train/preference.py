@@ -380,7 +380,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(module)
         model_path = save_final(unwrapped.policy, tokenizer, list(unwrapped.method.modules()), output_dir,
-                                config.lora is not None)
+                                config.lora is not None, config)
         result = TrainResult(
             output_dir=str(output_dir), model_path=str(model_path), steps=steps,
             final_loss=float(last.get("loss", float("nan"))), metrics=last, data=report.to_dict(),

@@ -73,7 +73,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], output_dir: str | Path, *
         examples=examples, pad_id=tokenizer.pad_token_id, step_fn=lambda m, b: m(b), run_name="sft")
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(module)
-        model_path = save_final(unwrapped.policy, tokenizer, [], output_dir, config.lora is not None)
+        model_path = save_final(unwrapped.policy, tokenizer, [], output_dir, config.lora is not None, config)
         result = TrainResult(
             output_dir=str(output_dir), model_path=str(model_path), steps=steps,
             final_loss=float(last.get("loss", float("nan"))), metrics=last, data=report.to_dict(),
