@@ -239,6 +239,10 @@ def estimate_work(plan: Plan) -> dict[str, Any]:
         p = node.params
         if node.stage == "train":
             units["train_steps"] = units.get("train_steps", 0) + int(p["train"]["steps"] or 0)
+        elif node.stage == "prep" and p.get("kind") == "tis_weights":
+            # TIS-DPO's estimator trains pi_minus, and pi_plus too unless the suite's DPO is reused
+            runs = 1 if "positive" in node.deps else 2
+            units["train_steps"] = units.get("train_steps", 0) + runs * int(p["train"]["steps"] or 0)
         elif node.stage == "generate":
             g = p["generation"]
             units["sampled_sequences"] = units.get("sampled_sequences", 0) + (g["prompts"] or 0) * g["samples_per_prompt"]
@@ -246,7 +250,7 @@ def estimate_work(plan: Plan) -> dict[str, Any]:
             d = p["prefdata"]
             if d["source"] != "dataset":
                 units["sampled_sequences"] = units.get("sampled_sequences", 0) + (d["prompts"] or 0) * d["samples_per_prompt"]
-        elif node.stage == "score" and suite.score.kl:
+        elif node.stage == "score" and suite.score.kl and "policy" in node.deps:  # reference vs itself: 0
             g = node.deps["samples"].params["generation"]
             units["kl_sequences"] = units.get("kl_sequences", 0) + (g["prompts"] or 0) * g["samples_per_prompt"]
         elif node.stage == "sft":

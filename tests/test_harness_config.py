@@ -90,13 +90,36 @@ def test_every_shipped_suite_validates_and_plans(path):
     assert methods - {"reference"}, f"{path} has no method"
 
 
-def test_default_suite_has_every_method_and_the_reference_row():
+SEED_METHODS = {"dpo", "tdpo1", "tdpo2", "tis_dpo", "bcr", "sparsepo_mapo", "sparsepo"}
+BASELINES = {"ipo", "simpo", "cdpo", "dpop"}
+
+
+def test_default_suite_has_every_seed_method_and_baselines_share_its_stages():
     import methods
 
-    suite = load_suite(REPO / "configs" / "default.yaml")
-    assert {s.name for s in suite.method_specs} == set(methods.available()[:11])
-    assert suite.reference_row
-    assert suite.models[0].id == "smollm2-135m"
+    default = load_suite(REPO / "configs" / "default.yaml")
+    baselines = load_suite(REPO / "configs" / "baselines.yaml")
+    assert {s.name for s in default.method_specs} == SEED_METHODS
+    assert {s.name for s in baselines.method_specs} == BASELINES | {"dpo"}
+    assert SEED_METHODS | BASELINES == set(methods.available()[:11])
+    assert default.reference_row and baselines.reference_row
+    assert default.models[0].id == "smollm2-135m"
+    a, b = build_plan(default), build_plan(baselines)
+    keys = lambda plan: {(n.stage, n.label): n.key for n in plan.nodes}  # noqa: E731
+    shared = {k for k in keys(a) if k in keys(b)}
+    # same budget and data: the prefdata, the reference row and DPO are computed once for both
+    assert {label for _, label in shared} >= {"prefdata imdb", "generate reference s0", "train dpo s0",
+                                               "score dpo s0"}
+    assert all(keys(a)[k] == keys(b)[k] for k in shared)
+
+
+def test_work_estimate_counts_every_stage_once():
+    from bench.plan import estimate_work
+
+    work = estimate_work(build_plan(load_suite(REPO / "configs" / "default.yaml")))
+    # 7 methods x 20 steps + TIS-DPO's pi_minus (its pi_plus is the suite's DPO): 160 steps;
+    # 128 x 4 preference samples + 8 rows x 128 x 2 eval samples; KL for the 7 trained policies
+    assert work == {"train_steps": 160, "sampled_sequences": 512 + 8 * 256, "kl_sequences": 7 * 256}
 
 
 def test_cache_keys_follow_inputs():
