@@ -99,7 +99,7 @@ def paired_vs_reference(seed_scores: dict[int, dict[str, Any]], ref_scores: dict
             continue
         mine = per_prompt_means(scores.get("per_sample", []), metric)
         theirs = per_prompt_means(ref.get("per_sample", []), metric)
-        for prompt_id in mine.keys() & theirs.keys():
+        for prompt_id in sorted(mine.keys() & theirs.keys()):  # fixed order: sums identical across processes
             diffs[prompt_id].append(mine[prompt_id] - theirs[prompt_id])
     if len(diffs) < 2:
         return None

@@ -133,7 +133,10 @@ def make_leaderboard(plan: Plan, store: Store) -> tuple[dict[str, Any], list[dic
 
 
 def write_run_records(runs: list[dict[str, Any]], out_dir: Path, manifest: dict[str, Any]) -> None:
+    """One record per leaderboard run under ``<out_dir>/runs/``; records of runs that are no longer
+    in the suite (a method removed from the config) are deleted so the folder matches the board."""
     short_manifest = {k: v for k, v in manifest.items() if k != "suite"}
+    written = set()
     for run in runs:
         record = {k: v for k, v in run.items() if k != "scores"}
         record["metrics"] = run["scores"]["metrics"]
@@ -141,6 +144,10 @@ def write_run_records(runs: list[dict[str, Any]], out_dir: Path, manifest: dict[
         record["manifest"] = short_manifest
         name = _safe(f"{run['task']}__{run['model']}__{run['label']}__s{run['seed']}") + ".json"
         atomic_write_json(out_dir / "runs" / name, record)
+        written.add(name)
+    for stale in (out_dir / "runs").glob("*.json"):
+        if stale.name not in written:
+            stale.unlink()
 
 
 def run_suite(suite: SuiteConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:

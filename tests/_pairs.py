@@ -104,7 +104,6 @@ def reference_loss(name: str, hp: dict, batch: PairBatch, method=None) -> list[f
     S_w, S_l = _sum(batch, "w", d), _sum(batch, "l", d)
     n_w, n_l = count(batch, "w"), count(batch, "l")
     beta = hp.get("beta")
-    out = []
     if name == "dpo":
         return [neg_log_sigmoid(beta * (a - b)) for a, b in zip(S_w, S_l)]
     if name in ("tdpo1", "tdpo2"):

@@ -94,9 +94,12 @@ def test_run_records_carry_a_manifest(smoke):
 def test_rerun_is_fully_cached_and_identical(smoke):
     work, results, _ = smoke
     before = json.loads((results / "leaderboard.json").read_text())
+    stale = results / "runs" / "imdb__tiny__a-method-since-removed__s0.json"
+    stale.write_text("{}")
     proc = pobench("run", "smoke", "--work-dir", str(work), "--results-dir", str(results))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(0 stages computed," in proc.stderr
+    assert not stale.exists() and len(list((results / "runs").glob("*.json"))) == len(before["rows"])
     after = json.loads((results / "leaderboard.json").read_text())
     assert after["rows"] == before["rows"]
     plan = pobench("plan", "smoke", "--work-dir", str(work))

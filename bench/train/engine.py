@@ -325,6 +325,89 @@ def finished_result(output_dir: Path, fp: str, overwrite: bool = False) -> Train
                           "overwrite=True")
 
 
+# config fields that do not change what is trained (excluded from the run fingerprint)
+NON_SEMANTIC = {"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "wandb", "progress_bar"}
+
+
+@dataclass
+class OpenRun:
+    """A claimed, seeded run with its policy loaded: what every trainer starts from."""
+
+    output_dir: Path
+    fingerprint: str
+    accelerator: Any
+    started: float
+    policy: nn.Module
+    tokenizer: Any
+    resolved: Any
+    use_template: bool
+
+
+def open_run(kind: str, config: TrainConfig, output_dir: Path, data_parts: Sequence[Any],
+             overwrite: bool) -> "TrainResult | OpenRun":
+    """The shared start of every trainer: a finished run with the same fingerprint (config minus
+    bookkeeping fields, ``kind`` and ``data_parts``) returns its stored :class:`TrainResult`;
+    otherwise claim ``output_dir``, seed, and load the policy (LoRA attached)."""
+    from bench.train.config import fingerprint
+    from bench.train.data import resolve_chat_template
+    from bench.train.policy import load_policy
+
+    config.validate()
+    semantic = {k: v for k, v in config.to_dict().items() if k not in NON_SEMANTIC}
+    fp = fingerprint(kind, semantic, *data_parts)
+    cached = finished_result(output_dir, fp, overwrite)
+    if cached is not None:
+        return cached
+    started = time.time()
+    accelerator = make_accelerator()
+    prepare_run(output_dir, fp, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)
+    policy, tokenizer, resolved = load_policy(config)
+    return OpenRun(output_dir, fp, accelerator, started, policy, tokenizer, resolved,
+                   resolve_chat_template(tokenizer, config.chat_template))
+
+
+def close_run(run: OpenRun, config: TrainConfig, module: nn.Module, *, steps: int, last: dict[str, float],
+              resumed_from: int | None, data_report: dict[str, Any], extra: dict[str, Any],
+              extra_modules: Callable[[nn.Module], list[nn.Module]] = lambda unwrapped: []) -> "TrainResult":
+    """The shared end of every trainer: save the final model (LoRA merged) and ``result.json`` on
+    the main process, drop the checkpoints, and return the stored result on every process."""
+    from bench.train.policy import save_final
+
+    accelerator = run.accelerator
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(module)
+        model_path = save_final(unwrapped.policy, run.tokenizer, extra_modules(unwrapped), run.output_dir,
+                                config.lora is not None, config)
+        result = TrainResult(
+            output_dir=str(run.output_dir), model_path=str(model_path), steps=steps,
+            final_loss=float(last.get("loss", float("nan"))), metrics=last, data=data_report,
+            runtime_s=time.time() - run.started, resumed_from_step=resumed_from, fingerprint=run.fingerprint,
+            extra={**extra, "model_source": run.resolved.source, "num_processes": accelerator.num_processes,
+                   "chat_template": run.use_template, "config": config.to_dict()})
+        write_json_atomic(run.output_dir / "result.json", result.to_dict())
+        shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult.load(run.output_dir / "result.json")
+
+
+def prepare_run(output_dir: Path, fp: str, overwrite: bool, is_main: bool) -> None:
+    """Refuse to mix runs: an output_dir belongs to one fingerprint (or is wiped with overwrite)."""
+    run_file = output_dir / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text()).get("fingerprint")
+        if previous != fp:
+            if not overwrite:
+                raise FileExistsError(f"{output_dir} holds a run with another configuration/data "
+                                      f"(fingerprint {previous} != {fp}); use another output_dir or overwrite=True")
+            if is_main:
+                shutil.rmtree(output_dir)
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_file, {"fingerprint": fp})
+
+
 def make_accelerator():
     from accelerate import Accelerator
 

@@ -16,8 +16,6 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 """
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,15 +26,13 @@ import methods as method_registry
 from methods import Method, NonFiniteLoss, PairBatch, token_stats
 from bench.models import cache_dir, parse_dtype
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
-from bench.train.data import Batch, Tokenized, collate, resolve_chat_template, tokenize_rows
-from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, finished_result,
-                                make_accelerator, run_loop, say, set_seed, write_json_atomic)
-from bench.train.policy import FrozenReference, load_policy, model_shape, save_final
+from bench.train.data import Batch, Tokenized, collate, tokenize_rows
+from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, close_run, open_run, run_loop,
+                                say)
+from bench.train.policy import FrozenReference, model_shape
 
 ONLINE_REFERENCE_NEEDS = frozenset({"fkl", "rkl", "ref_hidden"})
 WEIGHT_KEYS = ("weights_chosen", "weights_rejected")
-# fields that do not change what is trained (excluded from the run fingerprint)
-_NON_SEMANTIC = {"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "wandb", "progress_bar"}
 
 
 def reference_plan(method: Method, config: PreferenceTrainConfig) -> str:
@@ -264,24 +260,6 @@ class PreferenceModule(nn.Module):
 
 
 # --------------------------------------------------------------------------- public entry point
-def prepare_run(output_dir: Path, fp: str, overwrite: bool, is_main: bool) -> None:
-    """Refuse to mix runs: an output_dir belongs to one fingerprint (or is wiped with overwrite)."""
-    run_file = output_dir / "run.json"
-    if run_file.exists():
-        import json
-
-        previous = json.loads(run_file.read_text()).get("fingerprint")
-        if previous != fp:
-            if not overwrite:
-                raise FileExistsError(f"{output_dir} holds a run with another configuration/data "
-                                      f"(fingerprint {previous} != {fp}); use another output_dir or overwrite=True")
-            if is_main:
-                shutil.rmtree(output_dir)
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_file, {"fingerprint": fp})
-
-
 def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], method: Method | str,
                      output_dir: str | Path, *, overwrite: bool = False) -> TrainResult:
     """Train ``config.model`` on preference ``pairs`` with ``method``; return a :class:`TrainResult`.
@@ -305,22 +283,12 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     """
     if isinstance(method, str):
         method = method_registry.get(method)
-    config.validate()
     output_dir = Path(output_dir)
-    semantic = {k: v for k, v in config.to_dict().items() if k not in _NON_SEMANTIC}
-    fp = fingerprint("preference", semantic, method.name, method.hparams(), list(pairs))
-    cached_result = finished_result(output_dir, fp, overwrite)
-    if cached_result is not None:
-        return cached_result
-
-    t0 = time.time()
-    accelerator = make_accelerator()
-    prepare_run(output_dir, fp, overwrite, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
-    set_seed(config.seed)
-
-    policy, tokenizer, resolved = load_policy(config)
-    use_template = resolve_chat_template(tokenizer, config.chat_template)
+    run = open_run("preference", config, output_dir, (method.name, method.hparams(), list(pairs)), overwrite)
+    if isinstance(run, TrainResult):
+        return run  # finished earlier with the same config, method and data
+    accelerator, policy, tokenizer, resolved = run.accelerator, run.policy, run.tokenizer, run.resolved
+    use_template = run.use_template
     needs_weights = "weights" in method.needs
     if needs_weights and not all(k in row for row in pairs[:1] for k in WEIGHT_KEYS):
         raise TrainConfigError(f"method {method.name!r} needs token weights: run the TIS weight stage "
@@ -376,19 +344,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
         examples=examples, pad_id=tokenizer.pad_token_id, step_fn=step_fn,
         run_name=f"{method.name}")
 
-    model_path = output_dir / "model"
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(module)
-        model_path = save_final(unwrapped.policy, tokenizer, list(unwrapped.method.modules()), output_dir,
-                                config.lora is not None, config)
-        result = TrainResult(
-            output_dir=str(output_dir), model_path=str(model_path), steps=steps,
-            final_loss=float(last.get("loss", float("nan"))), metrics=last, data=report.to_dict(),
-            runtime_s=time.time() - t0, resumed_from_step=resumed_from, fingerprint=fp,
-            extra={"method": method.name, "hparams": method.hparams(), "reference": plan,
-                   "model_source": resolved.source, "num_processes": accelerator.num_processes,
-                   "chat_template": use_template, "config": config.to_dict()})
-        write_json_atomic(output_dir / "result.json", result.to_dict())
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return TrainResult.load(output_dir / "result.json")
+    return close_run(run, config, module, steps=steps, last=last, resumed_from=resumed_from,
+                     data_report=report.to_dict(),
+                     extra={"method": method.name, "hparams": method.hparams(), "reference": plan},
+                     extra_modules=lambda unwrapped: list(unwrapped.method.modules()))
