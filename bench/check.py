@@ -9,8 +9,11 @@ lower-is-better ones). The row regresses when
 i.e. when the drop is larger than the two rows' combined sampling noise at the chosen confidence
 (standard errors over seeds, or over prompts for single-seed rows, as stored in the leaderboard)
 plus an optional fixed slack. Metrics without a direction (descriptive, e.g. entropy) and KL are
-reported but never fail the check unless named in ``--metrics``. A row or metric that disappeared
-is a failure too (``--allow-missing`` turns that off).
+reported but never fail the check unless named in ``--metrics``. A metric with no standard error on
+either side (a corpus-level value such as distinct-n from a single seed) has no statistical
+tolerance: it is reported as ``no-se`` and does not fail unless a slack (``--abs-tol`` /
+``--rel-tol``) is given or it is named in ``--metrics``; run several seeds to test it. A row or
+metric that disappeared is a failure too (``--allow-missing`` turns that off).
 """
 from __future__ import annotations
 
@@ -68,6 +71,8 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], *, confidence: fl
             tolerance = z * math.sqrt(se_b ** 2 + se_c ** 2) + abs_tol + rel_tol * abs(b)
             if not checked:
                 status = "info"
+            elif tolerance == 0 and not (metrics and metric in metrics) and delta != 0:
+                status = "no-se"  # no noise estimate and no slack: any change would "regress"
             elif delta < -tolerance:
                 status = "REGRESSED"
             elif delta > tolerance:

@@ -97,8 +97,22 @@ def test_check_tolerance_is_statistical(tmp_path):
     for b in (exact, small_exact):
         for row in b["rows"]:
             for stats in row["metrics"].values():
-                stats["se"] = 0.0
+                stats["se"] = 1e-6
     assert [c.metric for c in compare(exact, small_exact) if c.failed] == ["reward"]
+
+
+def test_metric_without_any_standard_error_is_not_judged_without_a_slack():
+    board, small = make_board(BASE), make_board({s: [v - 0.005 for v in vals] for s, vals in BASE.items()})
+    for b in (board, small):
+        for row in b["rows"]:
+            for stats in row["metrics"].values():
+                stats["se"] = None  # e.g. distinct-n of a single seed: one corpus-level value, no noise estimate
+    statuses = {c.status for c in compare(board, small) if c.metric == "reward" and c.row.endswith("dpo")}
+    assert statuses == {"no-se"} and not [c for c in compare(board, small) if c.failed]
+    # an explicit slack, or naming the metric, makes it a real test again
+    assert [c.metric for c in compare(board, small, abs_tol=0.001) if c.failed] == ["reward"]
+    assert [c.metric for c in compare(board, small, metrics=["reward"]) if c.failed] == ["reward"]
+    assert {c.status for c in compare(board, board) if c.metric == "reward"} == {"ok"}  # unchanged is fine
 
 
 def test_check_missing_row_fails_unless_allowed():

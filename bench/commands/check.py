@@ -53,7 +53,11 @@ def main(args: argparse.Namespace) -> int:
         print("note: the suites' config hashes differ: the comparison may not be like for like")
     if args.all or moved:
         print(format_table(comparisons, only_moved=not args.all))
-    checked = sum(c.status != "info" for c in comparisons)
+    checked = sum(c.status not in ("info", "no-se") for c in comparisons)
+    untested = sum(c.status == "no-se" for c in comparisons)
+    if untested:
+        print(f"note: {untested} changed metric(s) have no standard error on either side (single-seed "
+              "corpus-level values): not tested; add seeds, or give --abs-tol/--rel-tol")
     if failed:
         print(f"FAIL: {len(failed)} of {checked} checked metric(s) regressed or are missing")
         return 1
