@@ -112,11 +112,11 @@ HOSTILE: list[tuple[str, str]] = [
     ("thread_exits_process_during_tests",
      "import threading, os, time\ndef killer():\n    time.sleep(0.05)\n    os._exit(0)\n"
      "threading.Thread(target=killer).start()\ndef answer():\n    time.sleep(1)\n    return 0"),
-    ("lingering_child_process", "import subprocess\nsubprocess.Popen(['sleep', '300'])"),
+    ("lingering_child_process", "import subprocess\nsubprocess.Popen(['sleep', '3071'])"),
     ("fork_and_linger", "import os\nif os.fork() == 0:\n    import time\n    time.sleep(300)"),
-    ("os_system", "import os\nos.system('sleep 300 &')"),
+    ("os_system", "import os\nos.system('sleep 3071 &')"),
     ("exec_replaces_harness", "import os\nos.execv('/bin/true', ['true'])"),
-    ("posix_spawn_child", "import os\nos.posix_spawn('/bin/sleep', ['sleep', '300'], {})"),
+    ("posix_spawn_child", "import os\nos.posix_spawn('/bin/sleep', ['sleep', '3071'], {})"),
     ("posixsubprocess_direct", "import _posixsubprocess"),
     # -- resource exhaustion
     ("fork_bomb", "import os\nwhile True:\n    os.fork()"),
@@ -194,14 +194,16 @@ def _levels() -> list[str]:
 
 
 def _sandbox_processes() -> list[str]:
-    """Processes left by sandboxed programs: any with a slot uid, or the harness/unshare command line."""
+    """Processes left by sandboxed programs: any with a slot uid, the harness/unshare command line, or
+    the hostile programs' ``sleep 3071`` (an odd duration, so an unrelated ``sleep`` on a shared
+    machine is not mistaken for a leak)."""
     out = subprocess.run(["ps", "-eo", "pid=,uid=,stat=,args="], capture_output=True, text=True).stdout
     left = []
     for line in out.splitlines():
         pid, uid, stat, args = (line.split(None, 3) + [""])[:4]
         if int(pid) == os.getpid() or stat.startswith("Z"):  # zombies hold no resources but a pid
             continue
-        if SLOT_UID_BASE <= int(uid) < SLOT_UID_BASE + 500 or "_sandbox_main" in args or "sleep 300" in args:
+        if SLOT_UID_BASE <= int(uid) < SLOT_UID_BASE + 500 or "_sandbox_main" in args or "sleep 3071" in args:
             left.append(line.strip()[:200])
     return left
 
