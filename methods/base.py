@@ -18,6 +18,7 @@ field            who provides it
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -109,6 +110,12 @@ class Method(nn.Module):
     needs: frozenset[str] = frozenset()
     #: False for reference-free methods (SimPO): the trainer may pass zeros as ref log-probs
     uses_reference: ClassVar[bool] = True
+    # -- statements the shared invariant tests check (tests/test_methods_invariants.py) -----
+    #: True if every pair's loss is -log sigma(x) with x negated by swapping chosen and rejected
+    #: (the DPO family, no extra term): then exp(-L) + exp(-L_swapped) = 1 for every pair
+    logistic_antisymmetric: ClassVar[bool] = False
+    #: PairBatch fields the loss deliberately does not differentiate (stop-gradient, TDPO2's "fkl_w")
+    no_gradient_inputs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
@@ -149,6 +156,18 @@ class Method(nn.Module):
     def compute(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Return per-pair losses [B] and metrics (tensors of shape [B] or scalars)."""
         raise NotImplementedError
+
+    def loss_at_reference(self) -> float | None:
+        """Every pair's loss at the neutral point, with these hyperparameters (a shared test checks it).
+
+        The neutral point is policy == reference: every d_t, fkl_t and rkl_t is 0. A reference-free
+        method (``uses_reference`` False) never sees the reference; for it the neutral point is every
+        completion token of both responses having the same policy log-prob. The default is
+        -log sigma(0) = log 2, the DPO family's value; override it where the loss differs there (IPO:
+        1/(4 beta^2), a hinge: its margin), or return None where no single value exists (it depends on
+        the batch or on trainable modules), which skips that check.
+        """
+        return math.log(2.0)
 
     # -- the public entry point ---------------------------------------------------------
     def loss(self, batch: PairBatch) -> LossOutput:

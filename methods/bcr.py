@@ -14,6 +14,8 @@ lam = 0 (or delta -> inf) gives DPO exactly.
 """
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -57,3 +59,10 @@ class BCR(Method):
         metrics["bcr/chosen_drop"] = drop.detach()
         metrics["bcr/over_budget"] = (over_budget > 0).to(drop.dtype)
         return per_pair, metrics
+
+    def loss_at_reference(self) -> float:
+        """z = 0 and drop = 0: log 2, plus the penalty lam * max(0, -delta) of a negative budget."""
+        penalty = self.lam * max(0.0, -self.delta)
+        if self.placement == "additive":
+            return math.log(2.0) + penalty
+        return math.log1p(math.exp(self.beta * penalty))

@@ -29,6 +29,7 @@ class DPO(Method):
     paper = "Direct Preference Optimization: Your Language Model is Secretly a Reward Model"
     arxiv = "2305.18290"
     hyperparameters = {"beta": Hyperparameter(0.1, "inverse temperature of the implicit reward")}
+    logistic_antisymmetric = True
 
     def compute(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         s_w, s_l = sequence_log_ratios(batch)

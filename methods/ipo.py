@@ -27,3 +27,6 @@ class IPO(Method):
         mean_w, mean_l = s_w / batch.mask_w.sum(-1), s_l / batch.mask_l.sum(-1)
         per_pair = (mean_w - mean_l - 1.0 / (2.0 * self.beta)) ** 2
         return per_pair, preference_metrics(self.beta * mean_w, self.beta * mean_l)
+
+    def loss_at_reference(self) -> float:
+        return (1.0 / (2.0 * self.beta)) ** 2  # z = 0

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,3 +27,7 @@ class SimPO(Method):
         r_w = self.beta * masked_sum(batch.logps_w, batch.mask_w) / batch.mask_w.sum(-1)
         r_l = self.beta * masked_sum(batch.logps_l, batch.mask_l) / batch.mask_l.sum(-1)
         return -F.logsigmoid(r_w - r_l - self.gamma), preference_metrics(r_w, r_l)
+
+    def loss_at_reference(self) -> float:
+        """Equal per-token log-probs give r(y_w) = r(y_l): only the margin is left, -log sigma(-gamma)."""
+        return math.log1p(math.exp(self.gamma))

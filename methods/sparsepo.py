@@ -18,6 +18,8 @@ jointly with the policy in its own optimizer group (the trainer applies weight d
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -66,6 +68,11 @@ class SparsePO(Method):
         if self.l1_u < 0 or self.l1_d < 0:
             raise MethodError(f"method 'sparsepo': L1 weights must be >= 0, got l1_u={self.l1_u}, l1_d={self.l1_d}")
         self.heads = nn.ModuleList()
+        # the L1 terms are neither antisymmetric under the swap nor zero at the reference
+        self.logistic_antisymmetric = self.l1_u == 0 and self.l1_d == 0
+
+    def loss_at_reference(self) -> float | None:
+        return math.log(2.0) if self.logistic_antisymmetric else None
 
     def setup(self, hidden_size: int, num_layers: int) -> None:
         count = 1 if self.mode == "common" else 2

@@ -39,6 +39,7 @@ class TDPO1(Method):
     arxiv = "2404.11999"
     hyperparameters = {"beta": _BETA}
     needs = frozenset({"fkl"})
+    logistic_antisymmetric = True
 
     def compute(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         s_w, s_l = sequence_log_ratios(batch)
@@ -53,6 +54,8 @@ class TDPO2(Method):
     arxiv = "2404.11999"
     hyperparameters = {"beta": _BETA, "alpha": Hyperparameter(0.5, "weight of the sequential KL difference")}
     needs = frozenset({"fkl"})
+    logistic_antisymmetric = True
+    no_gradient_inputs = frozenset({"fkl_w"})
 
     def compute(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         s_w, s_l = sequence_log_ratios(batch)

@@ -99,6 +99,7 @@ class TISDPO(Method):
         "alpha": Hyperparameter(0.5, "weight of the weighted reverse-KL term (token_level=True only)"),
         "token_level": Hyperparameter(False, "add the weighted reverse-KL term (TIS-DPO's token-level variant)"),
     }
+    logistic_antisymmetric = True
 
     def validate(self) -> None:
         super().validate()

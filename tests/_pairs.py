@@ -46,6 +46,24 @@ def at_reference(batch: PairBatch) -> PairBatch:
     return out
 
 
+def neutral_batch(method, seed: int = 4) -> PairBatch:
+    """A batch at the method's neutral point (``Method.loss_at_reference``): policy == reference, and
+    for a reference-free method also one policy log-prob for every token of both responses."""
+    batch = at_reference(random_batch(seed=seed))
+    if not method.uses_reference:
+        batch.logps_w, batch.logps_l = torch.full_like(batch.logps_w, -1.3), torch.full_like(batch.logps_l, -1.3)
+    return batch
+
+
+def gradient_inputs(method) -> list[str]:
+    """The PairBatch fields a gradient check differentiates: policy log-probs and every field the method
+    needs, less those it declares it does not differentiate (``no_gradient_inputs``)."""
+    names = ["logps_w", "logps_l"]
+    for field in sorted(method.needs):
+        names += [f"{field}_w", f"{field}_l"]
+    return [n for n in names if n not in method.no_gradient_inputs]
+
+
 def swapped(batch: PairBatch) -> PairBatch:
     values = {}
     for name in batch.__dataclass_fields__:

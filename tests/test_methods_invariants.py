@@ -1,4 +1,10 @@
-"""The invariants of methods.md, parametrised over every registered method (plugins included)."""
+"""The invariants of methods.md, parametrised over every registered method (plugins included).
+
+Nothing here names a method to decide what to expect: a method states what these tests need
+(``loss_at_reference()``, ``uses_reference``, ``logistic_antisymmetric``, ``no_gradient_inputs``), so a
+third-party method is checked against its own statements. For the built-ins those statements are in
+turn checked against the formulas of methods.md, worked out here in float64 (``BUILTIN_AT_REFERENCE``).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +14,7 @@ import pytest
 import torch
 
 import methods
-from _pairs import HIDDEN, LAYERS, at_reference, random_batch, swapped
+from _pairs import HIDDEN, LAYERS, gradient_inputs, neutral_batch, random_batch, swapped
 
 ALL = methods.available()
 
@@ -19,29 +25,67 @@ def build(name: str, **hp) -> methods.Method:
     return method.double()
 
 
-def expected_loss_at_reference(name: str, method: methods.Method) -> float | None:
-    """Loss when policy == reference; None where it depends on the policy itself (reference-free)."""
-    if name == "ipo":
-        return (1 / (2 * method.beta)) ** 2
-    if name == "slic_hinge":
-        return method.delta
-    if not method.uses_reference:
-        return None
-    return math.log(2)
+def is_builtin(method: methods.Method) -> bool:
+    return type(method).__module__.split(".")[0] == "methods"
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_loss_is_log2_at_reference(name):
+def test_loss_at_reference_is_the_declared_value(name):
     method = build(name)
-    expected = expected_loss_at_reference(name, method)
-    batch = at_reference(random_batch(seed=4))
+    expected = method.loss_at_reference()
     if expected is None:
-        # reference-free (SimPO): equal per-token likelihoods on both sides leave only the margin gamma
-        batch.logps_w, batch.logps_l = torch.full_like(batch.logps_w, -1.3), torch.full_like(batch.logps_l, -1.3)
-        expected = math.log1p(math.exp(method.gamma))
-    out = method.loss(batch)
-    assert out.per_pair.tolist() == pytest.approx([expected] * 3, rel=1e-12)
+        pytest.skip(f"method {name!r} declares no single loss at the reference (loss_at_reference() is None)")
+    out = method.loss(neutral_batch(method))
+    assert out.per_pair.tolist() == pytest.approx([expected] * 3, rel=1e-12), (
+        f"method {name!r}: loss at the reference differs from its loss_at_reference() = {expected}")
     assert out.metrics["rewards/margin"].item() == pytest.approx(0.0, abs=1e-12)
+
+
+LOG2 = math.log(2.0)
+# every built-in's loss at the neutral point (hyperparameters -> value; None: no single value),
+# from the formulas of methods.md and the modules' docstrings, with z = 0 and every d_t, fkl_t, rkl_t = 0
+BUILTIN_AT_REFERENCE = {
+    "dpo": lambda hp: LOG2,                                   # -log sigma(0)
+    "tdpo1": lambda hp: LOG2,
+    "tdpo2": lambda hp: LOG2,
+    "tis_dpo": lambda hp: LOG2,
+    "bcr": lambda hp: (LOG2 + hp["lam"] * max(0.0, -hp["delta"]) if hp["placement"] == "additive"
+                       else math.log1p(math.exp(hp["beta"] * hp["lam"] * max(0.0, -hp["delta"])))),
+    "sparsepo_mapo": lambda hp: LOG2,
+    "sparsepo": lambda hp: LOG2 if hp["l1_u"] == hp["l1_d"] == 0 else None,  # L1 terms depend on the head
+    "ipo": lambda hp: (1.0 / (2.0 * hp["beta"])) ** 2,        # (0 - 1/(2 beta))^2
+    "simpo": lambda hp: math.log1p(math.exp(hp["gamma"])),    # -log sigma(0 - gamma)
+    "cdpo": lambda hp: LOG2,                                  # (1 - eps) log 2 + eps log 2
+    "dpop": lambda hp: LOG2,                                  # the penalty max(0, 0) is 0
+}
+# built-ins whose loss is -log sigma(beta z) with z negated by the swap (methods.md), and stop-gradients
+BUILTIN_LOGISTIC_ANTISYMMETRIC = {"dpo", "tdpo1", "tdpo2", "tis_dpo", "sparsepo_mapo", "sparsepo"}
+BUILTIN_NO_GRADIENT = {"tdpo2": {"fkl_w"}}
+NON_DEFAULT = [("ipo", {"beta": 0.25}), ("simpo", {"beta": 1.0, "gamma": 0.5}), ("cdpo", {"label_smoothing": 0.3}),
+               ("bcr", {"lam": 2.0, "delta": -0.5}),
+               ("bcr", {"lam": 2.0, "delta": -0.5, "placement": "inside_sigmoid"}),
+               ("bcr", {"lam": 2.0, "delta": 0.5, "normalize": "mean"}), ("tis_dpo", {"token_level": True}),
+               ("sparsepo", {"l1_u": 0.01}), ("dpop", {"lam": 3.0})]
+
+
+def test_every_builtin_has_its_formula_here():
+    assert {name for name in ALL if is_builtin(methods.get(name))} == set(BUILTIN_AT_REFERENCE)
+
+
+@pytest.mark.parametrize("name,hp", [(n, {}) for n in BUILTIN_AT_REFERENCE] + NON_DEFAULT,
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()))
+def test_builtin_declarations_are_the_methods_md_values(name, hp):
+    method = build(name, **hp)
+    formula = BUILTIN_AT_REFERENCE[name]({**method.hparams(), **hp})
+    declared = method.loss_at_reference()
+    if formula is None:
+        assert declared is None
+    else:
+        assert declared == pytest.approx(formula, rel=1e-12)
+        assert method.loss(neutral_batch(method)).per_pair.tolist() == pytest.approx([formula] * 3, rel=1e-12)
+    l1_terms = bool(hp.get("l1_u") or hp.get("l1_d"))  # SparsePO's L1 terms break the swap identity
+    assert method.logistic_antisymmetric is (name in BUILTIN_LOGISTIC_ANTISYMMETRIC and not l1_terms)
+    assert set(method.no_gradient_inputs) == BUILTIN_NO_GRADIENT.get(name, set())
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -76,17 +120,46 @@ def test_swapping_chosen_and_rejected_negates_the_margin(name):
     assert method.loss(swapped(batch)).metrics["rewards/margin"].item() == pytest.approx(-margin, rel=1e-12)
 
 
-# methods whose objective is exactly -log sigma(beta z) with z antisymmetric under the swap:
-# then sigma(beta z) + sigma(-beta z) = 1, i.e. exp(-L) + exp(-L_swapped) = 1 for every pair
-LOGISTIC_ANTISYMMETRIC = ["dpo", "tdpo1", "tdpo2", "tis_dpo", "sparsepo_mapo", "sparsepo"]
-
-
-@pytest.mark.parametrize("name", LOGISTIC_ANTISYMMETRIC)
+@pytest.mark.parametrize("name", ALL)
 def test_swap_turns_z_into_minus_z(name):
+    # a method declaring logistic_antisymmetric has L = -log sigma(x) with x negated by the swap:
+    # sigma(x) + sigma(-x) = 1, i.e. exp(-L) + exp(-L_swapped) = 1 for every pair
     method = build(name)
+    if not method.logistic_antisymmetric:
+        pytest.skip(f"method {name!r} does not declare logistic_antisymmetric")
     batch = random_batch(seed=8)
     a, b = method.loss(batch).per_pair, method.loss(swapped(batch)).per_pair
     assert (torch.exp(-a) + torch.exp(-b)).tolist() == pytest.approx([1.0] * 3, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_match_finite_differences(name):
+    method = build(name)
+    batch = random_batch(batch_size=2, t_w=4, t_l=3, seed=3)
+    names = gradient_inputs(method)
+
+    def loss_of(*tensors):
+        return method.loss(dataclasses.replace(batch, **dict(zip(names, tensors)))).loss
+
+    inputs = tuple(getattr(batch, n).clone().requires_grad_(True) for n in names)
+    assert torch.autograd.gradcheck(loss_of, inputs, eps=1e-6, atol=1e-7)
+    # what a method declares it does not differentiate really gets no gradient
+    for field in sorted(method.no_gradient_inputs):
+        value = getattr(batch, field).clone().requires_grad_(True)
+        loss = method.loss(dataclasses.replace(batch, **{field: value})).loss
+        grad = torch.autograd.grad(loss, value, allow_unused=True)[0] if loss.requires_grad else None
+        assert grad is None or not grad.abs().sum().item(), f"{name}: gradient through {field}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reference_free_method_ignores_the_reference(name):
+    method = build(name)
+    if method.uses_reference:
+        pytest.skip(f"method {name!r} uses the reference")
+    batch = random_batch(seed=15)
+    base = method.loss(batch).per_pair.tolist()
+    batch.ref_logps_w, batch.ref_logps_l = torch.zeros_like(batch.ref_logps_w), None  # the trainer passes zeros
+    assert method.loss(batch).per_pair.tolist() == base
 
 
 def test_tis_dpo_with_unit_weights_is_dpo():

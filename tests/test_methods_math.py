@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import methods
-from _pairs import HIDDEN, LAYERS, random_batch, reference_loss
+from _pairs import HIDDEN, LAYERS, gradient_inputs, random_batch, reference_loss
 
 # (method, hyperparameters): defaults, plus the non-default branches of every method
 CASES = [
@@ -84,22 +84,11 @@ def test_hand_worked_ipo_and_simpo_values():
     assert methods.get("simpo").loss(batch).loss.item() == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-6)
 
 
-# inputs whose gradient is zero by design (checked in its own test): finite differences disagree there
-STOP_GRADIENT = {"tdpo2": {"fkl_w"}}
-
-
-def _inputs_for(method: methods.Method) -> list[str]:
-    names = ["logps_w", "logps_l"]
-    for field in sorted(method.needs):
-        names += [f"{field}_w", f"{field}_l"]
-    return [n for n in names if n not in STOP_GRADIENT.get(method.name, set())]
-
-
 @pytest.mark.parametrize("name,hp", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 def test_gradcheck(name, hp):
     method = build(name, hp)
     batch = random_batch(batch_size=2, t_w=4, t_l=3, seed=3)
-    names = _inputs_for(method)
+    names = gradient_inputs(method)  # less the stop-gradient inputs the method declares
 
     def loss_of(*tensors):
         values = dict(zip(names, tensors))

@@ -3,7 +3,7 @@
     L = max(0, delta - beta * (S(y_w) - S(y_l)))       (hinge on the reference-relative margin)
 
 Only here to prove that third-party methods register through the ``pobench.methods`` entry point
-and get the shared property tests for free.
+and get the shared property tests for free (``rank_hinge``, in its own module, is a second one).
 """
 import torch.nn.functional as F
 
@@ -25,3 +25,6 @@ class SLiCHinge(Method):
         s_l = masked_sum(batch.logps_l - batch.ref_logps_l, batch.mask_l)
         per_pair = F.relu(self.delta - self.beta * (s_w - s_l))
         return per_pair, preference_metrics(self.beta * s_w, self.beta * s_l)
+
+    def loss_at_reference(self):
+        return max(0.0, self.delta)  # S(y_w) = S(y_l) = 0: the hinge margin, not log 2
