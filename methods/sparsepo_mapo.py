@@ -125,6 +125,7 @@ class SparsePOMaPO(Method):
     arxiv = "2410.05102"
     hyperparameters = {"beta": Hyperparameter(0.1, "inverse temperature of the implicit reward")}
     needs = frozenset({"fkl", "masks"})
+    logistic_antisymmetric = True
 
     def reference_masks(self, activations: dict[str, list[Tensor]], mask: Tensor) -> Tensor:
         """Masks from reference activations aligned with PairBatch positions (position t predicts y_t)."""
