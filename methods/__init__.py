@@ -6,15 +6,14 @@ the ``pobench.methods`` entry-point group (the entry point names a :class:`Metho
 """
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
-
+from bench.registry import Registry
 from methods.base import (OPTIONAL_FIELDS, Hyperparameter, LossOutput, Method, MethodError, NonFiniteLoss,
                           PairBatch, check_batch)
 from methods.token_math import TokenStats, token_stats
 
 __all__ = ["PairBatch", "LossOutput", "Method", "MethodError", "NonFiniteLoss", "Hyperparameter", "OPTIONAL_FIELDS",
-           "TokenStats", "token_stats", "check_batch", "get", "available", "method_class", "register"]
+           "TokenStats", "token_stats", "check_batch", "get", "available", "method_class", "register", "REGISTRY",
+           "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "pobench.methods"
 
@@ -32,50 +31,19 @@ _BUILTIN = {
     "cdpo": "methods.cdpo:CDPO",
     "dpop": "methods.dpop:DPOP",
 }
-_registered: dict[str, type[Method]] = {}
+#: the method registry (:class:`bench.registry.Registry`); the functions below are its methods
+REGISTRY: Registry[Method] = Registry("method", ENTRY_POINT_GROUP, base=Method, base_label="methods.Method",
+                                     error=MethodError, builtins=_BUILTIN)
+_registered = REGISTRY.registered
 
-
-def register(cls: type[Method]) -> type[Method]:
-    """Register a Method subclass under ``cls.name`` (usable as a decorator in notebooks and tests)."""
-    if not (isinstance(cls, type) and issubclass(cls, Method)) or not cls.name:
-        raise MethodError(f"{cls!r} is not a Method subclass with a non-empty `name`")
-    _registered[cls.name] = cls
-    return cls
-
-
-def _plugins() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def available() -> list[str]:
-    """Every method name: built-ins first (in their canonical order), then plugins and registered ones."""
-    names = list(_BUILTIN)
-    for name in list(_plugins()) + list(_registered):
-        if name not in names:
-            names.append(name)
-    return names
-
-
-def _load(target: str, name: str) -> type[Method]:
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise MethodError(f"method {name!r} could not be loaded from {target!r}: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise MethodError(f"method {name!r}: {target!r} is not a methods.Method subclass")
-    return cls
-
-
-def method_class(name: str) -> type[Method]:
-    if name in _registered:
-        return _registered[name]
-    target = _BUILTIN.get(name) or _plugins().get(name)
-    if target is None:
-        raise MethodError(f"unknown method {name!r}; available: {', '.join(available())}")
-    return _load(target, name)
+#: register a Method subclass under ``cls.name`` (usable as a decorator in notebooks and tests)
+register = REGISTRY.register
+#: every method name: built-ins first (in their canonical order), then plugins and registered ones
+available = REGISTRY.available
+#: the Method subclass of a name (imports its module on first use)
+method_class = REGISTRY.get_class
 
 
 def get(name: str, **hparams) -> Method:
     """Build method ``name`` with hyperparameters (unknown ones raise MethodError naming them)."""
-    return method_class(name)(**hparams)
+    return REGISTRY.build(name, **hparams)

@@ -9,16 +9,16 @@ Outside packages add tasks through the ``pobench.tasks`` entry-point group (valu
 """
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from typing import Any
 
+from bench.registry import Registry
 from tasks.base import (DataError, DataSource, Metric, PairLogps, PreferencePair, Prompt, Sample, Sampling,
                         Scores, SFTExample, SourceUsed, Task, TaskError, pairs_from_scores, shared_data_dir)
 
 __all__ = ["Task", "TaskError", "DataError", "DataSource", "SourceUsed", "Metric", "Sampling", "Prompt",
            "Sample", "SFTExample", "PreferencePair", "PairLogps", "Scores", "pairs_from_scores",
-           "shared_data_dir", "get", "available", "task_class", "register", "TASK_TABLE"]
+           "shared_data_dir", "get", "available", "task_class", "register", "TASK_TABLE", "REGISTRY",
+           "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "pobench.tasks"
 
@@ -31,50 +31,26 @@ TASK_TABLE: dict[str, str] = {
     "mbpp": "tasks.mbpp:MBPP",
     "reasoning": "tasks.reasoning:Reasoning",
 }
-_registered: dict[str, type[Task]] = {}
-
-
-def register(cls: type[Task]) -> type[Task]:
-    """Register a Task subclass under ``cls.name`` (usable as a decorator in notebooks and tests)."""
-    if not (isinstance(cls, type) and issubclass(cls, Task)) or not cls.name:
-        raise TaskError(f"{cls!r} is not a Task subclass with a non-empty `name`")
-    _registered[cls.name] = cls
-    return cls
 
 
 def _plugins() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Entry-point tasks (a module-level hook: tests replace it with monkeypatch)."""
+    return REGISTRY.entry_point_targets()
 
 
-def available() -> list[str]:
-    """Every task name: built-ins in table order, then plugins and registered ones."""
-    names = list(TASK_TABLE)
-    for name in list(_plugins()) + list(_registered):
-        if name not in names:
-            names.append(name)
-    return names
+#: the task registry (:class:`bench.registry.Registry`); the functions below are its methods
+REGISTRY: Registry[Task] = Registry("task", ENTRY_POINT_GROUP, base=Task, base_label="tasks.Task", error=TaskError,
+                                   builtins=TASK_TABLE, plugins=lambda: _plugins())
+_registered = REGISTRY.registered
 
-
-def _load(target: str, name: str) -> type[Task]:
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise TaskError(f"task {name!r} could not be loaded from {target!r}: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise TaskError(f"task {name!r}: {target!r} is not a tasks.Task subclass")
-    return cls
-
-
-def task_class(name: str) -> type[Task]:
-    if name in _registered:
-        return _registered[name]
-    target = TASK_TABLE.get(name) or _plugins().get(name)
-    if target is None:
-        raise TaskError(f"unknown task {name!r}; available: {', '.join(available())}")
-    return _load(target, name)
+#: register a Task subclass under ``cls.name`` (usable as a decorator in notebooks and tests)
+register = REGISTRY.register
+#: every task name: built-ins in table order, then plugins and registered ones
+available = REGISTRY.available
+#: the Task subclass of a name (imports its module on first use; class attributes need no data)
+task_class = REGISTRY.get_class
 
 
 def get(name: str, **kwargs: Any) -> Task:
     """Build task ``name`` (kwargs: data_dir, source, judge and the task's own options)."""
-    return task_class(name)(**kwargs)
+    return REGISTRY.build(name, **kwargs)

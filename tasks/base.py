@@ -44,24 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
 
+# a leaf module (judges import it instead of this one); DataError and is_offline are re-exported from here
+from tasks.errors import DataError, TaskError, is_offline  # noqa: F401
+
 if TYPE_CHECKING:  # judges import heavy optional libraries lazily; keep `import tasks` light
     from tasks.judges import Judge
 
 SourceKind = Literal["hub", "local", "builtin"]
 SOURCE_KINDS: tuple[str, ...] = ("hub", "local", "builtin")
-
-
-class TaskError(ValueError):
-    """Bad task configuration or unusable data; the message names the file/field and what to do."""
-
-
-class DataError(TaskError):
-    """A data row could not be used. Carries the file, the 1-based line (or record index) and why."""
-
-    def __init__(self, path: str | os.PathLike, line: int | None, reason: str) -> None:
-        self.path, self.line, self.reason = str(path), line, reason
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,13 +213,6 @@ class SourceUsed:
         return dataclasses.asdict(self)
 
 
-def is_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (the usual HF env switches)."""
-    truthy = {"1", "true", "yes", "on"}
-    return any(os.environ.get(var, "").lower() in truthy
-               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
@@ -362,27 +345,12 @@ class Task:
         """The task's judge: the one passed in, else the task default. ``judge=`` takes a Judge, a
         spec string (``tasks.judges.build``) or, from suite YAML, a mapping ``{spec: ..., <judge kwargs>}``."""
         if self._judge is None:
-            from tasks import judges
             spec = self._judge_spec if self._judge_spec is not None else self.default_judge()
             if spec is None:
                 raise TaskError(f"task {self.name!r} has no judge; pass judge=<spec>")
-            if isinstance(spec, str):
-                self._judge = judges.build(spec)
-            elif isinstance(spec, dict):
-                if "spec" not in spec:
-                    raise TaskError(f"task {self.name!r}: a judge mapping needs a 'spec' key, got {sorted(spec)}")
-                kwargs = {k: v for k, v in spec.items() if k != "spec"}
-                try:
-                    self._judge = judges.build(spec["spec"], **kwargs)
-                except TypeError as exc:
-                    raise TaskError(f"task {self.name!r}: bad judge options {sorted(kwargs)}: {exc}") from None
-            elif isinstance(spec, judges.Judge):
-                self._judge = spec
-            else:
-                raise TaskError(f"task {self.name!r}: judge must be a spec string, a mapping or a Judge, "
-                                f"got {type(spec).__name__}")
-            if self.judge_hint and getattr(self._judge, "task_hint", None) == "":
-                self._judge.task_hint = self.judge_hint
+            from tasks.judges import resolve  # lazy: judges never import this module
+
+            self._judge = resolve(spec, where=f"task {self.name!r}", task_hint=self.judge_hint)
         return self._judge
 
     @classmethod

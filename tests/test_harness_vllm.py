@@ -62,7 +62,7 @@ def test_auto_backend_is_vllm_when_importable():
 def test_openai_backend_serves_vllm_on_loopback_and_stops_it(tiny_path):
     from bench.backends import get_backend
 
-    backend = get_backend("openai", tiny_path, dtype="float32", serve_python=sys.executable)
+    backend = get_backend("openai", tiny_path, dtype="float32", options={"serve_python": sys.executable})
     server = backend.server
     assert server is not None and server.base_url.startswith("http://127.0.0.1:")
     try:

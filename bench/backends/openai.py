@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from bench.backends import BackendError, apply_stop
 
 
@@ -77,8 +79,36 @@ class VLLMServer:
             self._log.close()
 
 
+class OpenAIOptions(BaseModel):
+    """Options of the openai backend (``generation.backend_options`` with ``backend: openai``):
+    an existing server (``base_url``) or a ``vllm serve`` that pobench starts (``serve_python``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    serve_python: str | None = Field(None, description="python of a vLLM env: pobench starts `vllm serve` on loopback")
+    api_key: str = Field("EMPTY", description="API key sent to base_url")
+    model_name: str | None = Field(None, description="model name served at base_url (default: the model path)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("use an http(s) URL such as http://127.0.0.1:8000/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _server(self) -> "OpenAIOptions":
+        if self.base_url is None and self.serve_python is None:
+            raise ValueError("base_url or serve_python: the openai backend needs base_url (an existing server) "
+                             "or serve_python (the python of a vLLM env; pobench starts `vllm serve`)")
+        return self
+
+
 class OpenAIBackend:
     name = "openai"
+    description = "an OpenAI-compatible completions server, or a `vllm serve` pobench starts from another python"
+    options_model = OpenAIOptions
 
     def __init__(self, model_path: str, base_url: str | None = None, serve_python: str | None = None,
                  api_key: str = "EMPTY", dtype: str = "bfloat16", model_name: str | None = None,

@@ -13,6 +13,8 @@ import os
 import time
 from typing import Any, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from bench.backends import BackendError
 from bench.backends.hf import decode_completion, encode_prompts
 
@@ -24,8 +26,19 @@ def _cpu_defaults() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
+class VLLMOptions(BaseModel):
+    """Options of the in-process vLLM backend (``generation.backend_options`` with ``backend: vllm``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_model_len: int | None = Field(None, ge=1, description="context length of the engine (None: the model's)")
+    enforce_eager: bool = Field(True, description="skip CUDA graphs / torch.compile (about a minute per start on CPU)")
+
+
 class VLLMBackend:
     name = "vllm"
+    description = "an in-process vllm.LLM (the default when vLLM is importable)"
+    options_model = VLLMOptions
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", max_model_len: int | None = None,
                  seed: int = 0, enforce_eager: bool = True, **llm_kwargs: Any) -> None:

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", default="imdb", help="task whose eval prompts to use (default: %(default)s)")
     parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                         help="tasks.get keyword, e.g. source=builtin (repeatable)")
-    parser.add_argument("--backend", default="auto", help="hf | vllm | openai | auto (default: %(default)s)")
+    parser.add_argument("--backend", default="auto",
+                        help="a backend of `bench.backends.available_backends()` (hf | vllm | openai) or auto "
+                             "(default: %(default)s)")
     parser.add_argument("--backends", default="hf,vllm", help="--benchmark: backends to compare (default: %(default)s)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--n", type=int, default=1, help="samples per prompt")
@@ -30,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-url", help="openai backend: an existing server")
     parser.add_argument("--serve-python", help="openai backend: python of a vLLM env; pobench starts `vllm serve`")
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a backend option, e.g. batch_size=16 (hf), max_model_len=2048 (vllm) (repeatable; "
+                             "with --benchmark each backend gets the options it has)")
     parser.add_argument("--out", help="JSONL of samples (default: stdout)")
     parser.add_argument("--benchmark", action="store_true", help="compare backends' tokens/s")
     parser.add_argument("--perf-out", default="results/perf/generation.json")
@@ -46,12 +51,24 @@ def _task_kwargs(options: list[str]) -> dict:
     return kwargs
 
 
+def _backend_options(backend_name: str, args: argparse.Namespace) -> dict:
+    """--base-url, --serve-python and --backend-option as backend options; with --benchmark only
+    those ``backend_name`` has (one command line serves several backends)."""
+    from bench.backends import options_model, resolve_backend_name
+
+    options = {"base_url": args.base_url, "serve_python": args.serve_python, **_task_kwargs(args.backend_option)}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.benchmark:
+        model = options_model(resolve_backend_name(backend_name) if backend_name == "auto" else backend_name)
+        options = {k: v for k, v in options.items() if model is not None and k in model.model_fields}
+    return options
+
+
 def _run(backend_name: str, model_path: str, prompts, sampling, args) -> tuple[list, dict]:
     from bench.backends import get_backend
 
     t0 = time.perf_counter()
-    backend = get_backend(backend_name, model_path, dtype=args.dtype, base_url=args.base_url,
-                          serve_python=args.serve_python)
+    backend = get_backend(backend_name, model_path, dtype=args.dtype, options=_backend_options(backend_name, args))
     startup = time.perf_counter() - t0
     try:
         backend.generate(prompts[:2], sampling.replace(n=1), seed=args.seed)  # warm-up (not timed)
@@ -69,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     import tasks
     from bench.manifest import hardware, package_versions
     from bench.models import resolve_model
-    from bench.stages import sample_to_row
+    from bench.stages.data import sample_to_row
     from bench.store import atomic_write_json
 
     task = tasks.get(args.task, **_task_kwargs(args.task_option))
