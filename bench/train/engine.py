@@ -9,10 +9,11 @@ One loop, built on ``accelerate`` (DDP / FSDP / DeepSpeed come from it, configur
   per-process batch b see exactly the examples of 1 process with batch N*b.
 * gradient accumulation, warmup + linear/cosine schedule, grad clipping, optional bf16 autocast
   of the model forward (the loss math stays fp32), seeds;
-* checkpoints every N steps (model + method modules, optimizer, scheduler, RNG of every process,
-  step) written atomically; a restarted run resumes from the newest one;
-* per-step metrics to ``metrics.jsonl``, TensorBoard, Weights & Biases (when installed) and a
-  progress bar; a non-finite loss stops the run naming step, rows and the offending term.
+* checkpoints every N steps: ``accelerator.save_state`` (model + method modules, optimizer,
+  scheduler, RNG of every process, step), rotated by its ``ProjectConfiguration``; a restarted run
+  resumes from the newest complete one (``checkpoints/step-N``);
+* per-step metrics through accelerate trackers (``metrics.jsonl``, TensorBoard, W&B when
+  installed) and a progress bar; a non-finite loss stops the run naming step, rows and term.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from accelerate.tracking import GeneralTracker
 from torch import Tensor, nn
 
+from bench.store import atomic_write_json, atomic_write_text
 from bench.train.config import TrainConfig
 from bench.train.data import Batch, Tokenized, collate
 
@@ -81,12 +84,6 @@ def say(accelerator, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def set_seed(seed: int) -> None:
     from accelerate.utils import set_seed as accelerate_set_seed
 
@@ -113,97 +110,64 @@ def total_steps(config: TrainConfig, n_examples: int, world: int) -> int:
     return max(1, math.ceil(config.epochs * n_examples / global_batch))
 
 
-# --------------------------------------------------------------------------- logging
-class MetricsLogger:
-    """metrics.jsonl (always) + TensorBoard + W&B (when installed and enabled) + progress bar."""
+# --------------------------------------------------------------------------- trackers and checkpoints
+class JsonlTracker(GeneralTracker):
+    """accelerate tracker of ``metrics.jsonl``, a ``{"step": s, **metrics}`` line per logged step. Its
+    first line rewrites the file from that step on (a resumed run recomputes what followed its checkpoint)."""
 
-    def __init__(self, config: TrainConfig, output_dir: Path, total: int, start: int, enabled: bool,
-                 run_name: str) -> None:
-        self.enabled = enabled
-        self.path = output_dir / "metrics.jsonl"
-        self.tb = self.wandb = self.bar = None
-        if not enabled:
-            return
-        # drop lines written after the checkpoint we resume from (they will be recomputed)
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
-        if config.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    name, requires_logging_directory, tracker = "jsonl", False, None
 
-            self.tb = SummaryWriter(str(output_dir / "tensorboard"))
-        if config.wandb is not False:
-            try:
-                import wandb  # noqa: F401
-            except ImportError:
-                if config.wandb:
-                    raise ImportError("config.wandb=True but the wandb package is not installed: "
-                                      "pip install 'pobench[wandb]'") from None
-            else:
-                self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "pobench"), name=run_name,
-                                        config=config.to_dict(), resume="allow")
-        if config.progress_bar:
-            from tqdm.auto import tqdm
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
 
-            self.bar = tqdm(total=total, initial=start, desc=run_name, dynamic_ncols=True)
-        self.file = self.path.open("a")
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        if self.tracker is None:
+            old = self.path.read_text().splitlines() if self.path.exists() else []
+            atomic_write_text(self.path, "".join(f"{x}\n" for x in old if x.strip() and json.loads(x)["step"] < step))
+            self.tracker = self.path.open("a")
+        self.tracker.write(json.dumps({"step": step, **values}) + "\n")
+        self.tracker.flush()
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in metrics.items():
-                self.tb.add_scalar(key, value, step)
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "rewards/accuracy") if k in metrics})
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.bar is not None:
-            self.bar.close()
+    def finish(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
 
 
-# --------------------------------------------------------------------------- checkpoints
-def latest_checkpoint(output_dir: Path) -> Path | None:
+class DataPosition:
+    """Checkpointed custom state: optimizer steps done (step ``s`` reads ``stream[s*G:(s+1)*G]``)."""
+
+    step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def latest_checkpoint(accelerator, output_dir: Path) -> Path | None:
+    """The newest complete checkpoint, ``checkpoints/step-N``; anything else there is a save killed
+    half-way (accelerate's ``checkpoint_N``), deleted: accelerate's rotation would count it."""
     root = output_dir / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()]
+    done = list(root.glob("step-*"))
+    if accelerator.is_main_process and root.is_dir():
+        for partial in set(root.iterdir()) - set(done):
+            shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
-    root = output_dir / "checkpoints"
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
+def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
+    """accelerate writes ``checkpoints/checkpoint_<step>`` (first deleting the oldest beyond
+    ``total_limit``); once every process has written its part it is renamed to ``step-<step>``."""
+    accelerator.project_configuration.iteration = step
     # pickle, not safetensors: tied embeddings share storage, which safetensors refuses
-    accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.save_state(safe_serialization=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(tmp / "trainer_state.json", {"step": step})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        older = sorted((p for p in root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
-        for old in older[:max(0, len(older) - (keep - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
+        root = output_dir / "checkpoints"
+        os.replace(root / f"checkpoint_{step}", root / f"step-{step}")
     accelerator.wait_for_everyone()
 
 
@@ -233,14 +197,21 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
     scheduler = build_scheduler(config, optimizer, steps)
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
 
+    position = DataPosition()
+    accelerator.register_for_checkpointing(position)
     start, resumed_from = 0, None
-    checkpoint = latest_checkpoint(output_dir)
+    checkpoint = latest_checkpoint(accelerator, output_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        start = resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        start = resumed_from = position.step
         say(accelerator, f"[pobench] resuming {run_name} from {checkpoint} (step {start}/{steps})")
 
-    logger = MetricsLogger(config, output_dir, steps, start, accelerator.is_main_process, run_name)
+    accelerator.init_trackers(os.environ.get("WANDB_PROJECT", "pobench"), init_kwargs={
+        "wandb": {"name": run_name, "config": config.to_dict(), "resume": "allow"}})
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, initial=start, desc=run_name, dynamic_ncols=True,
+               disable=not (config.progress_bar and accelerator.is_main_process))
     B, K = config.batch_size, config.grad_accum
     global_batch = B * K * world
     last: dict[str, float] = {}
@@ -298,11 +269,18 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
             # CPU seconds of this process (all its threads): robust to other jobs sharing the machine
             last["step_cpu_s"] = time.process_time() - cpu0
             if (step + 1) % config.log_every == 0 or step + 1 == steps:
-                logger.log(step + 1, last)
+                accelerator.log(last, step=step + 1)
+                bar.update(step + 1 - bar.n)
+                bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "rewards/accuracy") if k in last})
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
-                save_checkpoint(accelerator, output_dir, step + 1, config.keep_checkpoints)
+                position.step = step + 1
+                save_checkpoint(accelerator, output_dir, step + 1)
     finally:
-        logger.close()
+        bar.close()
+        # not accelerator.end_training(): it also destroys the process group, which close_run and
+        # a second run in the same process (the TIS weight stage trains twice) still need
+        for tracker in accelerator.trackers:
+            tracker.finish()
     accelerator.wait_for_everyone()
     return steps, last, resumed_from
 
@@ -359,7 +337,7 @@ def open_run(kind: str, config: TrainConfig, output_dir: Path, data_parts: Seque
     if cached is not None:
         return cached
     started = time.time()
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(config, output_dir)
     prepare_run(output_dir, fp, overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(config.seed)
@@ -386,7 +364,7 @@ def close_run(run: OpenRun, config: TrainConfig, module: nn.Module, *, steps: in
             runtime_s=time.time() - run.started, resumed_from_step=resumed_from, fingerprint=run.fingerprint,
             extra={**extra, "model_source": run.resolved.source, "num_processes": accelerator.num_processes,
                    "chat_template": run.use_template, "config": config.to_dict()})
-        write_json_atomic(run.output_dir / "result.json", result.to_dict())
+        atomic_write_json(run.output_dir / "result.json", result.to_dict())
         shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
     return TrainResult.load(run.output_dir / "result.json")
@@ -405,14 +383,28 @@ def prepare_run(output_dir: Path, fp: str, overwrite: bool, is_main: bool) -> No
                 shutil.rmtree(output_dir)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_file, {"fingerprint": fp})
+        atomic_write_json(run_file, {"fingerprint": fp})
 
 
-def make_accelerator():
+def make_accelerator(config: TrainConfig, output_dir: Path):
     from accelerate import Accelerator
+    from accelerate.tracking import TensorBoardTracker
+    from accelerate.utils import ProjectConfiguration, is_wandb_available
 
+    trackers: list = [JsonlTracker(output_dir / "metrics.jsonl")]
+    if config.tensorboard:
+        trackers.append(TensorBoardTracker("tensorboard", output_dir))  # -> <output_dir>/tensorboard
+    if config.wandb and not is_wandb_available():
+        raise ImportError("config.wandb=True but the wandb package is not installed: pip install 'pobench[wandb]'")
+    if config.wandb is not False and is_wandb_available():
+        trackers.append("wandb")
+    # accelerate deletes the oldest checkpoint before it writes the next: one slot more, so that
+    # keep_checkpoints complete ones survive a kill during a save
+    project = ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=True,
+                                   total_limit=config.keep_checkpoints + 1)
     # our schedule counts optimizer steps; accelerate would otherwise step it once per process
-    return Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    return Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
+                       project_config=project, log_with=trackers)
 
 
 def autocast(config: TrainConfig, device: torch.device):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -125,9 +124,3 @@ def merged_fp32(policy: nn.Module, config: TrainConfig | None) -> nn.Module:
     fresh = get_peft_model(base, lora_config(config))
     set_peft_model_state_dict(fresh, get_peft_model_state_dict(policy))
     return fresh.merge_and_unload()
-
-
-def write_manifest(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
