@@ -21,7 +21,7 @@ Progress = Callable[[Node, str, float], None]
 
 
 def run_local(plan: Plan, store: Store, progress: Progress | None = None) -> dict[str, Any]:
-    ctx = StageContext(plan.suite, store.root)
+    ctx = StageContext(store.root)
     computed = skipped = 0
     for node in plan.nodes:
         started = time.time()
@@ -33,15 +33,14 @@ def run_local(plan: Plan, store: Store, progress: Progress | None = None) -> dic
     return {"computed": computed, "cached": skipped}
 
 
-def _ray_execute(suite_dict: dict[str, Any], source: str, work_dir: str, node: Node, *dep_done: Any) -> bool:
-    """Body of one Ray task (module-level so Ray can pickle it by reference)."""
-    from bench.config import validate
+def _ray_execute(work_dir: str, node: Node, *dep_done: Any) -> bool:
+    """Body of one Ray task (module-level so Ray can pickle it by reference). The node carries its
+    typed params: a worker needs nothing else of the suite."""
     from bench.stages import ensure_threads
 
     ensure_threads()
-    suite = validate(suite_dict, source=source)
     store = Store(work_dir)
-    _, did = execute_node(StageContext(suite, store.root), store, node)
+    _, did = execute_node(StageContext(store.root), store, node)
     return did
 
 
@@ -62,14 +61,12 @@ def run_ray(plan: Plan, store: Store, progress: Progress | None = None) -> dict[
         started_here = True
     try:
         remote = ray.remote(_ray_execute)
-        suite_dict = plan.suite.to_dict()
         refs: dict[tuple[str, str], Any] = {}
         labels: dict[Any, Node] = {}
         for node in plan.nodes:
             deps = [refs[(d.stage, d.key)] for d in node.deps.values()]
             options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus} if node.heavy else {"num_cpus": 0.1}
-            ref = remote.options(**options, max_retries=0).remote(suite_dict, plan.suite.source,
-                                                                   str(store.root), node, *deps)
+            ref = remote.options(**options, max_retries=0).remote(str(store.root), node, *deps)
             refs[(node.stage, node.key)] = ref
             labels[ref] = node
         pending = list(refs.values())

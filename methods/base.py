@@ -110,6 +110,10 @@ class Method(nn.Module):
     needs: frozenset[str] = frozenset()
     #: False for reference-free methods (SimPO): the trainer may pass zeros as ref log-probs
     uses_reference: ClassVar[bool] = True
+    #: the harness preparation step that writes the per-pair data this method needs (e.g. TIS-DPO's
+    #: "tis_weights" writes token weights); None = trains on the preference pairs as they are.
+    #: Steps are registered in bench.stages.prep (entry-point group ``pobench.preparations``).
+    preparation: ClassVar[str | None] = None
     # -- statements the shared invariant tests check (tests/test_methods_invariants.py) -----
     #: True if every pair's loss is -log sigma(x) with x negated by swapping chosen and rejected
     #: (the DPO family, no extra term): then exp(-L) + exp(-L_swapped) = 1 for every pair

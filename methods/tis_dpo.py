@@ -100,6 +100,7 @@ class TISDPO(Method):
         "token_level": Hyperparameter(False, "add the weighted reverse-KL term (TIS-DPO's token-level variant)"),
     }
     logistic_antisymmetric = True
+    preparation = "tis_weights"  # token weights from a contrastive pair of models (bench/stages/tis_weights.py)
 
     def validate(self) -> None:
         super().validate()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,19 +256,10 @@ def results_path(samples_path: str | os.PathLike) -> Path:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write atomically (temp file in the same folder + os.replace)."""
-    path = Path(path)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
+    """Write atomically (the store's :func:`bench.store.atomic_write_jsonl`)."""
+    from bench.store import atomic_write_jsonl
+
+    return atomic_write_jsonl(path, rows)
 
 
 def _count(items: Iterable[str]) -> dict[str, int]:

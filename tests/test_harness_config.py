@@ -31,8 +31,18 @@ def minimal(**extra):
     (minimal(tasks=["imbd"]), "tasks[0]: unknown task 'imbd'; available: ['imdb'"),
     (minimal(seeds=[0, 0]), "seeds: duplicate seeds in [0, 0]"),
     ({"methods": {"dpo": {}}}, "name: required field is missing"),
-    (minimal(generation={"backend": "openai"}), "generation.base_url: the openai backend needs base_url"),
-    ({"name": "t", "methods": {"tis_dpo": {}}}, "tis.positive: 'suite_dpo' reuses this suite's DPO policy"),
+    (minimal(generation={"backend": "openai"}),
+     "generation.backend_options.base_url or serve_python: the openai backend needs base_url"),
+    (minimal(generation={"backend_options": {"batch_sise": 8}}), "generation.backend_options.batch_sise"),
+    (minimal(methods={"dpo": {"generation": {"backend_options": {"batch_size": 0}}}}),
+     "methods.dpo.generation.backend_options.batch_size"),
+    (minimal(preparation={"tis_weight": {}}), "preparation.tis_weight: unknown preparation step; available: "
+                                              "['tis_weights']"),
+    (minimal(preparation={"tis_weights": {"estimator": "x"}}),
+     "preparation.tis_weights.estimator: 'x' is not one of ['dpo_contrastive', 'prompt_contrastive']"),
+    (minimal(train={"max_length": 64, "max_prompt_length": 64}), "train.max_prompt_length: 64 must be below"),
+    (minimal(train={"seed": 3}), "train.seed: set by the suite (from `seeds`)"),
+    (minimal(train={"peft": "qlora"}), "train.peft: 'qlora' is not one of ['lora', 'full']"),
     (minimal(task_options={"hh": {}}), "task_options.hh: not one of this suite's tasks ['imdb']"),
     (minimal(tasks=["reasoning"]), "tasks[0]: task 'reasoning' evaluates checkpoints"),
 ])
@@ -46,7 +56,12 @@ def test_errors_name_field_and_allowed_values(data, expected):
 
 def test_valid_config_defaults_and_grid():
     suite = validate(minimal(methods={"dpo": {"beta": [0.1, 0.5]}, "ipo": {}}, seeds=[0, 1]))
-    assert suite.train.steps == 20 and suite.train.lr == 5e-4
+    # one set of defaults: the suite's train section IS the trainer's PreferenceTrainConfig
+    from bench.train import PreferenceTrainConfig
+
+    trainer = PreferenceTrainConfig()
+    assert suite.train.steps == trainer.steps and suite.train.lr == trainer.lr == 5e-6
+    assert suite.train.lr_schedule == trainer.lr_schedule and suite.train.chat_template is trainer.chat_template
     dpo = suite.method_specs[0]
     assert dpo.hyperparameter_points() == [{"beta": 0.1}, {"beta": 0.5}]
     assert method_label(dpo, {"beta": 0.5}) == "dpo(beta=0.5)"
@@ -66,11 +81,11 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
                               "generation.backend=hf", "train.lora.target_modules=[q_proj]"])
     assert suite.train.steps == 3 and suite.seeds == [1, 2]
     assert suite.method_specs[0].grid == {"beta": [0.1, 0.2]}
-    assert suite.train.lora.target_modules == ["q_proj"]
+    assert suite.train.lora.target_modules == ("q_proj",)
     only = load_suite(path, ["methods=ipo"])
     assert [s.name for s in only.method_specs] == ["ipo"]
-    with pytest.raises(ConfigError, match=r"s.yaml: train.stepz: unknown field"):
-        load_suite(path, ["train.stepz=3"])
+    with pytest.raises(ConfigError, match=r"^override train.stepz=3: train.stepz: unknown field"):
+        load_suite(path, ["train.steps=3", "train.stepz=3"])  # the override is named, not the file
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("train.steps")
 
@@ -136,10 +151,44 @@ def test_cache_keys_follow_inputs():
     assert ref_a == ref_b  # the reference row does not depend on the training budget
 
 
-def test_tis_dpo_reuses_the_suites_dpo_policy():
+def test_tis_dpo_reuses_the_suites_dpo_policy_by_key():
+    """TIS-DPO declares its preparation step; the step asks for DPO runs, and the planner hands it the
+    suite's own DPO node when the key matches (same beta, recipe, data and seed), else plans its own."""
     suite = validate(minimal(methods={"dpo": {"beta": [0.1, 0.5]}, "tis_dpo": {}}))
     plan = build_plan(suite)
     prep = plan.by_stage("prep")
-    assert len(prep) == 1
+    assert len(prep) == 1 and prep[0].params.step == "tis_weights"
     dpo_train = next(c.train for c in plan.cells if c.label == "dpo(beta=0.1)")
-    assert prep[0].deps["positive"] is dpo_train
+    assert prep[0].deps["pi_plus"] is dpo_train
+    assert prep[0].deps["pi_minus"].params.swap_pairs and prep[0].deps["pi_minus"].params.method == "dpo"
+    # another DPO beta for the contrastive pair: its own pi_plus, not a suite row
+    other = build_plan(validate(minimal(methods={"dpo": {}, "tis_dpo": {}},
+                                        preparation={"tis_weights": {"beta": 0.2}})))
+    (prep,) = other.by_stage("prep")
+    suite_dpo = next(c.train for c in other.cells if c.method == "dpo")
+    assert prep.deps["pi_plus"] is not suite_dpo and prep.deps["pi_plus"].params.hparams == {"beta": 0.2}
+    # without DPO in the suite TIS-DPO still plans (it used to be a config error)
+    alone = build_plan(validate(minimal(methods={"tis_dpo": {}})))
+    assert [n.params.method for n in alone.by_stage("train")] == ["dpo", "dpo", "tis_dpo"]
+
+
+def test_the_config_planner_and_stages_name_no_method():
+    """Issue: the harness must not branch on a method's name (a preparation step may name what it trains)."""
+    import re
+
+    import methods
+
+    names = [n for n in methods.available() if n not in ("slic_hinge", "rank_hinge")]
+    files = [*(REPO / "bench" / "config").glob("*.py"), REPO / "bench" / "plan.py",
+             *[p for p in (REPO / "bench" / "stages").glob("*.py") if p.name != "tis_weights.py"]]
+    for path in files:
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        for name in names:
+            assert not re.search(rf"[\"']{name}[\"']", code), f"{path.name} names method {name!r}"
+
+
+def test_docs_field_table_is_generated_from_the_schema():
+    """docs/harness.md "Every field" is bench.config.field_table() verbatim (regenerate it when this fails)."""
+    from bench.config.loader import field_table
+
+    assert field_table() in (REPO / "docs" / "harness.md").read_text()

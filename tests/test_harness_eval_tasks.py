@@ -71,7 +71,7 @@ def test_plan_has_one_evaluate_node_per_policy_and_one_for_the_reference():
     assert len(evaluate) == 5
     for cell in plan.cells:
         node = cell.evals["reasoning"]
-        assert node.stage == "evaluate" and node.params["eval"] == {"limit": 5, "gen_kwargs": {}}
+        assert node.stage == "evaluate" and (node.params.limit, node.params.gen_kwargs) == (5, {})
         if cell.method == "reference":
             assert "policy" not in node.deps
         else:
@@ -137,7 +137,8 @@ def test_an_adapter_goes_as_is_to_hf_and_merged_to_vllm(tmp_path, monkeypatch, b
     import tasks
     from bench.models import tiny_model
     from bench.plan import Node
-    from bench.stages import StageContext, stage_evaluate
+    from bench.stages import ModelRef, StageContext, TaskRef
+    from bench.stages.evaluate import EvaluateParams, run_evaluate
     from bench.store import StageOutput, atomic_write_json
     from tasks.base import Metric, Scores, Task
 
@@ -167,14 +168,13 @@ def test_an_adapter_goes_as_is_to_hf_and_merged_to_vllm(tmp_path, monkeypatch, b
     AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "adapter")
     train_out = tmp_path / "train"
     atomic_write_json(train_out / "record.json", {"model_path": str(tmp_path / "adapter")})
-    suite = validate(minimal(eval={"device": "cpu"}))
-    node = Node("evaluate", "k", {"model": {"id": "tiny"}, "task": {"name": "probe", "options": {"backend": backend}},
-                                  "eval": {"limit": 2, "gen_kwargs": {"max_gen_toks": 4}}})
+    node = Node("evaluate", "k", EvaluateParams(ModelRef("tiny"), TaskRef("probe", "1", {"backend": backend}),
+                                                limit=2, gen_kwargs={"max_gen_toks": 4}, device="cpu"))
     out = tmp_path / "out"
     out.mkdir()
     if backend == "vllm":  # the task would start vLLM itself; here only the harness's side is tested
         monkeypatch.setattr("bench.backends.vllm_available", lambda: True)
-    record = stage_evaluate(StageContext(suite, tmp_path), node, {"policy": StageOutput("train", "t", train_out)}, out)
+    record = run_evaluate(StageContext(tmp_path), node, {"policy": StageOutput("train", "t", train_out)}, out)
     assert record["given_as"] == given_as and record["metrics"] == {"probe_score": 1.0, "probe_group_score": 0.5}
     assert record["stderr"] == {"probe_score": 0.25}  # only metrics the task reported
     assert seen["limit"] == 2 and seen["device"] == "cpu" and seen["gen_kwargs"] == {"max_gen_toks": 4}

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods.sparsepo_mapo import activation_mask, activation_masks, record_activations
+from methods.activations import record_activations
+from methods.sparsepo_mapo import activation_mask, activation_masks
 from methods.tis_dpo import clip_weights, contrastive_scores, exp_weights, rank_weights, token_weights
 from methods.token_math import shift_for_next_token, token_stats
 

@@ -333,7 +333,7 @@ class FakeHF:
         self.model_path, self.dtype, self.options = model_path, dtype, options
 
 
-def test_get_backend_takes_options_and_the_deprecated_keywords(monkeypatch):
+def test_get_backend_takes_its_options(monkeypatch):
     from bench import backends
     from bench.backends import BackendError, get_backend
 
@@ -346,11 +346,8 @@ def test_get_backend_takes_options_and_the_deprecated_keywords(monkeypatch):
     assert get_backend("auto", "/m", options={"batch_size": 5, "enforce_eager": False}).options == {"batch_size": 5}
     with pytest.raises(BackendError, match="colour: not an option of the hf backend"):
         get_backend("hf", "/m", options={"colour": 1})
-    with pytest.warns(DeprecationWarning, match="pass options="):
-        legacy = get_backend("hf", "/m", batch_size=7, base_url=None, serve_python=None, api_key="EMPTY")
-    assert legacy.options == {"batch_size": 7}  # base_url/serve_python/api_key are not hf's
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['device'\]"):
-        get_backend("hf", "/m", device="cpu")
+    with pytest.raises(TypeError):
+        get_backend("hf", "/m", batch_size=7)  # backend settings go in options={...}
 
 
 def test_backends_command(capsys):

@@ -13,6 +13,7 @@ from methods.base import Hyperparameter, Method
 from bench.models import gpt2_tokenizer, load_model
 from bench.train import (BadDataError, LoraSettings, NonFiniteLossError, PreferenceTrainConfig, SFTConfig,
                          TISWeightConfig, estimate_tis_weights, train_preference, train_sft)
+from bench.prompts import PromptFormat
 from bench.train.data import collate, tokenize_rows
 
 PAIRS = [
@@ -70,22 +71,22 @@ def test_bad_rows_are_dropped_with_counted_reasons():
         PAIRS[1],
     ]
     examples, report = tokenize_rows(rows, tokenizer, response_keys=("chosen", "rejected"), max_length=64,
-                                     max_prompt_length=32, use_chat_template=False, prompt_overflow="drop")
+                                     prompt_format=PromptFormat(False, 32), prompt_overflow="drop")
     assert [e.index for e in examples] == [0, 6]
     assert dict(report.dropped) == {"missing_field:rejected": 1, "empty_response:chosen": 1,
                                     "chosen_equals_rejected": 1, "prompt_too_long": 1, "missing_field:prompt": 1}
     assert report.examples["prompt_too_long"] == [4]
     # by default an over-long prompt keeps its end instead (counted)
     kept, truncating = tokenize_rows(rows, tokenizer, response_keys=("chosen", "rejected"), max_length=64,
-                                     max_prompt_length=32, use_chat_template=False)
+                                     prompt_format=PromptFormat(False, 32))
     assert [e.index for e in kept] == [0, 4, 6] and truncating.truncated_prompts == 1
     assert len(kept[1].prompt) == 32
     with pytest.raises(BadDataError, match="chosen_equals_rejected"):
-        tokenize_rows(rows, tokenizer, response_keys=("chosen", "rejected"), max_length=64, max_prompt_length=32,
-                      use_chat_template=False, bad_rows="error")
+        tokenize_rows(rows, tokenizer, response_keys=("chosen", "rejected"), max_length=64,
+                      prompt_format=PromptFormat(False, 32), bad_rows="error")
     with pytest.raises(BadDataError, match="no usable"):
         tokenize_rows(rows[1:4] + rows[5:6], tokenizer, response_keys=("chosen", "rejected"), max_length=64,
-                      max_prompt_length=32, use_chat_template=False)
+                      prompt_format=PromptFormat(False, 32))
 
 
 def test_truncation_keeps_prompt_end_and_bounds_length():
@@ -93,7 +94,7 @@ def test_truncation_keeps_prompt_end_and_bounds_length():
     prompt = " ".join(f"w{i}" for i in range(40))
     row = {"prompt": prompt, "chosen": " good" * 40, "rejected": " bad"}
     (example,), report = tokenize_rows([row], tokenizer, response_keys=("chosen", "rejected"), max_length=48,
-                                       max_prompt_length=16, use_chat_template=False)
+                                       prompt_format=PromptFormat(False, 16))
     full = tokenizer(prompt).input_ids
     assert example.prompt == full[-16:]
     assert len(example.prompt) + len(example.responses[0]) == 48  # chosen cut to the room left

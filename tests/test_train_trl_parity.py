@@ -9,6 +9,7 @@ import torch
 import methods
 from bench.models import tiny_model
 from bench.train import PreferenceTrainConfig
+from bench.prompts import PromptFormat
 from bench.train.data import collate, tokenize_rows
 from bench.train.policy import FrozenReference
 from bench.train.preference import PreferenceModule
@@ -43,7 +44,7 @@ def test_dpo_loss_and_gradients_match_trl(tmp_path, monkeypatch, beta):
 
     config = PreferenceTrainConfig(max_length=64, max_prompt_length=32)
     examples, _ = tokenize_rows(PAIRS, tokenizer, response_keys=("chosen", "rejected"), max_length=64,
-                                max_prompt_length=32, use_chat_template=False)
+                                prompt_format=PromptFormat(False, 32))
     batch = collate(examples, tokenizer.pad_token_id)
     ref = FrozenReference(reference, lora=False)
     ref.model = reference.eval()

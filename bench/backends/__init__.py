@@ -1,7 +1,10 @@
 """Generation backends behind one interface.
 
-``backend.generate(prompts, sampling, seed) -> list[tasks.Sample]`` returns, in prompt order, the
-``sampling.n`` completions of every prompt (``Sample.index`` 0..n-1). Three implementations:
+``backend.generate(prompts, sampling, seed, prompt_format=None) -> list[tasks.Sample]`` returns, in
+prompt order, the ``sampling.n`` completions of every prompt (``Sample.index`` 0..n-1). Prompts are
+encoded by :func:`bench.prompts.encode` with ``prompt_format`` (chat template, max prompt length:
+pass the training run's, ``PromptFormat.from_train``; ``None`` = plain text, untruncated).
+Three implementations:
 
 * ``hf``     transformers ``generate``: batched, prompts sorted by length, bf16 where supported;
 * ``vllm``   an in-process ``vllm.LLM`` (the default when vLLM is importable);
@@ -22,7 +25,6 @@ are checked by :func:`validate_backend_options`, which names the offending field
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from bench.registry import Registry
@@ -30,6 +32,7 @@ from bench.registry import Registry
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from bench.prompts import PromptFormat
     from tasks.base import Prompt, Sample, Sampling
 
 ENTRY_POINT_GROUP = "pobench.backends"
@@ -43,7 +46,6 @@ BACKEND_TABLE: dict[str, str] = {
 #: what ``auto`` may become: vLLM when it is importable, else hf
 AUTO_CANDIDATES = ("vllm", "hf")
 #: keyword arguments get_backend took before backend options existed (merged into options; deprecated)
-LEGACY_OPTIONS = ("batch_size", "base_url", "serve_python", "api_key")
 
 
 class BackendError(RuntimeError):
@@ -58,7 +60,8 @@ REGISTRY: Registry[Any] = Registry("generation backend", ENTRY_POINT_GROUP, erro
 class Backend(Protocol):
     name: str
 
-    def generate(self, prompts: Sequence["Prompt"], sampling: "Sampling", seed: int = 0) -> list["Sample"]:
+    def generate(self, prompts: Sequence["Prompt"], sampling: "Sampling", seed: int = 0,
+                 prompt_format: "PromptFormat | None" = None) -> list["Sample"]:
         ...
 
     def close(self) -> None:
@@ -177,32 +180,20 @@ def validate_backend_options(name: str, options: Mapping[str, Any] | None) -> di
     return normalised
 
 
-def get_backend(name: str, model_path: str, *, dtype: str = "bfloat16", options: Mapping[str, Any] | None = None,
-                **legacy: Any) -> "Backend":
+def get_backend(name: str, model_path: str, *, dtype: str = "bfloat16",
+                options: Mapping[str, Any] | None = None) -> "Backend":
     """Build backend ``name`` (or ``auto``) for the model directory ``model_path`` (merged safetensors).
 
     ``options`` are the backend's own, validated here (see :func:`validate_backend_options`); with
-    ``auto``, those the picked backend does not own are left out. Deprecated: the keyword arguments
-    ``batch_size``, ``base_url``, ``serve_python`` and ``api_key``; each is used when the backend owns
-    it and it is not None (``options`` win).
+    ``auto``, those the picked backend does not own are left out.
     """
-    unknown = sorted(set(legacy) - set(LEGACY_OPTIONS))
-    if unknown:
-        raise TypeError(f"get_backend() got unexpected keyword argument(s) {unknown}; backend settings go in "
-                        "options={...}")
     resolved = resolve_backend_name(name)
     cls = backend_class(resolved)
-    own = _fields(getattr(cls, "options_model", None))
-    merged: dict[str, Any] = {}
-    if legacy:
-        warnings.warn("get_backend(batch_size=, base_url=, serve_python=, api_key=) is deprecated: pass "
-                      "options={...} (checked by validate_backend_options)", DeprecationWarning, stacklevel=2)
-        merged.update({k: v for k, v in legacy.items() if v is not None and k in own})
     given = dict(options or {})
     if name == "auto":
+        own = _fields(getattr(cls, "options_model", None))
         given = {k: v for k, v in validate_backend_options("auto", given).items() if k in own}
-    merged.update(given)
-    return cls(model_path, dtype=dtype, **_check(resolved, merged, full=True))
+    return cls(model_path, dtype=dtype, **_check(resolved, given, full=True))
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> str:

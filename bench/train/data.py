@@ -1,10 +1,12 @@
 """Row validation, tokenisation with truncation rules, and padded batches.
 
 Truncation (the same rules as TRL's DPO data collator, stated here so they can be checked):
-the prompt keeps its LAST ``max_prompt_length`` tokens (the end of a prompt is what the response
-continues); each response is then cut so that prompt + response <= ``max_length``. An EOS token is
-appended to every response (``add_eos``) before the cut. Rows that cannot be trained on are never
-trained on silently: they are dropped with a counted reason (or raise, ``bad_rows="error"``).
+the prompt is encoded by :func:`bench.prompts.encode`, the encoder sampling and KL use too (chat
+template, special tokens; it keeps its LAST ``max_prompt_length`` tokens: the end of a prompt is
+what the response continues); each response is then cut so that prompt + response <=
+``max_length``. An EOS token is appended to every response (``add_eos``) before the cut. Rows that
+cannot be trained on are never trained on silently: they are dropped with a counted reason (or
+raise, ``bad_rows="error"``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from bench.prompts import PromptFormat, encode
+from bench.prompts import resolve_chat_template  # noqa: F401 (bench.train.engine imports it from here)
 
 
 class BadDataError(ValueError):
@@ -60,32 +65,19 @@ class Tokenized:
     eos_last: list[bool] = field(default_factory=list)  # response ends with the appended EOS
 
 
-def format_prompt(tokenizer, prompt: str, use_chat_template: bool, system: str | None = None) -> str:
-    """The text the model sees before the response (chat template applied when asked)."""
-    if not use_chat_template:
-        return prompt if system is None else f"{system}\n\n{prompt}"
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def resolve_chat_template(tokenizer, wanted: bool | None) -> bool:
-    has = bool(getattr(tokenizer, "chat_template", None))
-    if wanted and not has:
-        raise BadDataError("chat_template=True but the tokenizer has no chat template; set chat_template "
-                           "to null (automatic) or false")
-    return has if wanted is None else bool(wanted)
-
-
 def _text(row: dict, key: str) -> str | None:
     value = row.get(key) if isinstance(row, dict) else None
     return value if isinstance(value, str) else None
 
 
 def tokenize_rows(rows: Sequence[dict], tokenizer, *, response_keys: Sequence[str], max_length: int,
-                  max_prompt_length: int, use_chat_template: bool, add_eos: bool = True,
+                  prompt_format: PromptFormat, add_eos: bool = True,
                   bad_rows: str = "drop", weight_keys: Sequence[str] | None = None,
                   system: str | None = None, prompt_overflow: str = "truncate") -> tuple[list[Tokenized], DataReport]:
     """Validate and tokenise rows (``prompt`` + ``response_keys``); see the module docstring.
+
+    ``prompt_format`` (chat template, ``max_prompt_length``) is the one sampling and KL are given
+    too (``PromptFormat.from_train(config)``).
 
     Drop reasons: ``missing_field:<key>`` (absent or not a string), ``empty_response:<key>``,
     ``chosen_equals_rejected``, ``prompt_too_long`` (prompt longer than ``max_prompt_length`` when
@@ -110,16 +102,13 @@ def tokenize_rows(rows: Sequence[dict], tokenizer, *, response_keys: Sequence[st
         if len(responses) == 2 and responses[0].strip() == responses[1].strip():
             report.drop("chosen_equals_rejected", index)
             continue
-        # the chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS)
-        prompt_ids = tokenizer(format_prompt(tokenizer, prompt, use_chat_template, system),
-                               add_special_tokens=not use_chat_template).input_ids
-        if not prompt_ids:  # the first response token needs a position that predicts it
-            prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos]
-        if len(prompt_ids) > max_prompt_length:
-            if prompt_overflow == "drop" or max_prompt_length >= max_length:
+        prompt_ids = encode(tokenizer, prompt, prompt_format, system=system, truncate=False)
+        limit = prompt_format.max_prompt_length
+        if limit is not None and len(prompt_ids) > limit:
+            if prompt_overflow == "drop" or limit >= max_length:
                 report.drop("prompt_too_long", index)
                 continue
-            prompt_ids = prompt_ids[-max_prompt_length:]
+            prompt_ids = prompt_format.truncate(prompt_ids)
             report.truncated_prompts += 1
         room = max_length - len(prompt_ids)
         ids, eos_last = [], []

@@ -303,10 +303,6 @@ def finished_result(output_dir: Path, fp: str, overwrite: bool = False) -> Train
                           "overwrite=True")
 
 
-# config fields that do not change what is trained (excluded from the run fingerprint)
-NON_SEMANTIC = {"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "wandb", "progress_bar"}
-
-
 @dataclass
 class OpenRun:
     """A claimed, seeded run with its policy loaded: what every trainer starts from."""
@@ -331,7 +327,7 @@ def open_run(kind: str, config: TrainConfig, output_dir: Path, data_parts: Seque
     from bench.train.policy import load_policy
 
     config.validate()
-    semantic = {k: v for k, v in config.to_dict().items() if k not in NON_SEMANTIC}
+    semantic = config.semantic()
     fp = fingerprint(kind, semantic, *data_parts)
     cached = finished_result(output_dir, fp, overwrite)
     if cached is not None:

@@ -16,6 +16,7 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,10 @@ from torch import Tensor, nn
 
 import methods as method_registry
 from methods import Method, NonFiniteLoss, PairBatch, token_stats
-from bench.models import cache_dir, parse_dtype
+from methods.activations import record_activations
+from bench.models import cache_dir, kept_logits, parse_dtype
+from bench.prompts import PromptFormat
+from bench.store import atomic_write_bytes
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Batch, Tokenized, collate, tokenize_rows
 from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, close_run, open_run, run_loop,
@@ -64,19 +68,10 @@ def completion_window(batch: Batch) -> int:
 def completion_forward(model, batch: Batch, **kwargs):
     """Forward pass whose logits are ``[N, V]``: one row per completion token (the positions that
     predict them, in row-major order), so padding and prompt positions never reach the output
-    layer. Falls back to full logits + indexing for models without boolean ``logits_to_keep``."""
+    layer (:func:`bench.models.kept_logits`)."""
     keep = torch.zeros_like(batch.completion_mask, dtype=torch.bool)
     keep[:, :-1] = batch.completion_mask[:, 1:] > 0
-    try:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, **kwargs)
-        logits = out.logits
-    except (TypeError, ValueError, IndexError, RuntimeError):
-        out, logits = None, None
-    n = int(keep.sum())
-    if logits is None or logits.dim() != 2 or logits.shape[0] != n:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
-        logits = out.logits[keep]
-    return logits, out
+    return kept_logits(model, batch.input_ids, batch.attention_mask, keep, **kwargs)
 
 
 def flat_token_stats(logits: Tensor, ref_logits: Tensor | None, labels: Tensor, mask: Tensor, **options):
@@ -123,8 +118,6 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
                    want_logps: bool, mask_method: Method | None, precision: str, batch_size: int,
                    device: torch.device) -> dict[str, list[list[Tensor]]]:
     """Per example and response, the reference's token log-probs / MaPO masks on completion tokens."""
-    from methods.sparsepo_mapo import record_activations  # hook points shared with MaPO
-
     out: dict[str, list[list[Tensor]]] = {"logps": [], "masks": []}
     dtype_ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for start in range(0, len(examples), batch_size):
@@ -183,10 +176,9 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
                                   batch_size=max(1, config.batch_size), device=device)[kind]
         results[kind] = computed
         if is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save(computed, tmp)
-            tmp.replace(path)
+            buffer = io.BytesIO()
+            torch.save(computed, buffer)
+            atomic_write_bytes(path, buffer.getvalue())
     return results
 
 
@@ -288,14 +280,13 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     if isinstance(run, TrainResult):
         return run  # finished earlier with the same config, method and data
     accelerator, policy, tokenizer, resolved = run.accelerator, run.policy, run.tokenizer, run.resolved
-    use_template = run.use_template
     needs_weights = "weights" in method.needs
     if needs_weights and not all(k in row for row in pairs[:1] for k in WEIGHT_KEYS):
         raise TrainConfigError(f"method {method.name!r} needs token weights: run the TIS weight stage "
                                "(bench.train.tis.estimate_tis_weights) and train on the pairs it returns")
     examples, report = tokenize_rows(
         pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length, use_chat_template=use_template, add_eos=config.add_eos,
+        prompt_format=PromptFormat.from_train(config), add_eos=config.add_eos,
         bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow, weight_keys=WEIGHT_KEYS if needs_weights else None)
     if report.dropped:
         say(accelerator, f"[pobench] {method.name}: {report.summary()}")

@@ -11,6 +11,7 @@ from typing import Sequence
 from torch import nn
 
 from bench.train.config import SFTConfig
+from bench.prompts import PromptFormat
 from bench.train.data import Batch, tokenize_rows
 from bench.train.engine import StepOutput, TrainResult, autocast, close_run, open_run, run_loop, say
 from bench.train.preference import completion_forward, completion_window, flat_token_stats, window
@@ -44,10 +45,10 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], output_dir: str | Path, *
     run = open_run("sft", config, output_dir, (list(rows),), overwrite)
     if isinstance(run, TrainResult):
         return run  # finished earlier with the same config and data
-    accelerator, policy, tokenizer, use_template = run.accelerator, run.policy, run.tokenizer, run.use_template
+    accelerator, policy, tokenizer = run.accelerator, run.policy, run.tokenizer
     examples, report = tokenize_rows(
         rows, tokenizer, response_keys=("completion",), max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length, use_chat_template=use_template, add_eos=config.add_eos,
+        prompt_format=PromptFormat.from_train(config), add_eos=config.add_eos,
         bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow)
     if report.dropped:
         say(accelerator, f"[pobench] sft: {report.summary()}")

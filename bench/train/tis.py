@@ -16,7 +16,6 @@ response token under the training tokenisation of ``train``: use the same ``mode
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,9 @@ import methods as method_registry
 from methods.tis_dpo import token_weights
 from bench.models import load_model
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
-from bench.train.data import Tokenized, collate, format_prompt, resolve_chat_template, tokenize_rows
+from bench.prompts import PromptFormat, encode
+from bench.store import atomic_write_json, atomic_write_jsonl
+from bench.train.data import Tokenized, collate, tokenize_rows
 from bench.train.preference import completion_forward, completion_window, flat_token_stats, train_preference, window
 
 ESTIMATORS = ("dpo_contrastive", "prompt_contrastive")
@@ -93,12 +94,16 @@ def _weights(plus: list[list[torch.Tensor]], minus: list[list[torch.Tensor]], ex
     return result
 
 
-def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_dir: str | Path) -> list[dict]:
-    """Return ``pairs`` (usable rows only) with ``weights_chosen`` / ``weights_rejected`` added."""
+def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_dir: str | Path,
+                         contrastive_models: tuple[str, str] | None = None) -> list[dict]:
+    """Return ``pairs`` (usable rows only) with ``weights_chosen`` / ``weights_rejected`` added.
+
+    ``contrastive_models``: (pi_plus, pi_minus) model directories already trained (the harness trains
+    them as ordinary training runs, shared with a suite's own DPO run); None = train both here."""
     config.validate()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint("tis-weights", asdict(config), list(pairs))
+    fp = fingerprint("tis-weights", asdict(config), list(pairs), list(contrastive_models or ()))
     final = output_dir / "weighted_pairs.jsonl"
     meta_path = output_dir / "weights_meta.json"
     if final.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
@@ -106,33 +111,35 @@ def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_
 
     train = config.train
     if config.estimator == "dpo_contrastive":
-        dpo = method_registry.get("dpo", beta=config.beta)
-        plus_run = train_preference(train, pairs, dpo, output_dir / "pi_plus")
-        swapped = [{**row, "chosen": row.get("rejected"), "rejected": row.get("chosen")}
-                   if isinstance(row, dict) else row for row in pairs]
-        minus_run = train_preference(train, swapped, method_registry.get("dpo", beta=config.beta),
-                                     output_dir / "pi_minus")
-        plus_model, tokenizer = load_model(plus_run.model_path)
-        use_template = resolve_chat_template(tokenizer, train.chat_template)
-        examples, report = _training_tokens(pairs, tokenizer, train, use_template)
+        if contrastive_models is None:
+            dpo = method_registry.get("dpo", beta=config.beta)
+            plus_run = train_preference(train, pairs, dpo, output_dir / "pi_plus")
+            swapped = [{**row, "chosen": row.get("rejected"), "rejected": row.get("chosen")}
+                       if isinstance(row, dict) else row for row in pairs]
+            minus_run = train_preference(train, swapped, method_registry.get("dpo", beta=config.beta),
+                                         output_dir / "pi_minus")
+            contrastive_models = (plus_run.model_path, minus_run.model_path)
+        plus_model, tokenizer = load_model(contrastive_models[0])
+        examples, report = _training_tokens(pairs, tokenizer, train)
         plus = score_tokens(plus_model, examples, tokenizer.pad_token_id, config.score_batch_size, train.precision)
         del plus_model
-        minus_model, _ = load_model(minus_run.model_path)
+        minus_model, _ = load_model(contrastive_models[1])
         minus = score_tokens(minus_model, examples, tokenizer.pad_token_id, config.score_batch_size,
                              train.precision)
         del minus_model
-        details = {"pi_plus": plus_run.model_path, "pi_minus": minus_run.model_path}
+        details = {"pi_plus": str(contrastive_models[0]), "pi_minus": str(contrastive_models[1])}
     else:
         model, tokenizer = load_model(train.model)
-        use_template = resolve_chat_template(tokenizer, train.chat_template)
-        examples, report = _training_tokens(pairs, tokenizer, train, use_template)
+        examples, report = _training_tokens(pairs, tokenizer, train)
         scored = []
         for system in (config.good_system_prompt, config.bad_system_prompt):
             conditioned = []
             for ex in examples:
                 prompt_text = pairs[ex.index]["prompt"]
-                prompt_ids = tokenizer(format_prompt(tokenizer, prompt_text, use_template, system),
-                                       add_special_tokens=not use_template).input_ids
+                # the training format with a system message / prefix; not truncated, so the
+                # condition at the start of a long prompt is kept
+                prompt_ids = encode(tokenizer, prompt_text, PromptFormat.from_train(train), system=system,
+                                    truncate=False)
                 conditioned.append(Tokenized(ex.index, prompt_ids, ex.responses, None, ex.eos_last))
             scored.append(score_tokens(model, conditioned, tokenizer.pad_token_id, config.score_batch_size,
                                        train.precision))
@@ -142,19 +149,13 @@ def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_
     weighted = []
     for ex, (w_chosen, w_rejected) in zip(examples, _weights(plus, minus, examples, config)):
         weighted.append({**pairs[ex.index], "weights_chosen": w_chosen, "weights_rejected": w_rejected})
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in weighted))
-    os.replace(tmp, final)
-    meta = {"fingerprint": fp, "estimator": config.estimator, "transform": config.transform,
-            "data": report.to_dict(), **details}
-    tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)
+    atomic_write_jsonl(final, weighted)
+    atomic_write_json(meta_path, {"fingerprint": fp, "estimator": config.estimator, "transform": config.transform,
+                                  "data": report.to_dict(), **details})
     return weighted
 
 
-def _training_tokens(pairs, tokenizer, train: PreferenceTrainConfig, use_template: bool):
+def _training_tokens(pairs, tokenizer, train: PreferenceTrainConfig):
     return tokenize_rows(pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=train.max_length,
-                         max_prompt_length=train.max_prompt_length, use_chat_template=use_template,
-                         add_eos=train.add_eos, bad_rows=train.bad_rows,
+                         prompt_format=PromptFormat.from_train(train), add_eos=train.add_eos, bad_rows=train.bad_rows,
                          prompt_overflow=train.prompt_overflow)

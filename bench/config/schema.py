@@ -1,0 +1,241 @@
+"""The suite schema (pydantic v2): what a suite YAML may say, with defaults and per-field help.
+
+The training sections ARE the trainer's own configs (:mod:`bench.train.config`): ``train`` is a
+:class:`PreferenceTrainConfig`, ``sft`` an :class:`SFTConfig` plus ``enabled``/``max_examples``.
+Sections that belong to a plug-in are validated by that plug-in: ``generation.backend_options`` by
+the backend (``bench.backends``), ``preparation.<step>`` by the preparation step
+(``bench.stages.prep``), method hyperparameters by the method. The schema names no method.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from bench.hashing import plain, stable_hash
+from bench.train.config import PreferenceTrainConfig, Schema, SFTConfig
+
+RESERVED_METHOD_KEYS = ("train", "generation", "label")
+#: trainer fields a suite fills in itself (from ``models`` and ``seeds``)
+RUN_IDENTITY = ("model", "seed")
+
+
+def _no_run_identity(data: Any) -> Any:
+    if isinstance(data, dict):
+        for key in RUN_IDENTITY:
+            if key in data:
+                raise ValueError(f"{key}: set by the suite (from `{key}s`); remove it from this section")
+    return data
+
+
+class ModelConfig(Schema):
+    """The base policy (and reference before SFT). ``id`` is resolved by ``bench.models.resolve_model``."""
+
+    id: str = Field("smollm2-135m", description="short model id, hub repo id, or local directory")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="weights dtype for training (sampling dtype is generation.dtype)")
+    revision: str | None = Field(None, description="hub revision (online only)")
+
+
+class SuiteTrainConfig(PreferenceTrainConfig):
+    """A suite's ``train:`` section: the trainer's preference config (``model``/``seed`` come from the suite)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _identity(cls, data: Any) -> Any:
+        return _no_run_identity(data)
+
+    def semantic(self) -> dict[str, Any]:
+        return {k: v for k, v in super().semantic().items() if k not in RUN_IDENTITY}
+
+
+class SuiteSFTConfig(SFTConfig):
+    """Optional supervised fine-tuning of the base model on the task's SFT data (the reference).
+
+    The trainer's SFT config plus ``enabled`` and ``max_examples``; the prompt format (chat template,
+    max prompt length) is the suite's ``train`` section's, so SFT, training, sampling and KL agree."""
+
+    enabled: bool = Field(False, description="run SFT before preference optimisation")
+    max_examples: int | None = Field(None, ge=1, description="cap on SFT examples (null = all)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _identity(cls, data: Any) -> Any:
+        return _no_run_identity(data)
+
+    def semantic(self) -> dict[str, Any]:
+        return {k: v for k, v in super().semantic().items() if k not in RUN_IDENTITY}
+
+    def trainer_config(self, model: str, seed: int, prompt_fields: dict[str, Any]) -> SFTConfig:
+        fields = {k: v for k, v in self.model_dump().items() if k not in ("enabled", "max_examples")}
+        return SFTConfig.model_validate({**fields, **prompt_fields, "model": model, "seed": seed})
+
+
+class PrefDataConfig(Schema):
+    """How preference pairs are obtained.
+
+    ``dataset``: the task's own (chosen, rejected) pairs. ``sample_and_judge``: sample
+    ``samples_per_prompt`` completions per train prompt from the reference, score them with the
+    task's judge, keep best-vs-worst pairs whose score margin exceeds ``min_margin``.
+    ``pairwise_ranking``: rank the samples with the task's pairwise judge (BCR's iterative ranking).
+    """
+
+    source: Literal["task_default", "dataset", "sample_and_judge", "pairwise_ranking"] = "task_default"
+    prompts: int | None = Field(128, ge=1, description="train prompts (or pairs for `dataset`); null = all")
+    samples_per_prompt: int = Field(4, ge=2)
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, ge=0)
+    min_margin: float = Field(0.2, ge=0, description="minimum judge-score margin between chosen and rejected")
+    data_seed: int = Field(0, description="seed of the data draw and of the reference samples (shared by every run)")
+
+
+class GenerationConfig(Schema):
+    """Evaluation sampling on held-out prompts (shared by the reference row and every policy)."""
+
+    backend: str = Field("auto", description="a generation backend (`pobench backends`), or auto = vllm when "
+                         "importable, else hf")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="the backend's own options, "
+                                            "validated by it (hf: batch_size; openai: base_url, serve_python, "
+                                            "api_key); they do not change what is sampled")
+    prompts: int | None = Field(128, ge=1, description="held-out eval prompts; null = all")
+    samples_per_prompt: int = Field(2, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, ge=0)
+    dtype: Literal["bfloat16", "float32", "float16", "auto"] = "bfloat16"
+
+    def semantic(self) -> dict[str, Any]:
+        """What changes the samples: everything but the backend's own options (batch size, server address)."""
+        return self.model_dump(exclude={"backend_options"})
+
+    @model_validator(mode="after")
+    def _backend(self) -> "GenerationConfig":
+        from bench.backends import BackendError, available_backends, validate_backend_options
+
+        allowed = ["auto", *available_backends()]
+        if self.backend not in allowed:
+            raise ValueError(f"backend: {self.backend!r} is not one of {allowed}")
+        try:
+            options = validate_backend_options(self.backend, self.backend_options)
+        except BackendError as exc:
+            raise ValueError(f"backend_options.{exc}") from None
+        object.__setattr__(self, "backend_options", options)  # defaults filled in, no re-validation
+        return self
+
+
+class ScoreConfig(Schema):
+    kl: bool = Field(True, description="KL(policy || reference) per sequence by teacher forcing")
+    kl_budget: float = Field(5.0, ge=0, description="flag runs whose mean KL exceeds this many nats/seq")
+    kl_batch_size: int = Field(32, ge=1)
+    kl_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="teacher-forcing weights dtype (log-softmax always in float32)")
+
+
+class EvalConfig(Schema):
+    """Model-evaluation tasks (``eval_tasks``): how every trained policy and the reference are evaluated."""
+
+    limit: int | None = Field(None, ge=1, description="items per benchmark (e.g. per lm-eval task); null = all. "
+                              "Limited results are not comparable with published numbers")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
+    gen_kwargs: dict[str, Any] = Field(default_factory=dict, description="generation overrides for evaluators "
+                                       "that take them (lm-eval gen_kwargs, e.g. {max_gen_toks: 64}); {} = each "
+                                       "benchmark's own")
+
+
+class ExecutorConfig(Schema):
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="ray: cluster address (null = start a local cluster)")
+    num_cpus: float = Field(1.0, ge=0, description="ray: CPUs requested per grid cell")
+    num_gpus: float = Field(0.0, ge=0, description="ray: GPUs requested per grid cell")
+
+
+class PaperValue(Schema):
+    """A published number shown as its own labelled leaderboard row (never mixed with ours)."""
+
+    method: str = Field(description="row label, e.g. 'dpo (paper)'")
+    metric: str = Field(description="metric name as in the leaderboard")
+    value: float = Field(description="the published value")
+    source: str = Field(description="citation: paper, table")
+    task: str | None = Field(None, description="task name (default: the suite's first task)")
+    note: str = Field("", description="e.g. 'GPT-2-large, not comparable in scale'")
+
+
+class MethodSpec(Schema):
+    """One method of the suite: hyperparameter grid plus optional per-method overrides (validated)."""
+
+    name: str
+    grid: dict[str, list[Any]]
+    train: SuiteTrainConfig
+    generation: GenerationConfig
+    label: str | None = None
+
+    def hyperparameter_points(self) -> list[dict[str, Any]]:
+        """The Cartesian product of the grid, in file order (one dict per training run)."""
+        points: list[dict[str, Any]] = [{}]
+        for key, values in self.grid.items():
+            points = [{**p, key: v} for p in points for v in values]
+        return points
+
+
+class SuiteConfig(Schema):
+    name: str = Field(description="suite name: results go to results/<name>/")
+    description: str = ""
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    tasks: list[str] = Field(default_factory=lambda: ["imdb"])
+    task_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="task name -> keyword arguments of tasks.get (source, judge, data_dir "
+        "and the task's own options)")
+    eval_tasks: list[str] = Field(default_factory=list, description="model-evaluation tasks (evaluation = model, "
+                                  "e.g. reasoning) run on every trained policy and the reference; their metrics "
+                                  "are extra columns")
+    methods: dict[str, Any] = Field(default_factory=dict, description="method name -> {hyperparameter: value | "
+                                    "[values], train: {...}, generation: {...}, label: ...}")
+    reference_row: bool = Field(True, description="add the reference policy as a leaderboard row")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    sft: SuiteSFTConfig = Field(default_factory=SuiteSFTConfig)
+    prefdata: PrefDataConfig = Field(default_factory=PrefDataConfig)
+    preparation: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options of the preparation steps methods declare "
+        "(`pobench methods` shows which), e.g. {tis_weights: {estimator: dpo_contrastive}}")
+    train: SuiteTrainConfig = Field(default_factory=SuiteTrainConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    paper_reference: list[PaperValue] = Field(default_factory=list)
+    work_dir: str | None = Field(None, description="cache of stage outputs (default: $POBENCH_WORK_DIR or ./runs)")
+    results_dir: str | None = Field(None, description="where leaderboards go (default: results/<name>)")
+
+    # filled by the loader
+    _source: str = PrivateAttr("<dict>")
+    _method_specs: list[MethodSpec] = PrivateAttr(default_factory=list)
+
+    @field_validator("models", "seeds", "tasks", "eval_tasks", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, value: Any) -> Any:
+        """``models: {id: ...}``, ``seeds: 0`` and ``tasks: imdb`` are lists of one."""
+        return [value] if value is not None and not isinstance(value, list) else value
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def method_specs(self) -> list[MethodSpec]:
+        return self._method_specs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The validated configuration as plain data (what is hashed and stored in manifests)."""
+        return plain(self.model_dump(mode="json"))
+
+    def hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+    def resolved_work_dir(self) -> Path:
+        return Path(self.work_dir or os.environ.get("POBENCH_WORK_DIR") or "runs").expanduser()
+
+    def resolved_results_dir(self) -> Path:
+        return Path(self.results_dir or Path("results") / self.name)

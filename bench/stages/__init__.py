@@ -1,0 +1,187 @@
+"""Typed stages: each stage is a :class:`Stage` record (name, version, params type, run, work) defined
+next to its code, and every plan node carries a frozen params dataclass of its stage's type.
+
+==========  =======================  =========================================================
+stage       module                   files it leaves in its output directory
+==========  =======================  =========================================================
+sft         ``bench.stages.train``   ``record.json`` with ``model_path`` (the SFT reference)
+prefdata    ``bench.stages.data``    ``pairs.jsonl`` (prompt, chosen, rejected, meta), ``samples.jsonl`` when sampled
+prep        ``bench.stages.prep``    ``pairs.jsonl``: the pairs plus what a method's preparation step adds
+train       ``bench.stages.train``   ``record.json`` with ``model_path`` (the trained policy)
+generate    ``bench.stages.evaluate``  ``samples.jsonl``: one Sample per line (prompt_id, index, prompt, completion)
+score       ``bench.stages.evaluate``  ``scores.json``: task metrics, per-sample values, KL per sample
+evaluate    ``bench.stages.evaluate``  ``results.json``: a model-evaluation task's metrics and per-item records
+==========  =======================  =========================================================
+
+A node's key is :func:`node_key`: the hash of its stage name and version, its params (fields marked
+``key=False`` left out: they change how, not what, e.g. a backend's batch size) and the keys of its
+inputs. Stage functions (``run(ctx, node, inputs, out_dir) -> record``) read only their typed params
+and inputs and write only inside ``out_dir``; the store makes the result appear atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from bench.hashing import plain, stable_hash
+from bench.store import StageOutput, atomic_write_text
+
+if TYPE_CHECKING:
+    from bench.plan import Node
+
+
+def not_keyed(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A params field left out of the node key (how a stage runs, not what it computes)."""
+    return dataclasses.field(default=default, metadata={"key": False}, **kwargs)
+
+
+def key_payload(params: Any) -> dict[str, Any]:
+    """The keyed fields of a params dataclass; configs contribute their ``semantic()`` view when they have one."""
+    out = {}
+    for f in dataclasses.fields(params):
+        if f.metadata.get("key", True) is False:
+            continue
+        value = getattr(params, f.name)
+        semantic = getattr(value, "semantic", None)
+        out[f.name] = plain(semantic() if callable(semantic) else value)
+    return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kind of cached work: ``run`` computes it, ``work`` estimates its size for ``pobench plan``."""
+
+    name: str
+    version: str
+    params: type
+    run: Callable[["StageContext", "Node", dict[str, StageOutput], Path], dict[str, Any]]
+    work: Callable[["Node"], dict[str, int]] = lambda node: {}
+    #: heavy nodes ask Ray for the executor's per-cell CPU/GPU share
+    heavy: bool = True
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    STAGES[stage.name] = stage
+    return stage
+
+
+def stage(name: str) -> Stage:
+    _load_builtin_stages()
+    return STAGES[name]
+
+
+def _load_builtin_stages() -> None:
+    if not STAGES:
+        from bench.stages import data, evaluate, prep, train  # noqa: F401 - each registers its stages
+
+
+def node_key(stage_name: str, params: Any, deps: dict[str, "Node"]) -> str:
+    spec = stage(stage_name)
+    if not isinstance(params, spec.params):
+        raise TypeError(f"{stage_name} node: params must be {spec.params.__name__}, got {type(params).__name__}")
+    return stable_hash({"stage": stage_name, "version": spec.version, "params": key_payload(params),
+                        "deps": {k: f"{d.stage}/{d.key}" for k, d in sorted(deps.items())}})
+
+
+# ----------------------------------------------------------------------------------------------
+# what several stages share
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The base model a plan cell starts from (resolved to a local directory when a stage runs)."""
+
+    id: str
+    revision: str | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task and its options (``tasks.get(name, **options)``); ``version`` re-keys nodes when a task changes."""
+
+    name: str
+    version: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    """Where stages keep state that outlives a stage directory (the trainers' resumable runs)."""
+
+    work_dir: Path
+
+    def trainer_dir(self, node: "Node") -> Path:
+        """A stable directory for the trainer's own resumable run (checkpoints survive kill -9).
+
+        It is not inside the stage's partial directory because the trainer records absolute paths
+        (``result.json``) that must stay valid after the stage output is renamed into place.
+        """
+        return Path(self.work_dir) / "trainer" / f"{node.stage}-{node.key}"
+
+    @staticmethod
+    def task(ref: TaskRef):
+        import tasks
+
+        return tasks.get(ref.name, **ref.options)
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def base_model_path(model: ModelRef) -> tuple[str, dict[str, Any]]:
+    from bench.models import resolve_model
+
+    resolved = resolve_model(model.id)
+    return resolved.path, {"model_id": resolved.model_id, "model_source": resolved.source,
+                           "model_path": resolved.path, **({"model_details": resolved.details}
+                                                           if resolved.details else {})}
+
+
+def reference_path(model: ModelRef, inputs: dict[str, StageOutput]) -> str:
+    """The reference policy: the SFT output when the suite has SFT, else the base model."""
+    if "reference" in inputs:
+        return inputs["reference"].record["model_path"]
+    return base_model_path(model)[0]
+
+
+def policy_path(model: ModelRef, inputs: dict[str, StageOutput]) -> str:
+    if "policy" in inputs:
+        return inputs["policy"].record["model_path"]
+    return reference_path(model, inputs)
+
+
+def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutput, bool]:
+    """Run one node through the store (skipped when its output exists). Dependencies must be done."""
+    inputs = {}
+    for name, dep in node.deps.items():
+        done = store.get(dep.stage, dep.key)
+        if done is None:
+            raise RuntimeError(f"{node.stage} {node.label}: input {name} ({dep.stage}/{dep.key}) is not finished")
+        inputs[name] = done
+    run = stage(node.stage).run
+    return store.run(node.stage, node.key, lambda out: run(ctx, node, inputs, out),
+                     inputs={"label": node.label, "params": plain(node.params),
+                             "deps": {k: f"{d.stage}/{d.key}" for k, d in node.deps.items()}})
+
+
+def ensure_threads() -> None:
+    """Respect OMP_NUM_THREADS for torch when the user set it (shared machines)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():
+        import torch
+
+        torch.set_num_threads(int(threads))
+

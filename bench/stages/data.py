@@ -1,0 +1,148 @@
+"""Data stages: ``prefdata`` (the preference pairs every method of a cell trains on), plus the
+helpers that turn samples and pairs into rows and back, and the one place a stage builds a
+generation backend."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from bench.config.schema import PrefDataConfig
+from bench.prompts import PromptFormat
+from bench.stages import (ModelRef, Stage, StageContext, TaskRef, not_keyed, read_jsonl, reference_path,
+                          register_stage, write_jsonl)
+from bench.store import StageOutput
+
+if TYPE_CHECKING:
+    from bench.plan import Node
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+
+def sample_to_row(sample: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(sample).items() if v is not None and v != {}}
+
+
+def rows_to_samples(rows: Sequence[dict[str, Any]]) -> list[Any]:
+    from tasks.base import Sample
+
+    return [Sample(**row) for row in rows]
+
+
+def load_pairs(prefdata: StageOutput, swap: bool = False) -> list[dict[str, Any]]:
+    """The pairs of a ``prefdata`` (or ``prep``) output as trainer rows, chosen/rejected swapped on request."""
+    rows = read_jsonl(prefdata.path / "pairs.jsonl")
+    if swap:
+        rows = [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} for row in rows]
+    return rows
+
+
+def sampling_for(task: Any, *, n: int, max_new_tokens: int, temperature: float, top_p: float):
+    return task.sampling.replace(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+
+def merge_adapter(adapter_dir: str, target: Path) -> str:
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    if not (target / "config.json").is_file():
+        model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32).merge_and_unload()
+        model.save_pretrained(target)
+        AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(target)
+    return str(target)
+
+
+def make_backend(name: str, options: dict[str, Any], model_path: str, dtype: str, out_dir: Path):
+    """A backend for ``model_path`` with the node's own backend options. vLLM and servers need
+    full weights: a PEFT adapter is merged first (into ``out_dir/merged``, removed afterwards)."""
+    from bench.backends import get_backend, resolve_backend_name
+
+    resolved = resolve_backend_name(name)
+    if resolved != "hf" and (Path(model_path) / "adapter_config.json").is_file():
+        model_path = merge_adapter(model_path, out_dir / "merged")
+    return get_backend(name, model_path, dtype=dtype, options=options)  # auto keeps the picked one's options
+
+
+def sample(backend_name: str, options: dict[str, Any], model_path: str, dtype: str, out_dir: Path, prompts: Sequence[Any],
+           sampling: Any, seed: int, prompt_format: PromptFormat) -> tuple[list[Any], dict[str, Any]]:
+    """Sample ``prompts`` once with a fresh backend; returns the samples and what the backend reports."""
+    backend = make_backend(backend_name, options, model_path, dtype, out_dir)
+    try:
+        samples = backend.generate(prompts, sampling, seed=seed, prompt_format=prompt_format)
+        info = {"backend": backend.name, "generation_stats": dict(backend.stats)}
+    finally:
+        backend.close()
+        shutil.rmtree(out_dir / "merged", ignore_errors=True)  # merged weights were only for the backend
+    return samples, info
+
+
+# ----------------------------------------------------------------------------------------------
+# prefdata
+
+@dataclass(frozen=True)
+class PrefDataParams:
+    model: ModelRef
+    task: TaskRef
+    prefdata: PrefDataConfig
+    #: the format the pairs are trained with: reference samples are drawn on the same prompt ids
+    prompt_format: PromptFormat
+    backend: str
+    dtype: str
+    backend_options: dict[str, Any] = not_keyed(default_factory=dict)
+
+
+def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    p: PrefDataParams = node.params
+    cfg = p.prefdata
+    task = ctx.task(p.task)
+    source = cfg.source
+    if source == "task_default":
+        source = "dataset" if task.preference_mode == "dataset" else "sample_and_judge"
+    info: dict[str, Any] = {"source": source}
+    if source == "dataset":
+        pairs = task.preference_data(limit=cfg.prompts)
+    else:
+        prompts = task.train_prompts(limit=cfg.prompts)
+        sampling = sampling_for(task, n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                                temperature=cfg.temperature, top_p=cfg.top_p)
+        samples, backend_info = sample(p.backend, p.backend_options, reference_path(p.model, inputs), p.dtype, out,
+                                       prompts, sampling, cfg.data_seed, p.prompt_format)
+        info.update(backend_info)
+        if source == "pairwise_ranking":
+            from tasks import ranking  # BCR's iterative pairwise ranking (tasks' component)
+
+            pairs = ranking.pairs_by_ranking(samples, task.judge)
+            rewards = None
+        else:
+            rewards = task.reward(samples)
+            pairs = task.pairs_from_samples(samples, margin=cfg.min_margin, rewards=rewards)
+        rows = [sample_to_row(s) for s in samples]
+        if rewards is not None:
+            for row, reward in zip(rows, rewards):
+                row["reward"] = reward
+            info["reference_reward_mean"] = sum(rewards) / max(1, len(rewards))
+        write_jsonl(out / "samples.jsonl", rows)
+        info["prompts"] = len(prompts)
+        info["samples"] = len(samples)
+    if not pairs:
+        raise RuntimeError(f"prefdata for task {task.name!r}: no preference pair survived (source={source}, "
+                           f"min_margin={cfg.min_margin}); lower prefdata.min_margin or add prompts")
+    write_jsonl(out / "pairs.jsonl", [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen,
+                                       "rejected": p.rejected, "meta": p.meta} for p in pairs])
+    info["pairs"] = len(pairs)
+    info["task_record"] = task.record()
+    return info
+
+
+def prefdata_work(node: "Node") -> dict[str, int]:
+    cfg: PrefDataConfig = node.params.prefdata
+    if cfg.source == "dataset":
+        return {}
+    return {"sampled_sequences": (cfg.prompts or 0) * cfg.samples_per_prompt}
+
+
+PREFDATA = register_stage(Stage("prefdata", "2", PrefDataParams, run_prefdata, prefdata_work))

@@ -1,0 +1,184 @@
+"""Evaluation stages: ``generate`` (sample held-out prompts from a policy or the reference),
+``score`` (the task's judges and metrics, KL to the reference by teacher forcing) and ``evaluate``
+(a model-evaluation task such as lm-eval reasoning on a checkpoint)."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.config.schema import GenerationConfig, ScoreConfig
+from bench.prompts import PromptFormat
+from bench.stages import (ModelRef, Stage, StageContext, TaskRef, not_keyed, policy_path, read_jsonl,
+                          reference_path, register_stage, write_jsonl)
+from bench.stages.data import merge_adapter, rows_to_samples, sample, sample_to_row, sampling_for
+from bench.store import StageOutput, atomic_write_json
+
+if TYPE_CHECKING:
+    from bench.plan import Node
+
+
+# ----------------------------------------------------------------------------------------------
+# generate
+
+@dataclass(frozen=True)
+class GenerateParams:
+    model: ModelRef
+    task: TaskRef
+    #: the policy's own (method-overridden) generation section; its backend_options are not keyed
+    generation: GenerationConfig
+    prompt_format: PromptFormat
+    seed: int
+
+
+def run_generate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    p: GenerateParams = node.params
+    g = p.generation
+    task = ctx.task(p.task)
+    prompts = task.eval_prompts(limit=g.prompts)
+    sampling = sampling_for(task, n=g.samples_per_prompt, max_new_tokens=g.max_new_tokens,
+                            temperature=g.temperature, top_p=g.top_p)
+    samples, info = sample(g.backend, g.backend_options, policy_path(p.model, inputs), g.dtype, out, prompts,
+                           sampling, p.seed, p.prompt_format)
+    write_jsonl(out / "samples.jsonl", [sample_to_row(s) for s in samples])
+    return {**info, "samples": len(samples), "prompts": len(prompts), "sampling": sampling.as_dict(),
+            "backend_options": g.backend_options, "task_record": task.record()}
+
+
+def generate_work(node: "Node") -> dict[str, int]:
+    g: GenerationConfig = node.params.generation
+    return {"sampled_sequences": (g.prompts or 0) * g.samples_per_prompt}
+
+
+# ----------------------------------------------------------------------------------------------
+# score
+
+@dataclass(frozen=True)
+class ScoreParams:
+    model: ModelRef
+    task: TaskRef
+    score: ScoreConfig
+    prompt_format: PromptFormat
+    seed: int
+    #: sequences the generate stage produced (for the work estimate only)
+    sequences: int = not_keyed(0)
+
+
+def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    from bench import teacher_forcing
+
+    p: ScoreParams = node.params
+    cfg = p.score
+    task = ctx.task(p.task)
+    samples = rows_to_samples(read_jsonl(inputs["samples"].path / "samples.jsonl"))
+    policy, reference = policy_path(p.model, inputs), reference_path(p.model, inputs)
+    is_reference = "policy" not in inputs
+    pair_logps = None
+    if cfg.kl:
+        if is_reference:
+            for s in samples:  # the reference against itself: exactly zero, no forward needed
+                s.kl = 0.0
+        else:
+            kls = teacher_forcing.sequence_kl(policy, reference, [s.prompt for s in samples],
+                                              [s.completion for s in samples], batch_size=cfg.kl_batch_size,
+                                              dtype=cfg.kl_dtype, prompt_format=p.prompt_format)
+            for s, kl in zip(samples, kls):
+                s.kl = kl
+    eval_pairs = task.eval_pairs()
+    if eval_pairs:
+        pair_logps = teacher_forcing.pair_logps(policy, reference, eval_pairs, batch_size=cfg.kl_batch_size,
+                                                dtype=cfg.kl_dtype, prompt_format=p.prompt_format)
+    scores = task.score(samples, pair_logps=pair_logps)
+    metrics = dict(scores.metrics)
+    per_sample = scores.per_sample
+    for row, s in zip(per_sample, samples):
+        if s.kl is not None:
+            row.setdefault("kl", s.kl)
+    if cfg.kl and "kl" not in metrics and samples:
+        metrics["kl"] = sum(s.kl for s in samples) / len(samples)
+    task_record = task.record()
+    if not task_record.get("data_source"):  # scoring reads no data: the generate stage knows the source
+        task_record["data_source"] = inputs["samples"].record.get("task_record", {}).get("data_source")
+    directions = {m.name: m.higher_is_better for m in task.metrics}
+    directions.setdefault("kl", False)
+    atomic_write_json(out / "scores.json", {"metrics": metrics, "per_sample": per_sample, "details": scores.details,
+                                            "directions": directions, "task_record": task_record})
+    return {"metrics": metrics, "kl_budget_exceeded": bool(metrics.get("kl", 0.0) > cfg.kl_budget)}
+
+
+def score_work(node: "Node") -> dict[str, int]:
+    if not node.params.score.kl or "policy" not in node.deps:  # the reference against itself: no forward
+        return {}
+    return {"kl_sequences": node.params.sequences}
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    model: ModelRef
+    task: TaskRef
+    limit: int | None
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: where a checkpoint is evaluated does not change what is measured
+    device: str = not_keyed("auto")
+
+
+def evaluation_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_evaluate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    """A model-evaluation task (``evaluation == "model"``, e.g. lm-eval reasoning) on the policy or reference.
+
+    A PEFT adapter goes to the task as is when the task evaluates with transformers (its ``backend``
+    option resolves to ``hf``; lm-eval's hf model applies the adapter), else it is merged first
+    (vLLM and servers need full weights), like the generate stage does.
+    """
+    from bench.backends import vllm_available
+
+    p: EvaluateParams = node.params
+    task = ctx.task(p.task)
+    checkpoint = model = policy_path(p.model, inputs)
+    given_as = "full weights"
+    if (Path(checkpoint) / "adapter_config.json").is_file():
+        backend = getattr(task, "backend", None)  # the task's own option (reasoning: hf | vllm | auto)
+        if backend == "hf" or (backend == "auto" and not vllm_available()):
+            given_as = "PEFT adapter"
+        else:
+            model, given_as = merge_adapter(checkpoint, out / "merged"), "merged PEFT adapter"
+    kwargs: dict[str, Any] = {"limit": p.limit, "device": evaluation_device(p.device)}
+    if p.gen_kwargs:
+        kwargs["gen_kwargs"] = dict(p.gen_kwargs)
+    try:
+        scores = task.evaluate_model(model, **kwargs)
+    finally:
+        shutil.rmtree(out / "merged", ignore_errors=True)  # merged weights were only for the evaluator
+    metrics = {k: float(v) for k, v in scores.metrics.items()}
+    # standard errors as the evaluator reports them (lm-eval: over benchmark items); "N/A" etc. dropped
+    stderr = {k: float(v) for k, v in (scores.details.get("stderr") or {}).items()
+              if k in metrics and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # declared directions first; an evaluator may report the directions of metrics a task cannot
+    # declare in advance (lm-eval groups such as the Open LLM Leaderboard v2)
+    reported = scores.details.get("higher_is_better") or {}
+    directions = {k: v for k, v in reported.items() if k in metrics and isinstance(v, bool)}
+    directions.update({m.name: m.higher_is_better for m in task.metrics})
+    task_record = task.record()
+    atomic_write_json(out / "results.json", {"metrics": metrics, "stderr": stderr, "directions": directions,
+                                             "per_sample": scores.per_sample, "details": scores.details,
+                                             "task_record": task_record, "checkpoint": checkpoint,
+                                             "given_as": given_as})
+    return {"metrics": metrics, "stderr": stderr, "task_record": task_record, "checkpoint": checkpoint,
+            "given_as": given_as, "limit": p.limit, "device": kwargs["device"]}
+
+
+GENERATE = register_stage(Stage("generate", "2", GenerateParams, run_generate, generate_work))
+SCORE = register_stage(Stage("score", "2", ScoreParams, run_score, score_work))
+EVALUATE = register_stage(Stage("evaluate", "2", EvaluateParams, run_evaluate,
+                                lambda node: {"model_evaluations": 1}))

@@ -1,0 +1,99 @@
+"""Training stages: ``sft`` (the reference, when a suite asks for it) and ``train`` (one method, one
+hyperparameter point, one seed). Both hand the trainer its own config (:mod:`bench.train.config`):
+the suite's section with the run identity (model directory, seed) filled in."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.config.schema import SuiteSFTConfig, SuiteTrainConfig
+from bench.stages import (ModelRef, Stage, StageContext, TaskRef, base_model_path, read_jsonl, reference_path,
+                          register_stage)
+from bench.stages.data import load_pairs
+from bench.store import StageOutput
+
+if TYPE_CHECKING:
+    from bench.plan import Node
+
+
+def train_record(result: Any) -> dict[str, Any]:
+    return {"model_path": str(result.model_path), "trainer_dir": str(result.output_dir), "steps": result.steps,
+            "final_loss": result.final_loss, "train_metrics": result.metrics, "data_report": result.data,
+            "train_runtime_s": result.runtime_s, "resumed_from_step": result.resumed_from_step,
+            "trainer_fingerprint": result.fingerprint}
+
+
+def trainer_config(train: SuiteTrainConfig, model_path: str, seed: int):
+    """The trainer's config for one run: the suite section plus the run identity (no progress bar in stages)."""
+    from bench.train import PreferenceTrainConfig
+
+    return PreferenceTrainConfig.model_validate({**train.model_dump(), "model": model_path, "seed": seed,
+                                                 "progress_bar": False})
+
+
+# ----------------------------------------------------------------------------------------------
+# sft
+
+@dataclass(frozen=True)
+class SFTParams:
+    model: ModelRef
+    task: TaskRef
+    sft: SuiteSFTConfig
+    #: the suite's prompt format (train.chat_template, train.max_prompt_length): SFT trains on it too
+    prompt_fields: dict[str, Any]
+    seed: int = 0
+
+
+def run_sft(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    from bench.train import train_sft
+
+    p: SFTParams = node.params
+    task = ctx.task(p.task)
+    examples = task.sft_data(limit=p.sft.max_examples)
+    base, model_info = base_model_path(p.model)
+    config = p.sft.trainer_config(base, p.seed, {**p.prompt_fields, "progress_bar": False})
+    result = train_sft(config, [{"prompt": e.prompt, "completion": e.completion} for e in examples],
+                       ctx.trainer_dir(node))
+    return {"examples": len(examples), "task_record": task.record(), **model_info, **train_record(result)}
+
+
+def sft_work(node: "Node") -> dict[str, int]:
+    return {"sft_steps": node.params.sft.steps}
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: ModelRef
+    method: str
+    #: the method's full hyperparameters (defaults included), so `dpo: {}` and `dpo: {beta: 0.1}` share a key
+    hparams: dict[str, Any]
+    train: SuiteTrainConfig
+    seed: int
+    #: train on the pairs with chosen and rejected swapped (e.g. a reverse-DPO model for TIS-DPO's weights)
+    swap_pairs: bool = False
+
+
+def run_train(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    import methods
+    from bench.train import train_preference
+
+    p: TrainParams = node.params
+    # a method's preparation step (if any) wrote the pairs it trains on, extra fields included
+    pairs = read_jsonl(inputs["prep"].path / "pairs.jsonl") if "prep" in inputs else \
+        load_pairs(inputs["prefdata"], swap=p.swap_pairs)
+    method = methods.get(p.method, **p.hparams)
+    config = trainer_config(p.train, reference_path(p.model, inputs), p.seed)
+    result = train_preference(config, pairs, method, ctx.trainer_dir(node))
+    return {"method": p.method, "hparams": method.hparams(), **train_record(result)}
+
+
+def train_work(node: "Node") -> dict[str, int]:
+    return {"train_steps": node.params.train.steps}
+
+
+SFT = register_stage(Stage("sft", "2", SFTParams, run_sft, sft_work))
+TRAIN = register_stage(Stage("train", "2", TrainParams, run_train, train_work))
