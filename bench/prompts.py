@@ -25,7 +25,7 @@ and KL did before they knew the training format).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 
 class PromptFormatError(ValueError):
@@ -34,18 +34,11 @@ class PromptFormatError(ValueError):
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How prompt text becomes prompt ids (see the module docstring for the rules)."""
+    """How prompt text becomes prompt ids (see the module docstring for the rules); a training
+    config's is ``TrainConfig.prompt_format()``."""
 
     chat_template: bool | None = None
     max_prompt_length: int | None = 256
-
-    @classmethod
-    def from_train(cls, train: Any) -> "PromptFormat":
-        """The format of a training config: an object or a mapping with ``chat_template`` and
-        ``max_prompt_length`` (a ``TrainConfig`` or the suite's ``train`` section)."""
-        get = train.get if isinstance(train, Mapping) else (lambda key, default: getattr(train, key, default))
-        return cls(chat_template=get("chat_template", cls.chat_template),
-                   max_prompt_length=get("max_prompt_length", cls.max_prompt_length))
 
     def uses_template(self, tokenizer: Any) -> bool:
         """``chat_template`` resolved against ``tokenizer`` (``None`` -> whether it has one)."""

@@ -193,10 +193,8 @@ def test_training_sampling_and_kl_use_the_same_prompt_ids(kind, chat_template, l
 
 
 def test_prompt_format_from_a_training_config_and_the_plain_default(model_dirs, samplers, monkeypatch):
-    config = PreferenceTrainConfig(chat_template=None, max_prompt_length=12)
-    assert PromptFormat.from_train(config) == PromptFormat(None, 12)
-    assert PromptFormat.from_train({"chat_template": True, "max_prompt_length": 40}) == PromptFormat(True, 40)
-    assert PromptFormat.from_train({}) == PromptFormat()
+    assert PreferenceTrainConfig(chat_template=None, max_prompt_length=12).prompt_format() == PromptFormat(None, 12)
+    assert SFTConfig(chat_template=True, max_prompt_length=40).prompt_format() == PromptFormat(True, 40)
     # prompt_format=None: plain text with the tokenizer's special tokens, untruncated (the old behaviour)
     tokenizer = samplers["chat"].tokenizer
     plain = [tokenizer(text).input_ids for text in PROMPTS]

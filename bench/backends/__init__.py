@@ -3,7 +3,7 @@
 ``backend.generate(prompts, sampling, seed, prompt_format=None) -> list[tasks.Sample]`` returns, in
 prompt order, the ``sampling.n`` completions of every prompt (``Sample.index`` 0..n-1). Prompts are
 encoded by :func:`bench.prompts.encode` with ``prompt_format`` (chat template, max prompt length:
-pass the training run's, ``PromptFormat.from_train``; ``None`` = plain text, untruncated).
+pass the training run's, ``TrainConfig.prompt_format()``; ``None`` = plain text, untruncated).
 Three implementations:
 
 * ``hf``     transformers ``generate``: batched, prompts sorted by length, bf16 where supported;

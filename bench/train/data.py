@@ -77,7 +77,7 @@ def tokenize_rows(rows: Sequence[dict], tokenizer, *, response_keys: Sequence[st
     """Validate and tokenise rows (``prompt`` + ``response_keys``); see the module docstring.
 
     ``prompt_format`` (chat template, ``max_prompt_length``) is the one sampling and KL are given
-    too (``PromptFormat.from_train(config)``).
+    too (``TrainConfig.prompt_format()``).
 
     Drop reasons: ``missing_field:<key>`` (absent or not a string), ``empty_response:<key>``,
     ``chosen_equals_rejected``, ``prompt_too_long`` (prompt longer than ``max_prompt_length`` when

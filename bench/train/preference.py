@@ -27,7 +27,6 @@ import methods as method_registry
 from methods import Method, NonFiniteLoss, PairBatch, token_stats
 from methods.activations import record_activations
 from bench.models import cache_dir, kept_logits, parse_dtype
-from bench.prompts import PromptFormat
 from bench.store import atomic_write_bytes
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Batch, Tokenized, collate, tokenize_rows
@@ -286,7 +285,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
                                "(bench.train.tis.estimate_tis_weights) and train on the pairs it returns")
     examples, report = tokenize_rows(
         pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=config.max_length,
-        prompt_format=PromptFormat.from_train(config), add_eos=config.add_eos,
+        prompt_format=config.prompt_format(), add_eos=config.add_eos,
         bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow, weight_keys=WEIGHT_KEYS if needs_weights else None)
     if report.dropped:
         say(accelerator, f"[pobench] {method.name}: {report.summary()}")

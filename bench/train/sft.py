@@ -11,7 +11,6 @@ from typing import Sequence
 from torch import nn
 
 from bench.train.config import SFTConfig
-from bench.prompts import PromptFormat
 from bench.train.data import Batch, tokenize_rows
 from bench.train.engine import StepOutput, TrainResult, autocast, close_run, open_run, run_loop, say
 from bench.train.preference import completion_forward, completion_window, flat_token_stats, window
@@ -48,7 +47,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], output_dir: str | Path, *
     accelerator, policy, tokenizer = run.accelerator, run.policy, run.tokenizer
     examples, report = tokenize_rows(
         rows, tokenizer, response_keys=("completion",), max_length=config.max_length,
-        prompt_format=PromptFormat.from_train(config), add_eos=config.add_eos,
+        prompt_format=config.prompt_format(), add_eos=config.add_eos,
         bad_rows=config.bad_rows, prompt_overflow=config.prompt_overflow)
     if report.dropped:
         say(accelerator, f"[pobench] sft: {report.summary()}")

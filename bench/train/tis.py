@@ -26,7 +26,7 @@ import methods as method_registry
 from methods.tis_dpo import token_weights
 from bench.models import load_model
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
-from bench.prompts import PromptFormat, encode
+from bench.prompts import encode
 from bench.store import atomic_write_json, atomic_write_jsonl
 from bench.train.data import Tokenized, collate, tokenize_rows
 from bench.train.preference import completion_forward, completion_window, flat_token_stats, train_preference, window
@@ -138,7 +138,7 @@ def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_
                 prompt_text = pairs[ex.index]["prompt"]
                 # the training format with a system message / prefix; not truncated, so the
                 # condition at the start of a long prompt is kept
-                prompt_ids = encode(tokenizer, prompt_text, PromptFormat.from_train(train), system=system,
+                prompt_ids = encode(tokenizer, prompt_text, train.prompt_format(), system=system,
                                     truncate=False)
                 conditioned.append(Tokenized(ex.index, prompt_ids, ex.responses, None, ex.eos_last))
             scored.append(score_tokens(model, conditioned, tokenizer.pad_token_id, config.score_batch_size,
@@ -157,5 +157,5 @@ def estimate_tis_weights(config: TISWeightConfig, pairs: Sequence[dict], output_
 
 def _training_tokens(pairs, tokenizer, train: PreferenceTrainConfig):
     return tokenize_rows(pairs, tokenizer, response_keys=("chosen", "rejected"), max_length=train.max_length,
-                         prompt_format=PromptFormat.from_train(train), add_eos=train.add_eos, bad_rows=train.bad_rows,
+                         prompt_format=train.prompt_format(), add_eos=train.add_eos, bad_rows=train.bad_rows,
                          prompt_overflow=train.prompt_overflow)
