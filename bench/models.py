@@ -190,6 +190,9 @@ def tiny_model(seed: int = 0, *, hidden_size: int = 64, num_layers: int = 2, sav
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    saved = cache_dir() / "models" / f"tiny-llama-s{seed}-h{hidden_size}-l{num_layers}"
+    if save and (saved / "config.json").is_file():
+        return str(saved)  # built before (the directory appears whole: _atomic_dir)
     tokenizer = gpt2_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
@@ -209,8 +212,7 @@ def tiny_model(seed: int = 0, *, hidden_size: int = 64, num_layers: int = 2, sav
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    name = f"tiny-llama-s{seed}-h{hidden_size}-l{num_layers}"
-    return str(_atomic_dir(cache_dir() / "models" / name, build))
+    return str(_atomic_dir(saved, build))
 
 
 # --------------------------------------------------------------------------- real models

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from bench.prompts import PromptFormat, encode
-from bench.prompts import resolve_chat_template  # noqa: F401 (bench.train.engine imports it from here)
 
 
 class BadDataError(ValueError):

@@ -323,7 +323,7 @@ def open_run(kind: str, config: TrainConfig, output_dir: Path, data_parts: Seque
     bookkeeping fields, ``kind`` and ``data_parts``) returns its stored :class:`TrainResult`;
     otherwise claim ``output_dir``, seed, and load the policy (LoRA attached)."""
     from bench.train.config import fingerprint
-    from bench.train.data import resolve_chat_template
+    from bench.prompts import resolve_chat_template
     from bench.train.policy import load_policy
 
     config.validate()
