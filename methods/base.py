@@ -114,7 +114,7 @@ class Method(nn.Module):
     #: "tis_weights" writes token weights); None = trains on the preference pairs as they are.
     #: Steps are registered in bench.stages.prep (entry-point group ``pobench.preparations``).
     preparation: ClassVar[str | None] = None
-    # -- statements the shared invariant tests check (tests/test_methods_invariants.py) -----
+    # -- statements the shared invariant tests check (tests/methods/test_methods_invariants.py) -----
     #: True if every pair's loss is -log sigma(x) with x negated by swapping chosen and rejected
     #: (the DPO family, no extra term): then exp(-L) + exp(-L_swapped) = 1 for every pair
     logistic_antisymmetric: ClassVar[bool] = False

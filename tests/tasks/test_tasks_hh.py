@@ -73,6 +73,7 @@ def test_bad_rows_in_local_files(tmp_path):
 
 
 @needs_hh
+@pytest.mark.slow
 def test_scores_real_samples_end_to_end():
     task = tasks.get("hh", data_dir=shared_data_dir())
     with pytest.warns(UserWarning):

@@ -14,6 +14,7 @@ needs_imdb = pytest.mark.skipif(not (IMDB_DIR / "aclImdb_test.tar.gz").exists(),
 
 
 @needs_imdb
+@pytest.mark.slow
 def test_vader_accuracy_on_the_1000_review_sample(capsys):
     task = tasks.get("imdb", data_dir=shared_data_dir(), judge="sentiment:vader")
     result = task.judge_accuracy(limit=1000)
@@ -26,6 +27,7 @@ def test_vader_accuracy_on_the_1000_review_sample(capsys):
 
 
 @needs_imdb
+@pytest.mark.slow
 def test_prompts_are_short_prefixes_of_real_reviews_and_splits_are_disjoint():
     task = tasks.get("imdb", data_dir=shared_data_dir())
     evals, trains = task.eval_prompts(limit=200), task.train_prompts(limit=200)

@@ -17,7 +17,7 @@ import pytest
 import bench.registry
 from bench.registry import Registry, RegistryError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------------

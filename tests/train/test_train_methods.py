@@ -13,6 +13,8 @@ import methods
 from bench.models import tiny_model
 from bench.train import PreferenceTrainConfig, train_preference
 
+pytestmark = pytest.mark.slow  # seconds per test: outside the `tox -e fast` inner loop, run by CI
+
 PAIRS = [
     {"prompt": "The movie was", "chosen": " wonderful, I loved it.", "rejected": " boring and far too long."},
     {"prompt": "Honestly, the plot", "chosen": " kept me guessing", "rejected": " made no sense"},

@@ -14,11 +14,6 @@ PROMPTS = [Prompt("a", "The movie was"), Prompt("b", "I"), Prompt("c", "What a l
            Prompt("d", "Bad")]
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs():
-    return tiny_model(0, save=True), tiny_model(1, save=True)
-
-
 def test_hf_backend_order_n_and_batch_invariance(tiny_dirs):
     one = HFBackend(tiny_dirs[0], dtype="float32", batch_size=1)
     many = HFBackend(tiny_dirs[0], dtype="float32", batch_size=64)
@@ -40,6 +35,7 @@ def test_stop_strings():
     assert apply_stop("nothing to cut", ["###"]) == "nothing to cut"
 
 
+@pytest.mark.slow
 def test_teacher_forced_kl(tiny_dirs):
     policy, reference = tiny_dirs
     prompts, completions = ["The movie was", "I"], [" great fun", ""]

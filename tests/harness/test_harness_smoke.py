@@ -21,7 +21,7 @@ import pytest
 import methods
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pobench(*args: str, **kwargs) -> subprocess.CompletedProcess:

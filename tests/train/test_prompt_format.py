@@ -21,6 +21,8 @@ from bench.prompts import PLAIN, PromptFormat, PromptFormatError, encode
 from bench.train import PreferenceTrainConfig, SFTConfig, train_preference, train_sft
 from tasks.base import PreferencePair, Prompt, Sampling
 
+pytestmark = pytest.mark.slow  # seconds per test: outside the `tox -e fast` inner loop, run by CI
+
 # writes BOS itself, like Llama-3's template
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")

@@ -15,7 +15,7 @@ from bench.plan import build_plan
 from tasks.base import shared_data_dir
 from tasks.reasoning import LOCAL_FILES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = shared_data_dir()
 needs_data = pytest.mark.skipif(not all((DATA / f).exists() for f in LOCAL_FILES),
                                 reason=f"GSM8K/ARC-Challenge files not found under {DATA} (set POBENCH_SHARED_DATA)")

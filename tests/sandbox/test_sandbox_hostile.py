@@ -18,6 +18,8 @@ import pytest
 
 from tasks.sandbox import ISOLATION_LEVELS, SLOT_UID_BASE, Job, Limits, Sandbox, SandboxError, detect_isolation
 
+pytestmark = pytest.mark.slow  # seconds per test: outside the `tox -e fast` inner loop, run by CI
+
 TEST = "assert answer() == 42"
 FORGED = "'PASS:' + '0' * 32"
 SECRET_VAR, SECRET = "POBENCH_HOSTILE_SECRET", "s3cr3t-token-value"
@@ -263,7 +265,7 @@ def test_a_parent_killed_mid_run_takes_the_program_down(tmp_path: Path) -> None:
     script.write_text(
         "import sys\nsys.path.insert(0, %r)\nfrom tasks.sandbox import Sandbox, Limits\n"
         "box = Sandbox(Limits(timeout_s=120))\nprint('ready', flush=True)\n"
-        "box.run('import time\\ntime.sleep(300)')\n" % str(Path(__file__).resolve().parents[1]))
+        "box.run('import time\\ntime.sleep(300)')\n" % str(Path(__file__).resolve().parents[2]))
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"

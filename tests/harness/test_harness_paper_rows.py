@@ -17,7 +17,7 @@ from bench.report import markdown, table_rows
 from bench.runner import make_leaderboard
 from bench.store import RECORD, Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER_SUITES = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 ARXIV_ID = re.compile(r"arXiv[: ]?\s*\d{4}\.\d{4,5}")
 # metrics that are fractions in [0, 1] here, so a percentage copied from a paper (59.43) fails

@@ -13,6 +13,8 @@ import tasks
 from tasks.code_eval import CodeProblem
 from tasks.sandbox import Limits, Sandbox
 
+pytestmark = pytest.mark.slow  # seconds per test: outside the `tox -e fast` inner loop, run by CI
+
 # generous per-program timeout: CI shares 2 cores between all its jobs
 SANDBOX_LIMITS = Limits(timeout_s=30.0)
 

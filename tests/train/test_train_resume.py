@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # tens of seconds per test: outside `tox -e fast`, run by CI
+
 WORKER = textwrap.dedent("""
     import json, os, signal, sys, threading, time
     import methods

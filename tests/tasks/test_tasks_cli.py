@@ -37,6 +37,7 @@ def test_unknown_task_exits_2(capsys):
 
 @pytest.mark.skipif(not (shared_data_dir() / "imdb" / "imdb_test_sample1000.derived.jsonl").exists(),
                     reason="IMDB labelled sample not found (set POBENCH_SHARED_DATA)")
+@pytest.mark.slow
 def test_judge_accuracy_is_reported(capsys):
     assert main(["tasks", "imdb", "--judge-accuracy", "--judge", "sentiment:vader",
                  "--data-dir", str(shared_data_dir())]) == 0

@@ -1,6 +1,6 @@
 """The pairwise LLM judge against a real `vllm serve` (SmolLM2-135M-Instruct, chat endpoint).
 
-Runs where vLLM is importable (`tox -e vllm -- tests/test_tasks_vllm_judge.py`) or where
+Runs where vLLM is importable (`tox -e vllm -- tests/tasks/test_tasks_vllm_judge.py`) or where
 POBENCH_VLLM_PYTHON names the python of an environment that has it (e.g. .venv-vllm/bin/python);
 skips elsewhere. Checks the mechanics end to end on a real server (chat template applied by vLLM,
 answers parsed, both orders asked, counters consistent), not the quality of a 135M judge: measured

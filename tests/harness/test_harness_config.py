@@ -8,7 +8,7 @@ import pytest
 from bench.config import ConfigError, apply_override, load_suite, parse_override, validate
 from bench.plan import build_plan, method_label
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITES = sorted((REPO / "configs").rglob("*.yaml"))
 
 

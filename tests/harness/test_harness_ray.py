@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pobench[ray]' -c constraints/cpu.txt")
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBSET = ["methods=dpo,ipo,simpo", "methods.dpo.beta=0.1", "prefdata.prompts=8", "generation.prompts=4"]
 
 

@@ -12,7 +12,7 @@ import tasks
 from tasks.base import DataError, PairLogps
 from fixtures.tasks_support import tiny_samples
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_fixture_loads_in_every_role():

@@ -41,6 +41,7 @@ def losses(run_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cached_reference_logps_give_the_same_losses_as_recomputed(tmp_path):
     cached = train_preference(quick(), PAIRS, methods.get("dpo"), tmp_path / "cached")
     online = train_preference(quick(precompute_reference=False), PAIRS, methods.get("dpo"), tmp_path / "online")
@@ -164,6 +165,7 @@ def test_sft_lowers_completion_nll_and_saves_a_loadable_model(tmp_path):
     load_model(result.model_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["prompt_contrastive", "dpo_contrastive"])
 def test_tis_weight_stage_produces_per_token_weights_that_train(tmp_path, estimator):
     config = TISWeightConfig(train=quick(steps=2, batch_size=3), estimator=estimator)
@@ -181,6 +183,7 @@ def test_tis_weight_stage_produces_per_token_weights_that_train(tmp_path, estima
     assert 0.7 < result.metrics["weights/mean_chosen"] < 1.3
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     big = train_preference(quick(batch_size=4, grad_accum=1, steps=3), PAIRS, methods.get("dpo"), tmp_path / "big")
     acc = train_preference(quick(batch_size=2, grad_accum=2, steps=3), PAIRS, methods.get("dpo"), tmp_path / "acc")
@@ -191,6 +194,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_warmup_schedule_and_bf16_autocast_train(tmp_path):
     config = quick(precision="bf16", warmup_steps=2, steps=4, batch_size=6, lr=2e-3)
     train_preference(config, PAIRS, methods.get("tdpo2"), tmp_path / "run")
@@ -224,6 +228,7 @@ def test_non_finite_input_names_the_field_and_row(tmp_path):
         train_preference(quick(batch_size=6, steps=1), weighted, methods.get("tis_dpo"), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_bf16_lora_trains_over_a_bf16_base_and_merges_into_the_fp32_base(tmp_path):
     config = quick(lora=LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), precision="bf16",
                    attn_implementation="eager", lr=5e-3, steps=2, batch_size=6, lr_schedule="constant")
