@@ -208,8 +208,8 @@ def _prep_node(b: _Builder, suite: SuiteConfig, spec: MethodSpec, point: dict[st
                model: ModelRef, deps: dict[str, Node], train_node: Any) -> Node:
     step = preparation_step(step_name)
     options = step.options_model.model_validate(suite.preparation.get(step_name, {}))
-    params = PrepParams(step_name, step.version, options.model_dump(mode="json"), spec.name,
-                        full_hparams(spec.name, point), spec.train, seed, model)
+    params = PrepParams(step_name, step.version, options.model_dump(mode="json"),
+                        TrainParams(model, spec.name, full_hparams(spec.name, point), spec.train, seed))
     extra = step.plan(PrepRequest(options=options, params=params, train_node=train_node, deps=dict(deps)))
     return b.add("prep", params, {**deps, **extra}, label=f"prep {step_name} {spec.name} s{seed}")
 

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from bench.config.schema import (RESERVED_METHOD_KEYS, RUN_IDENTITY, GenerationConfig, MethodSpec, SuiteConfig,
+from bench.config.schema import (RESERVED_METHOD_KEYS, GenerationConfig, MethodSpec, SuiteConfig,
                                  SuiteTrainConfig)
 from bench.validation import format_error
 
@@ -137,7 +137,7 @@ def _method_specs(suite: SuiteConfig, check_registry: bool) -> list[MethodSpec]:
             if not isinstance(entry.get(section) or {}, dict):
                 raise ConfigError(f"{path}.{section}: expected a mapping of {section} fields, "
                                   f"got {entry[section]!r}")
-        train = _validated(SuiteTrainConfig, deep_update(suite.train.model_dump(exclude=set(RUN_IDENTITY)),
+        train = _validated(SuiteTrainConfig, deep_update(suite.train.model_dump(exclude=set(SuiteTrainConfig.filled_by_suite)),
                                                          entry.get("train") or {}),
                            f"{path}.train")
         generation = _validated(GenerationConfig, deep_update(suite.generation.model_dump(),
@@ -366,11 +366,9 @@ def field_help(model: type[BaseModel] = SuiteConfig, prefix: str = "") -> list[t
 
     from bench.validation import _unwrap
 
-    from bench.train.config import TrainConfig
-
     rows = []
     for name, info in model.model_fields.items():
-        if issubclass(model, TrainConfig) and name in RUN_IDENTITY:
+        if name in getattr(model, "filled_by_suite", ()):
             continue  # the suite fills them in
         dotted = f"{prefix}{name}"
         inner = _unwrap(info.annotation)

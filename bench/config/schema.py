@@ -10,24 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from bench.hashing import plain, stable_hash
 from bench.train.config import PreferenceTrainConfig, Schema, SFTConfig
 
 RESERVED_METHOD_KEYS = ("train", "generation", "label")
-#: trainer fields a suite fills in itself (from ``models`` and ``seeds``)
-RUN_IDENTITY = ("model", "seed")
-
-
-def _no_run_identity(data: Any) -> Any:
-    if isinstance(data, dict):
-        for key in RUN_IDENTITY:
-            if key in data:
-                raise ValueError(f"{key}: set by the suite (from `{key}s`); remove it from this section")
-    return data
 
 
 class ModelConfig(Schema):
@@ -39,34 +29,41 @@ class ModelConfig(Schema):
     revision: str | None = Field(None, description="hub revision (online only)")
 
 
-class SuiteTrainConfig(PreferenceTrainConfig):
-    """A suite's ``train:`` section: the trainer's preference config (``model``/``seed`` come from the suite)."""
+class SuiteSection(BaseModel):
+    """A trainer config as a suite section: the fields in ``filled_by_suite`` come from elsewhere in
+    the suite (``model``/``seed`` from ``models``/``seeds``), so the section may not set them and
+    they are not part of its stage keys."""
+
+    filled_by_suite: ClassVar[dict[str, str]] = {"model": "models", "seed": "seeds"}
 
     @model_validator(mode="before")
     @classmethod
-    def _identity(cls, data: Any) -> Any:
-        return _no_run_identity(data)
+    def _not_filled_by_suite(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, source in cls.filled_by_suite.items():
+                if key in data:
+                    raise ValueError(f"{key}: set by the suite (from `{source}`); remove it from this section")
+        return data
 
     def semantic(self) -> dict[str, Any]:
-        return {k: v for k, v in super().semantic().items() if k not in RUN_IDENTITY}
+        return {k: v for k, v in super().semantic().items() if k not in self.filled_by_suite}
 
 
-class SuiteSFTConfig(SFTConfig):
+class SuiteTrainConfig(SuiteSection, PreferenceTrainConfig):
+    """A suite's ``train:`` section: the trainer's preference config (``model``/``seed`` come from the suite)."""
+
+
+class SuiteSFTConfig(SuiteSection, SFTConfig):
     """Optional supervised fine-tuning of the base model on the task's SFT data (the reference).
 
     The trainer's SFT config plus ``enabled`` and ``max_examples``; the prompt format (chat template,
     max prompt length) is the suite's ``train`` section's, so SFT, training, sampling and KL agree."""
 
+    filled_by_suite: ClassVar[dict[str, str]] = {"model": "models", "seed": "seeds",
+                                                 "chat_template": "train.chat_template",
+                                                 "max_prompt_length": "train.max_prompt_length"}
     enabled: bool = Field(False, description="run SFT before preference optimisation")
     max_examples: int | None = Field(None, ge=1, description="cap on SFT examples (null = all)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _identity(cls, data: Any) -> Any:
-        return _no_run_identity(data)
-
-    def semantic(self) -> dict[str, Any]:
-        return {k: v for k, v in super().semantic().items() if k not in RUN_IDENTITY}
 
     def trainer_config(self, model: str, seed: int, prompt_fields: dict[str, Any]) -> SFTConfig:
         fields = {k: v for k, v in self.model_dump().items() if k not in ("enabled", "max_examples")}

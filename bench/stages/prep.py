@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel
 
-from bench.config.schema import SuiteTrainConfig
 from bench.registry import Registry
-from bench.stages import ModelRef, Stage, StageContext, register_stage
+from bench.stages import Stage, StageContext, register_stage
+from bench.stages.train import TrainParams
 from bench.store import StageOutput
 
 if TYPE_CHECKING:
@@ -37,11 +37,8 @@ class PrepParams:
     step_version: str
     #: the step's validated options (``preparation.<step>`` of the suite), as plain data
     options: dict[str, Any]
-    method: str
-    hparams: dict[str, Any]
-    train: SuiteTrainConfig
-    seed: int
-    model: ModelRef
+    #: the training run this step prepares (its method, hyperparameters, recipe, seed and model)
+    run: TrainParams
 
 
 @dataclass

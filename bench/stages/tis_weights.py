@@ -54,7 +54,8 @@ class TISWeights(PreparationStep):
 
         p = node.params
         options = TISWeightOptions.model_validate(p.options)
-        config = TISWeightConfig(train=trainer_config(p.train, reference_path(p.model, inputs), p.seed),
+        run = p.run
+        config = TISWeightConfig(train=trainer_config(run.train, reference_path(run.model, inputs), run.seed),
                                  estimator=options.estimator, beta=options.beta, transform=options.transform,
                                  transform_options=dict(options.transform_options))
         models = None
