@@ -5,7 +5,8 @@ locally (an extracted ``aclImdb/`` folder or ``aclImdb*.tar.gz`` under ``<data_d
 built-in review openings written by this project (``tasks/data/imdb_openings.txt``).
 Paper: Rafailov et al. 2023, "Direct Preference Optimization", section 6.1.
 
-Prompts are review prefixes of 2-8 words; the policy continues the review and the reward is the
+Prompts are review prefixes of 2-8 words (the built-in openings: 2-12 words, split into train and
+eval by explicit sections of the file); the policy continues the review and the reward is the
 sentiment of prefix + continuation. Preference pairs are generated: k samples per prompt from the
 reference, scored by the sentiment judge, best vs worst when their gap exceeds ``margin``.
 Metrics: mean reward, KL(pi||ref) per sequence, distinct-1/2, mean token entropy.
@@ -80,9 +81,41 @@ def review_prefix(text: str, key: str, seed: int, min_words: int = 2, max_words:
     return " ".join(words[:k])
 
 
+def _opening_key(text: str) -> str:
+    return text.rstrip(" ,:;.?!").lower()
+
+
+def read_openings(path: str) -> dict[str, tuple[str, ...]]:
+    """The ``[train]`` and ``[eval]`` sections of the built-in openings file.
+
+    ``#`` lines and blank lines are skipped; an opening outside a section, an unknown section or an
+    opening given twice (case-insensitive, trailing punctuation ignored) is a DataError."""
+    sections: dict[str, list[str]] = {"train": [], "eval": []}
+    seen: dict[str, int] = {}
+    current = None
+    with open(path, encoding="utf-8") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                current = line[1:-1].strip()
+                if current not in sections:
+                    raise DataError(path, line_no, f"unknown section {line!r} (expected [train] or [eval])")
+                continue
+            if current is None:
+                raise DataError(path, line_no, "opening before any [train] or [eval] section")
+            key = _opening_key(line)
+            if key in seen:
+                raise DataError(path, line_no, f"opening {line!r} repeats line {seen[key]}")
+            seen[key] = line_no
+            sections[current].append(line)
+    return {name: tuple(lines) for name, lines in sections.items()}
+
+
 class IMDB(Task):
     name = "imdb"
-    version = "1"
+    version = "2"  # 2: 930 built-in openings in explicit [train]/[eval] sections (was 148, alternating lines)
     description = "continue IMDB review prefixes with positive sentiment (DPO paper protocol)"
     paper = "Rafailov et al. 2023 (DPO), sec. 6.1"
     sources = (
@@ -90,8 +123,9 @@ class IMDB(Task):
                    "train/test"),
         DataSource("local", "imdb", "original aclImdb files: <data_dir>/imdb/aclImdb/ or aclImdb*.tar.gz "
                    "(with only the test split, it is split 50/50 into eval and train prompts)", "test[/train]"),
-        DataSource("builtin", f"tasks/data/{OPENINGS_FILE}", "148 review openings written by pobench "
-                   "(prompts only: no SFT data)", "even lines eval / odd lines train"),
+        DataSource("builtin", f"tasks/data/{OPENINGS_FILE}", "930 movie-review openings written by pobench, "
+                   "461 train / 469 eval, no text shared and none a prefix of the other split's "
+                   "(prompts only: no SFT data)", "[train] / [eval] sections of the file"),
     )
     metrics = (
         Metric("reward", True, "mean sentiment reward of prefix + continuation (judge's scale)"),
@@ -146,13 +180,12 @@ class IMDB(Task):
         raise TaskError("built-in IMDB material has openings only, not reviews")
 
     def _openings(self, part: str) -> list[Prompt]:
+        """The built-in openings of one section (``train`` or ``eval``) of ``imdb_openings.txt``, in file order."""
         path = builtin_data_dir() / OPENINGS_FILE
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        sections = read_openings(str(path))
         self._note_source(SourceUsed("builtin", str(path), "review openings written by pobench",
                                      file_fingerprint([path])))
-        offset = 0 if part == "eval" else 1
-        return [Prompt(id=f"opening/{i}", text=text) for i, text in enumerate(lines) if i % 2 == offset]
+        return [Prompt(id=f"opening/{part}/{i}", text=text) for i, text in enumerate(sections[part])]
 
     def _prompts(self, split: str, limit: int | None) -> list[Prompt]:
         if self.resolve_source() == "builtin":

@@ -54,12 +54,42 @@ def test_builtin_openings_work_offline_without_data(tmp_path, monkeypatch):
     task = tasks.get("imdb")
     assert task.resolve_source() == "builtin"
     evals, trains = task.eval_prompts(), task.train_prompts()
-    assert len(evals) + len(trains) == 148
-    assert not {p.text for p in evals} & {p.text for p in trains}
-    assert all(2 <= len(p.text.split()) <= 8 for p in evals + trains)
+    assert len(trains) >= 256 and len(evals) >= 256
+    assert (len(trains), len(evals)) == (461, 469)  # the counts tasks/data/README.md and the source give
+    assert all(2 <= len(p.text.split()) <= 12 for p in evals + trains)
+    assert all(p.id.startswith("opening/eval/") for p in evals)
+    assert all(p.id.startswith("opening/train/") for p in trains)
+    assert len({p.id for p in evals + trains}) == len(evals) + len(trains)
+    # disjoint by text, case-insensitively, and no opening of one split begins another's
+    key = lambda p: p.text.rstrip(" ,:;.?!").lower()  # noqa: E731
+    eval_keys, train_keys = [key(p) for p in evals], [key(p) for p in trains]
+    assert len(set(eval_keys + train_keys)) == len(eval_keys) + len(train_keys)
+    prefixed = [(a, b) for a in eval_keys for b in train_keys if a.startswith(b) or b.startswith(a)]
+    assert not prefixed
+    # deterministic across calls and task objects; limit takes the first openings of the same order
+    again = tasks.get("imdb")
+    assert again.eval_prompts() == evals and again.train_prompts() == trains
+    assert task.eval_prompts(limit=5) == evals[:5] and task.train_prompts(limit=300) == trains[:300]
+    assert tasks.get("imdb", seed=3).eval_prompts(limit=10) == evals[:10]  # the file, not the seed, orders them
     assert task.record()["data_source"]["kind"] == "builtin"
     with pytest.raises(tasks.TaskError, match="no SFT data"):
         task.sft_data()
+
+
+def test_openings_file_format_errors_name_the_line(tmp_path):
+    from tasks.imdb import read_openings
+    good = tmp_path / "good.txt"
+    good.write_text("# comment\n[train]\nThe first scene\n\n[eval]\nAs a fan of the books,\n")
+    assert read_openings(str(good)) == {"train": ("The first scene",), "eval": ("As a fan of the books,",)}
+    cases = {"The first scene\n": r"bad0\.txt:1: opening before any",
+             "[test]\nThe first scene\n": r"bad1\.txt:1: unknown section",
+             "[train]\nThe first scene\n[eval]\nthe first scene,\n":
+                 r"bad2\.txt:4: opening 'the first scene,' repeats line 2"}
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.txt"
+        path.write_text(text)
+        with pytest.raises(tasks.DataError, match=message):
+            read_openings(str(path))
 
 
 def test_scores_real_samples_end_to_end(tmp_path, monkeypatch):
