@@ -2,10 +2,17 @@
 
 Plots (PNG, also embedded in the HTML page so it is one self-contained file):
 
-* ``frontier_<task>.png``: reward (the task's primary metric) vs KL(pi||ref), one line per
-  method across its hyperparameter points (e.g. a beta sweep), 95% CI error bars, the
-  reference policy at KL = 0 and the KL budget as a dashed line;
+* ``frontier_<task>.png``: reward (the task's primary metric) vs KL(pi||ref), one curve per
+  configuration from the reference (KL 0) through its evaluated checkpoints in KL order (the
+  board's ``frontiers``), bootstrap 95% CI error bars on every point and, with >= 2 seeds, a band
+  through the points' CIs (seeds and prompts); the matched-KL levels as dotted lines and the KL
+  budget as a dashed one. Boards without ``frontiers`` (older files) get one line per method
+  through its rows;
 * ``bars_<task>.png``: one panel per metric with a direction: row means with 95% CIs.
+
+The markdown and HTML pages add, from the board's ``ranking`` and ``contrasts``, the matched-KL
+ranking (primary metric at the first KL level, raw metric and KL of the last checkpoint as columns)
+and the contrasts with the baseline method (difference, CI, p, Holm-adjusted p, verdict).
 """
 from __future__ import annotations
 
@@ -62,7 +69,7 @@ def _gain(row: dict[str, Any], metric: str) -> dict[str, Any] | None:
 
 def table_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     metrics = metric_columns(board)
-    header = ["task", "model", "method", "kind", "seeds"] + metrics
+    header = ["task", "model", "method", "step", "kind", "seeds"] + metrics
     primary_names = sorted(set(board.get("primary_metric", {}).values()))
     header += [f"{m} vs reference" for m in primary_names] + ["flags"]
     rows = []
@@ -72,7 +79,8 @@ def table_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             flags.append(f"KL > {board.get('kl_budget')}")
         if row["kind"] == "paper":
             flags.append(f"paper: {row.get('source', '')}" + (f" ({row['note']})" if row.get("note") else ""))
-        out = [row["task"], row["model"], row["label"], row["kind"], ",".join(map(str, row["seeds"]))]
+        out = [row["task"], row["model"], row["label"], _fmt(row.get("step")), row["kind"],
+               ",".join(map(str, row["seeds"]))]
         out += [_cell(row["metrics"].get(m)) for m in metrics]
         out += [_cell(_gain(row, m)) for m in primary_names]
         out.append("; ".join(flags))
@@ -85,7 +93,7 @@ def write_csv(board: dict[str, Any], path: Path) -> None:
     metrics = metric_columns(board)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    header = ["task", "model", "method", "label", "kind", "seeds", "hparams"]
+    header = ["task", "model", "method", "label", "step", "kind", "seeds", "hparams"]
     for m in metrics:
         header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high", f"{m}_n"]
     for m in sorted(set(board.get("primary_metric", {}).values())):
@@ -93,7 +101,7 @@ def write_csv(board: dict[str, Any], path: Path) -> None:
     header += ["kl_budget_exceeded", "source"]
     writer.writerow(header)
     for row in _sorted_rows(board):
-        out = [row["task"], row["model"], row["method"], row["label"], row["kind"],
+        out = [row["task"], row["model"], row["method"], row["label"], _fmt(row.get("step")), row["kind"],
                " ".join(map(str, row["seeds"])), ";".join(f"{k}={v}" for k, v in row["hparams"].items())]
         for m in metrics:
             s = row["metrics"].get(m) or {}
@@ -118,10 +126,92 @@ def markdown(board: dict[str, Any]) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
+    for section in matched_sections(board):
+        lines += ["", f"### {section['title']}", "", section["caption"], ""]
+        if section["rows"]:
+            lines += ["| " + " | ".join(section["header"]) + " |", "|" + "---|" * len(section["header"])]
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in section["rows"]]
+        lines += [f"- {note}" for note in section["notes"]]
     git = board.get("manifest", {}).get("git", {})
     lines += ["", f"config hash `{board.get('config_hash')}`, git `{(git.get('sha') or '?')[:12]}`"
               f"{' (dirty)' if git.get('dirty') else ''}, created {board.get('created_at')}", ""]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# matched-KL ranking and contrasts (from the board's ``ranking`` / ``contrasts``)
+
+def _ci_text(value: float | None, ci: list[float] | None, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    if ci:
+        text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
+
+
+def _p_text(p: float | None) -> str:
+    if p is None:
+        return ""
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
+def matched_sections(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tables for the pages: per task the matched-KL ranking, then the contrasts with the baseline.
+    Each: title, caption, header, rows (strings), notes."""
+    sections: list[dict[str, Any]] = []
+    settings = board.get("matched_kl") or {}
+    for task, rank in (board.get("ranking") or {}).items():
+        metric, levels = rank.get("metric"), (board.get("kl_levels") or {}).get(task) or []
+        names = [f"{metric}@KL={k:g}" for k in levels]
+        header = ["rank", "configuration", "model"] + names + ["last step", f"{metric} (raw)", "KL (raw)"]
+        rows, notes = [], []
+        for entry in rank.get("order", []):
+            at = entry.get("at_kl") or {}
+            cells = [_fmt(entry.get("rank")), entry["label"], entry["model"]]
+            for name in names:
+                e = at.get(name)
+                cells.append("not reached" if e and not e.get("reached") else
+                             _ci_text(e.get("value"), e.get("ci")) if e else "")
+            final = entry.get("final") or {}
+            cells += [_fmt(final.get("step")), _fmt(final.get(metric)), _fmt(final.get("kl"))]
+            rows.append(cells)
+            if entry.get("reason"):
+                notes.append(f"{entry['label']}: {entry['reason']}")
+        if rank.get("reason"):
+            notes.insert(0, rank["reason"])
+        ci_over = {e.get("ci_over") for f in board.get("frontiers") or [] if f["task"] == task
+                   for e in (f.get("matched") or {}).values() if e.get("ci_over")}
+        caption = (f"Configurations ranked by {metric} at matched KL = {rank['kl']:g} nats/seq (the first level): "
+                   f"linear interpolation on each configuration's frontier from the reference through its "
+                   f"checkpoints, never extrapolated; 95% bootstrap CIs over "
+                   f"{' / '.join(sorted(ci_over)) or 'prompts'}. "
+                   f"Raw {metric} and KL of the last checkpoint are for reference only: raw rewards rank by KL."
+                   if rank.get("kl") is not None else f"No matched-KL ranking for {task}.")
+        sections.append({"id": f"ranking-{task}", "title": f"Matched-KL ranking: {task}", "caption": caption,
+                         "header": header, "rows": rows if rank.get("kl") is not None else [], "notes": notes})
+    contrasts = board.get("contrasts") or []
+    if contrasts or settings.get("baseline_method"):
+        baseline = settings.get("baseline_method")
+        header = ["task", "configuration", "baseline", "metric", "KL", "difference [95% CI]", "p", "p (Holm)",
+                  "verdict"]
+        rows = [[c["task"], c["label"], c["baseline_label"], c["metric"], f"{c['kl']:g}",
+                 _ci_text(c.get("difference"), c.get("ci"), signed=True), _p_text(c.get("p_value")),
+                 _p_text(c.get("p_holm")), c.get("verdict", "") + (" (*)" if c.get("caution") else "")]
+                for c in contrasts]
+        caption = (f"Every configuration minus {baseline} (same task and model) at each matched KL level: paired "
+                   f"hierarchical bootstrap ({settings.get('n_boot')} resamples of seeds, then prompts shared by "
+                   f"both), two-sided p; Holm-adjusted over the {settings.get('holm_family')} tested contrasts; "
+                   f"verdict at family-wise alpha = {settings.get('alpha')}." if contrasts else
+                   f"No contrasts with {baseline} (see the notes).")
+        notes = [f"{task}: {note}" for task, note in (settings.get("notes") or {}).items()]
+        if any(c.get("caution") for c in contrasts):
+            notes.append("(*) seed-to-seed variation dominates the bootstrap variance and there are <= 4 seeds: "
+                         "a percentile bootstrap over so few seeds gives too narrow an interval; run more seeds "
+                         "before believing the verdict")
+        sections.append({"id": "contrasts", "title": f"Contrasts vs {baseline}", "caption": caption,
+                         "header": header, "rows": rows, "notes": notes})
+    return sections
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,7 +233,10 @@ def _err(stats: dict[str, Any]) -> tuple[float, float]:
 
 
 def frontier_plot(board: dict[str, Any], task: str, path: Path) -> bool:
-    """Primary metric vs KL, one line per method over its hyperparameter points. False if no data."""
+    """Primary metric vs KL, one curve per configuration from the reference through its checkpoints
+    (the board's ``frontiers``; older boards: one line per method through its rows). False if no data."""
+    if "frontiers" in board:
+        return _frontier_curves_plot(board, task, path)
     metric = board.get("primary_metric", {}).get(task)
     rows = [r for r in board["rows"] if r["task"] == task and r["kind"] != "paper"
             and metric in r["metrics"] and "kl" in r["metrics"]]
@@ -176,6 +269,56 @@ def frontier_plot(board: dict[str, Any], task: str, path: Path) -> bool:
     ax.set_xlabel("KL(policy || reference), nats per sequence")
     ax.set_ylabel(f"{metric} (mean, 95% CI)")
     ax.set_title(f"{board['suite']}: {task} reward-KL frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _frontier_curves_plot(board: dict[str, Any], task: str, path: Path) -> bool:
+    curves = [f for f in board["frontiers"] if f["task"] == task and not f.get("reason") and f.get("points")]
+    if not curves:
+        return False
+    metric = curves[0]["metric"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+    drawn_reference: set[str] = set()
+    all_kl = [0.0]
+    for i, curve in enumerate(sorted(curves, key=lambda f: f["label"])):
+        color = palette[i % len(palette)]
+        points = [p for p in curve["points"] if p.get("kl") is not None and p.get("value") is not None]
+        xs, ys = [p["kl"] for p in points], [p["value"] for p in points]
+        all_kl += xs
+
+        def err(p: dict[str, Any], what: str) -> tuple[float, float]:
+            ci = p.get(f"{what}_ci")
+            return (p[what] - ci[0], ci[1] - p[what]) if ci else (0.0, 0.0)
+
+        band = len(curve.get("seeds") or []) >= 2 and all(p.get("value_ci") for p in points)
+        xerr = list(zip(*[err(p, "kl") for p in points]))
+        yerr = None if band else list(zip(*[err(p, "value") for p in points]))  # the band shows it
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=color, marker="o", markersize=4, capsize=2,
+                    linewidth=1.3, label=curve["label"])
+        if band:
+            ax.fill_between(xs, [p["value_ci"][0] for p in points], [p["value_ci"][1] for p in points],
+                            color=color, alpha=0.12, linewidth=0)
+        ref = next((p for p in points if p["kind"] == "reference"), None)
+        if ref is not None and curve["model"] not in drawn_reference:
+            drawn_reference.add(curve["model"])
+            ax.plot([0.0], [ref["value"]], marker="*", markersize=14, color="black", linestyle="none",
+                    label="reference" if len(drawn_reference) == 1 else None, zorder=5)
+    for k in (board.get("kl_levels") or {}).get(task) or []:
+        ax.axvline(k, color="grey", linestyle=":", linewidth=0.8)
+    budget = board.get("kl_budget")
+    if budget is not None and budget <= max(all_kl) * 1.5 + 1e-9:
+        ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"KL budget ({budget})")
+    seeds = max(len(c.get("seeds") or []) for c in curves)
+    ax.set_xlabel("KL(policy || reference), nats per sequence")
+    ax.set_ylabel(f"{metric} (mean, 95% bootstrap CI{' over seeds and prompts' if seeds >= 2 else ''})")
+    ax.set_title(f"{board['suite']}: {task} reward-KL frontiers (dotted: matched-KL levels)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="best")
     fig.tight_layout()
@@ -249,6 +392,8 @@ table.board th { background: #f0f0f0; cursor: pointer; user-select: none; }
 tr.reference td { font-weight: bold; }
 tr.paper td { color: #777; font-style: italic; }
 .flag { color: #b00; }
+tr.better td { background: #e6f4e6; }
+tr.worse td { background: #fbe9e9; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 code { background: #f4f4f4; padding: 0 3px; }
 """
@@ -272,6 +417,18 @@ def html_page(board: dict[str, Any], plots: dict[str, bytes]) -> str:
                         for i, c in enumerate(row))
         parts.append(f"<tr class='{kind}'>{cells}</tr>")
     parts.append("</tbody></table>")
+    for section in matched_sections(board):
+        parts.append(f"<h2>{esc(section['title'])}</h2><p>{esc(section['caption'])}</p>")
+        if section["rows"]:
+            parts.append(f"<table class='board matched' id='{esc(section['id'])}'><thead><tr>"
+                         + "".join(f"<th>{esc(h)}</th>" for h in section["header"]) + "</tr></thead><tbody>")
+            for row in section["rows"]:
+                verdict = row[-1].removesuffix(" (*)") if section["id"] == "contrasts" else ""
+                css = {"better": "better", "worse": "worse"}.get(verdict, "matched-row")
+                parts.append(f"<tr class='{css}'>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
+            parts.append("</tbody></table>")
+        if section["notes"]:
+            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in section["notes"]) + "</ul>")
     for name, data in plots.items():
         parts.append(f"<h2>{esc(name)}</h2><img alt='{esc(name)}' src='data:image/png;base64,"
                      f"{base64.b64encode(data).decode()}'>")

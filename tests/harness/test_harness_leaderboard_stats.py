@@ -1,0 +1,421 @@
+"""bench.stats (frontiers, hierarchical bootstrap, p-values, Holm) against hand / brute-force numbers, and
+the leaderboard's matched-KL frontiers, contrasts and ranking end to end on synthetic runs."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from bench.check import compare
+from bench.leaderboard import NO_KL, build_leaderboard
+from bench.report import markdown, write_all
+from bench.stats import (bootstrap_p_value, frontier, hierarchical_bootstrap, holm, nice_levels, resample,
+                         value_at_kl, values_at_kl)
+
+# ----------------------------------------------------------------------------------------------
+# frontiers
+
+
+def test_frontier_sorted_from_the_reference_and_interpolated_by_hand():
+    # checkpoints in training order whose KL is not monotone (1.0, 0.5, 2.0): the curve is in KL order
+    curve = frontier([(1.0, 0.5), (0.5, 0.4), (2.0, 0.45)], reference=0.2)
+    assert curve.kl.tolist() == [0.0, 0.5, 1.0, 2.0] and curve.value.tolist() == [0.2, 0.4, 0.5, 0.45]
+    assert value_at_kl(curve, 0.25) == pytest.approx(0.2 + 0.5 * (0.4 - 0.2))  # 0.30
+    assert value_at_kl(curve, 0.75) == pytest.approx(0.45)
+    assert value_at_kl(curve, 1.5) == pytest.approx(0.5 + 0.5 * (0.45 - 0.5))  # 0.475
+    assert value_at_kl(curve, 0.0) == pytest.approx(0.2) and value_at_kl(curve, 2.0) == pytest.approx(0.45)
+    # never extrapolated: beyond the last checkpoint, or below the first point, is "not reached"
+    assert value_at_kl(curve, 2.0001) is None and value_at_kl(curve, -0.1) is None
+    no_reference = frontier([(1.0, 0.5), (2.0, 0.7)])
+    assert value_at_kl(no_reference, 0.5) is None and value_at_kl(no_reference, 1.25) == pytest.approx(0.55)
+
+
+def test_frontier_ties_merge_to_their_mean_and_missing_points_drop():
+    curve = frontier([(1.0, 0.2), (1.0, 0.4), (2.0, 1.0), (float("nan"), 9.0), (3.0, None)])
+    assert curve.kl.tolist() == [1.0, 2.0] and curve.value.tolist() == pytest.approx([0.3, 1.0])
+    assert value_at_kl(curve, 1.5) == pytest.approx(0.65)
+    assert value_at_kl(frontier([]), 1.0) is None
+
+
+def _brute_value_at(points: list[tuple[float, float]], k: float) -> float:
+    """Independent float64 rule: drop non-finite, merge ties by mean, find the bracket by a loop."""
+    merged: dict[float, list[float]] = {}
+    for x, y in points:
+        if math.isfinite(x) and math.isfinite(y):
+            merged.setdefault(x, []).append(y)
+    xs = sorted(merged)
+    ys = [sum(merged[x]) / len(merged[x]) for x in xs]
+    for i, x in enumerate(xs):
+        if x == k:
+            return ys[i]
+        if i > 0 and xs[i - 1] < k < x:
+            return ys[i - 1] + (k - xs[i - 1]) / (x - xs[i - 1]) * (ys[i] - ys[i - 1])
+    return math.nan
+
+
+def test_vectorised_interpolation_matches_a_brute_force_loop():
+    rng = np.random.default_rng(7)
+    kl = np.round(rng.uniform(0, 2, size=(300, 5)), 1)  # rounding makes ties common
+    value = rng.normal(size=(300, 5))
+    kl[::17, 2] = np.nan
+    value[::23, 1] = np.inf
+    for k in (0.0, 0.35, 1.0, 1.55, 2.0, 2.5):
+        got = values_at_kl(kl, value, k)
+        want = np.array([_brute_value_at(list(zip(a, b)), k) for a, b in zip(kl, value)])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)  # NaN where not reached, on both sides
+
+
+def test_default_kl_levels_are_round_and_inside_every_frontier():
+    assert nice_levels(1.234) == [0.35, 0.7, 1.05]  # 0.9 * 1.234 / 3 = 0.37 -> 0.35
+    assert nice_levels(0.31) == [0.09, 0.18, 0.27]
+    assert nice_levels(6.0) == [1.8 - 0.3, 3.0, 4.5]  # 1.8 -> 1.5
+    assert nice_levels(0.0) == [] and nice_levels(float("nan")) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# p-values and Holm
+
+
+def test_holm_against_hand_examples():
+    # m = 4, sorted 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> max 0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # textbook 5 tests: 0.05, 0.08, 0.09, then 0.08 and 0.05 raised to 0.09 (monotone)
+    assert holm([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx([0.05, 0.08, 0.09, 0.09, 0.09])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert holm([None, 0.02, None, 0.04]) == pytest.approx([None, 0.04, None, 0.04])  # untested: not in m
+    assert holm([]) == []
+
+
+def test_bootstrap_p_value_by_hand():
+    # 1 draw <= 0, 3 draws >= 0, B = 4: p = 2 min(1 + 1, 1 + 3) / 5
+    assert bootstrap_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.8)
+    assert bootstrap_p_value(np.array([1.0, 2.0, 3.0])) == pytest.approx(0.5)  # never 0: 2 * 1 / 4
+    assert bootstrap_p_value(np.zeros(10)) == 1.0
+    assert bootstrap_p_value(np.array([np.nan, 1.0, 2.0, 3.0])) == pytest.approx(0.5)  # NaN draws left out
+    assert bootstrap_p_value(np.array([np.nan])) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# hierarchical bootstrap
+
+
+def _values(rng, seeds, n_prompts, shift=0.0):
+    return {s: {f"p{i}": float(rng.normal() + shift) for i in range(n_prompts)} for s in seeds}
+
+
+def test_bootstrap_distribution_matches_brute_force_enumeration():
+    """2 seeds x 3 prompts: every (seed draw, prompt draw) of the crossed bootstrap enumerated in float64
+    (4 x 27 equally likely resamples); the sampled distribution matches its mean, SD and quantiles."""
+    x = {0: {"a": 0.1, "b": 0.9, "c": 0.4}, 1: {"a": 0.5, "b": 1.6, "c": 0.2}}
+    exact = []
+    for seeds in itertools.product([0, 1], repeat=2):
+        for prompts in itertools.product("abc", repeat=3):
+            exact.append(sum(sum(x[s][p] for p in prompts) / 3 for s in seeds) / 2)
+    exact = np.array(exact)
+    res = resample({"u": x}, n_boot=40000, seed=3)
+    draws = res.draws["u"]
+    assert res.observed["u"] == pytest.approx((0.1 + 0.9 + 0.4 + 0.5 + 1.6 + 0.2) / 6)
+    assert draws.mean() == pytest.approx(exact.mean(), abs=4 * exact.std() / math.sqrt(40000))
+    assert draws.std() == pytest.approx(exact.std(), rel=0.03)
+    for q in (10, 50, 90):
+        assert np.percentile(draws, q) == pytest.approx(np.percentile(exact, q), abs=0.04)
+    assert res.ci(lambda m: m["u"])["ci_over"] == "seeds and prompts"
+
+
+def test_one_seed_is_a_prompt_bootstrap_with_the_textbook_standard_error():
+    rng = np.random.default_rng(0)
+    data = {"u": _values(rng, [0], 200)}
+    out = hierarchical_bootstrap(data, lambda m: m["u"], n_boot=4000)
+    vals = np.array(list(data["u"][0].values()))
+    assert out["ci_over"] == "prompts" and out["n_seeds"] == 1 and out["n_prompts"] == 200
+    assert out["estimate"] == pytest.approx(vals.mean())
+    assert out["se"] == pytest.approx(vals.std() / math.sqrt(200), rel=0.06)  # plug-in se of a mean
+    assert out["ci"][0] < vals.mean() < out["ci"][1]
+
+
+def test_bootstrap_is_deterministic_and_a_key_does_not_depend_on_the_others():
+    rng = np.random.default_rng(1)
+    data = {"a": _values(rng, [0, 1, 2], 30), "b": _values(rng, [0, 1, 2], 30)}
+    r1, r2 = resample(data, n_boot=500, seed=5), resample(data, n_boot=500, seed=5)
+    assert all(np.array_equal(r1.draws[k], r2.draws[k]) for k in data)
+    assert not np.array_equal(resample(data, n_boot=500, seed=6).draws["a"], r1.draws["a"])
+    alone = resample({"a": data["a"]}, n_boot=500, seed=5)
+    assert np.array_equal(alone.draws["a"], r1.draws["a"])
+    stat = lambda m: m["a"] - m["b"]  # noqa: E731
+    assert r1.ci(stat, null=0.0) == r2.ci(stat, null=0.0)
+
+
+def test_pairing_identical_methods_differ_by_exactly_zero_and_shared_prompts_cancel():
+    rng = np.random.default_rng(2)
+    base = _values(rng, [0, 1, 2], 50)
+    # b = 2 a + 3 on every (seed, prompt): under the same seed and prompt draws, b's draws are exactly 2 a + 3
+    data = {"a": base, "same": {s: dict(v) for s, v in base.items()},
+            "b": {s: {p: 2 * v + 3 for p, v in vals.items()} for s, vals in base.items()}}
+    res = resample(data, n_boot=1000, seed=0)
+    diff = res.ci(lambda m: m["a"] - m["same"], null=0.0)
+    assert diff["estimate"] == 0.0 and diff["ci"] == [0.0, 0.0] and diff["p_value"] == 1.0
+    np.testing.assert_allclose(res.draws["b"], 2 * res.draws["a"] + 3, rtol=1e-12)
+    # a big per-prompt effect shared by two methods cancels in their difference (paired), not in each mean
+    prompt_effect = {f"p{i}": 5.0 * rng.normal() for i in range(50)}
+    paired = {m: {0: {p: e + rng.normal(0, 0.1) + (0.05 if m == "x" else 0.0) for p, e in prompt_effect.items()}}
+              for m in ("x", "y")}
+    res = resample(paired, n_boot=1000, seed=0)
+    assert res.ci(lambda m: m["x"] - m["y"])["se"] < 0.05 < res.ci(lambda m: m["x"])["se"]
+
+
+def _null_dataset(rng, n_seeds: int, n_prompts: int = 40, seed_sd: float = 0.0):
+    prompt = rng.normal(0, 0.4, n_prompts)
+    data = {}
+    for m in ("a", "b"):
+        data[m] = {}
+        for s in range(n_seeds):
+            offset = rng.normal(0, seed_sd) if seed_sd else 0.0
+            noise = rng.normal(0, 0.3, n_prompts)
+            data[m][s] = {f"p{i}": float(prompt[i] + noise[i] + offset) for i in range(n_prompts)}
+    return data
+
+
+@pytest.mark.parametrize("n_seeds,seed_sd,lo,hi", [(1, 0.0, 0.90, 0.99), (3, 0.05, 0.90, 1.0)])
+def test_null_difference_coverage_and_false_alarm_rate(n_seeds, seed_sd, lo, hi):
+    """200 simulated datasets with no true difference: the 95% CI covers 0 in ~95% of them (the crossed
+    bootstrap over seeds is, if anything, conservative when seeds vary little) and p < 0.05 as often
+    as the CI misses."""
+    rng = np.random.default_rng(11)
+    cover = alarms = 0
+    for i in range(200):
+        out = hierarchical_bootstrap(_null_dataset(rng, n_seeds, seed_sd=seed_sd), lambda m: m["a"] - m["b"],
+                                     n_boot=400, seed=i, null=0.0)
+        cover += out["ci"][0] <= 0.0 <= out["ci"][1]
+        alarms += out["p_value"] < 0.05
+    assert lo <= cover / 200 <= hi
+    assert abs(alarms / 200 - (1 - cover / 200)) <= 0.03
+
+
+def test_few_seeds_dominated_by_seed_variance_are_flagged():
+    """seed_var_share tells the regimes apart (20 datasets each): ~0.2-0.3 without a seed effect, ~0.9
+    when seeds dominate, where a bootstrap over 3 seeds is too narrow and the CI says so (caution)."""
+    rng = np.random.default_rng(4)
+    diff = lambda m: m["a"] - m["b"]  # noqa: E731
+    loud = [hierarchical_bootstrap(_null_dataset(rng, 3, seed_sd=0.5), diff, n_boot=300, seed=i) for i in range(20)]
+    calm = [hierarchical_bootstrap(_null_dataset(rng, 3), diff, n_boot=300, seed=i) for i in range(20)]
+    assert np.median([o["seed_var_share"] for o in loud]) > 0.8
+    assert np.median([o["seed_var_share"] for o in calm]) < 0.4
+    assert sum("caution" in o for o in loud) >= 16 and sum("caution" in o for o in calm) <= 4
+    assert "only 3 seeds" in next(o["caution"] for o in loud if "caution" in o)
+    many = hierarchical_bootstrap(_null_dataset(rng, 6, seed_sd=0.5), diff, n_boot=300)
+    assert many["seed_var_share"] > 0.5 and "caution" not in many  # enough seeds: no flag
+
+
+def test_statistic_undefined_in_some_resamples_is_left_out_and_reported():
+    rng = np.random.default_rng(5)
+    data = {"kl": {0: {f"p{i}": float(rng.normal(1.0, 1.0)) for i in range(40)}},
+            "v": {0: {f"p{i}": float(rng.normal()) for i in range(40)}}}
+    res = resample(data, n_boot=1000, seed=0)
+    k = res.observed["kl"] * 0.999  # just inside the observed frontier: outside it in ~half the resamples
+
+    def at_k(m):
+        return values_at_kl(np.stack([np.zeros_like(m["kl"]), m["kl"]], -1),
+                            np.stack([np.zeros_like(m["v"]), m["v"]], -1), k)
+
+    out = res.ci(at_k)
+    assert out["estimate"] is not None and 0.2 < out["defined_frac"] < 0.8 and out["ci"] is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# leaderboard: frontiers, contrasts, ranking
+
+PROMPTS = [f"p{i}" for i in range(40)]
+PROMPT_EFFECT = {p: 0.3 * math.sin(3 * i) for i, p in enumerate(PROMPTS)}
+# per (method, seed, step): per-sample KL (constant over samples, so point KLs are known exactly)
+KL = {("dpo", 0, 100): 0.5, ("dpo", 1, 100): 0.7, ("dpo", 0, 200): 1.0, ("dpo", 1, 200): 1.2,
+      ("newpo", 0, 100): 0.4, ("newpo", 1, 100): 0.4, ("newpo", 0, 200): 1.6, ("newpo", 1, 200): 1.6}
+
+
+def _run(method, seed, step, per_sample, label=None):
+    rewards = [r["reward"] for r in per_sample]
+    metrics = {"reward": sum(rewards) / len(rewards)}
+    if any("kl" in r for r in per_sample):
+        metrics["kl"] = sum(r["kl"] for r in per_sample) / len(per_sample)
+    label = label or method
+    return {"row_id": f"imdb/m/{label}", "task": "imdb", "model": "m", "method": method, "label": label,
+            "hparams": {}, "seed": seed, "step": step, "run_key": f"{label}-{seed}-{step}",
+            "scores": {"metrics": metrics, "per_sample": per_sample, "directions": {"reward": True, "kl": False}}}
+
+
+def synthetic_runs(gain: dict[str, float], with_kl: bool = True, noise: float = 0.05, rng_seed: int = 0,
+                   extra: dict[str, str] | None = None):
+    """reference + 2 methods x 2 seeds x 2 steps, 40 prompts x 2 samples; reward = prompt effect +
+    gain[method] * KL + noise (the same noise for every method: a cleanly paired comparison)."""
+    rng = np.random.default_rng(rng_seed)
+    noise_of = {(s, p, j): float(rng.normal(0, noise)) for s in (0, 1) for p in PROMPTS for j in (0, 1)}
+
+    def samples(seed, kl, g):
+        rows = []
+        for p in PROMPTS:
+            for j in (0, 1):
+                row = {"prompt_id": p, "index": j, "reward": 0.1 + PROMPT_EFFECT[p] + g * kl + noise_of[(seed, p, j)]}
+                if with_kl:
+                    row["kl"] = kl
+                rows.append(row)
+        return rows
+
+    runs = [_run("reference", s, None, samples(s, 0.0, 0.0)) for s in (0, 1)]
+    for (method, seed, step), kl in KL.items():
+        runs.append(_run(method, seed, step, samples(seed, kl, gain[method])))
+        for label, source in (extra or {}).items():
+            if source == method:
+                runs.append(_run(method, seed, step, samples(seed, kl, gain[method]), label=label))
+    return runs
+
+
+def board_of(runs, **kwargs):
+    return build_leaderboard("t", runs, manifest={}, config_hash="h", primary={"imdb": "reward"},
+                             metric_info={"reward": {"higher_is_better": True}, "kl": {"higher_is_better": False}},
+                             n_boot=kwargs.pop("n_boot", 1000), **kwargs)
+
+
+def test_end_to_end_frontiers_contrasts_and_ranking():
+    board = board_of(synthetic_runs({"dpo": 0.1, "newpo": 0.3}))
+    # rows: one per (configuration, step), ids unique per step; the reference keeps its id
+    ids = {r["id"]: r for r in board["rows"]}
+    assert {"imdb/m/reference", "imdb/m/dpo@100", "imdb/m/dpo@200", "imdb/m/newpo@100", "imdb/m/newpo@200"} == set(ids)
+    assert ids["imdb/m/dpo@200"]["step"] == 200 and ids["imdb/m/dpo@200"]["row_id"] == "imdb/m/dpo"
+    assert ids["imdb/m/reference"]["step"] is None
+    # default levels: 90% of the smallest max-KL (dpo: mean(1.0, 1.2) = 1.1) in 3 round steps: 0.33 -> 0.3
+    assert board["kl_levels"] == {"imdb": [0.3, 0.6, 0.9]}
+    fronts = {f["row_id"]: f for f in board["frontiers"]}
+    dpo = fronts["imdb/m/dpo"]
+    assert [p["step"] for p in dpo["points"]] == [None, 100, 200] and dpo["points"][0]["kind"] == "reference"
+    assert [p["kl"] for p in dpo["points"]] == pytest.approx([0.0, 0.6, 1.1])
+    ref_value, v100, v200 = (p["value"] for p in dpo["points"])
+    # hand: reference mean = 0.1 + mean prompt effect + mean noise; matched value = linear interpolation
+    assert ref_value == pytest.approx(ids["imdb/m/reference"]["metrics"]["reward"]["mean"])
+    assert v100 == pytest.approx(ids["imdb/m/dpo@100"]["metrics"]["reward"]["mean"])
+    assert dpo["matched"]["reward@KL=0.3"]["value"] == pytest.approx(ref_value + 0.5 * (v100 - ref_value))
+    assert dpo["matched"]["reward@KL=0.9"]["value"] == pytest.approx(v100 + 0.6 * (v200 - v100))
+    assert all(m["reached"] and m["ci"][0] <= m["value"] <= m["ci"][1] for m in dpo["matched"].values())
+    assert dpo["points"][1]["ci_over"] == "seeds and prompts" and len(dpo["points"][1]["per_seed"]) == 2
+    # contrasts: newpo - dpo at 3 levels; newpo's gain per nat is 0.3 vs 0.1: better at every level
+    contrasts = board["contrasts"]
+    assert [(c["label"], c["baseline_label"], c["kl"]) for c in contrasts] == [
+        ("newpo", "dpo", 0.3), ("newpo", "dpo", 0.6), ("newpo", "dpo", 0.9)]
+    newpo = fronts["imdb/m/newpo"]
+    for c in contrasts:
+        name = c["name"]
+        assert c["difference"] == pytest.approx(newpo["matched"][name]["value"] - dpo["matched"][name]["value"])
+        assert c["difference"] == pytest.approx(0.2 * c["kl"], abs=0.02)
+        assert c["ci"][0] > 0 and c["verdict"] == "better" and c["p_holm"] >= c["p_value"]
+    assert board["matched_kl"]["holm_family"] == 3 and board["matched_kl"]["baseline_method"] == "dpo"
+    assert board["contrasts"][0]["p_holm"] == pytest.approx(min(1.0, 3 * min(c["p_value"] for c in contrasts)))
+    # ranking by reward at the first level (raw reward and KL kept as columns)
+    order = board["ranking"]["imdb"]["order"]
+    assert [e["label"] for e in order] == ["newpo", "dpo"] and [e["rank"] for e in order] == [1, 2]
+    assert order[1]["final"] == {"step": 200, "row": "imdb/m/dpo@200", "reward": ids["imdb/m/dpo@200"]["metrics"][
+        "reward"]["mean"], "kl": pytest.approx(1.1)}
+    json.dumps(board, allow_nan=False)  # strict JSON: no NaN anywhere
+    # pobench check still reads it: a board passes against itself, per point
+    comparisons = compare(board, board)
+    assert comparisons and not [c for c in comparisons if c.failed]
+    assert {c.row for c in comparisons} >= {"imdb/m/dpo@100", "imdb/m/newpo@200"}
+
+
+def test_identical_configurations_no_difference_and_worse_methods_are_worse():
+    board = board_of(synthetic_runs({"dpo": 0.2, "newpo": 0.2}, extra={"dpo-copy": "newpo"}))
+    by = {(c["label"], c["kl"]): c for c in board["contrasts"]}
+    for k in board["kl_levels"]["imdb"]:
+        same = by[("dpo-copy", k)]
+        assert same["difference"] == pytest.approx(0.0, abs=1e-12) and same["ci"][1] - same["ci"][0] < 1e-12
+        assert same["verdict"] == "no significant difference"
+    worse = board_of(synthetic_runs({"dpo": 0.3, "newpo": 0.05}))
+    assert {c["verdict"] for c in worse["contrasts"]} == {"worse"}
+
+
+def test_levels_beyond_a_frontier_are_not_reached_and_not_tested():
+    board = board_of(synthetic_runs({"dpo": 0.1, "newpo": 0.3}), kl_levels=[0.5, 1.4])
+    assert board["kl_levels"] == {"imdb": [0.5, 1.4]}
+    dpo = next(f for f in board["frontiers"] if f["label"] == "dpo")
+    assert dpo["matched"]["reward@KL=1.4"]["reached"] is False and dpo["matched"]["reward@KL=1.4"]["value"] is None
+    assert "1.1" in dpo["matched"]["reward@KL=1.4"]["reason"]
+    by_kl = {c["kl"]: c for c in board["contrasts"]}
+    assert by_kl[1.4]["verdict"] == "not reached" and by_kl[1.4]["p_value"] is None and by_kl[1.4]["p_holm"] is None
+    assert "dpo" in by_kl[1.4]["reason"] and by_kl[0.5]["verdict"] == "better"
+    assert board["matched_kl"]["holm_family"] == 1
+    md = markdown(board)
+    assert "not reached" in md and "### Contrasts vs dpo" in md and "### Matched-KL ranking: imdb" in md
+
+
+def test_without_kl_matched_metrics_are_absent_with_a_reason(tmp_path):
+    board = board_of(synthetic_runs({"dpo": 0.1, "newpo": 0.3}, with_kl=False))
+    assert board["kl_levels"] == {"imdb": []} and board["contrasts"] == []
+    assert all(f["reason"] == NO_KL and f["points"] == [] for f in board["frontiers"])
+    assert board["ranking"]["imdb"]["reason"] == NO_KL and board["ranking"]["imdb"]["kl"] is None
+    written = write_all(board, tmp_path / "out")
+    assert "frontier_imdb" not in written and "bars_imdb" in written  # no KL, no frontier plot
+    assert "No matched-KL ranking" in written["md"].read_text()
+
+
+def test_no_baseline_method_no_contrasts_and_legacy_runs_without_step():
+    runs = synthetic_runs({"dpo": 0.1, "newpo": 0.3})
+    board = board_of(runs, baseline_method="ipo")
+    assert board["contrasts"] == [] and "no configuration of the baseline method 'ipo'" in \
+        board["matched_kl"]["notes"]["imdb"]
+    legacy = [dict(r) for r in runs if r["step"] in (None, 200)]
+    for r in legacy:
+        r.pop("step")
+    board = board_of(legacy)
+    assert {r["id"] for r in board["rows"]} == {"imdb/m/reference", "imdb/m/dpo", "imdb/m/newpo"}
+    dpo = next(f for f in board["frontiers"] if f["label"] == "dpo")
+    assert [p["kl"] for p in dpo["points"]] == pytest.approx([0.0, 1.1])  # the chord from the reference
+    assert board["kl_levels"]["imdb"] == [0.3, 0.6, 0.9]
+
+
+def test_report_files_show_ranking_contrasts_and_frontier_curves(tmp_path):
+    board = board_of(synthetic_runs({"dpo": 0.1, "newpo": 0.3}))
+    written = write_all(board, tmp_path / "out")
+    for name in ("json", "csv", "md", "html", "frontier_imdb", "bars_imdb"):
+        assert written[name].is_file(), name
+    assert written["frontier_imdb"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = written["md"].read_text()
+    assert "| 1 | newpo | m |" in md and "| imdb | newpo | dpo | reward | 0.3 |" in md and "better" in md
+    html = written["html"].read_text()
+    assert "id='contrasts'" in html and "id='ranking-imdb'" in html and "<tr class='better'>" in html
+    assert html.count("data:image/png;base64,") == 2 and html.count("<tr class='measured'>") == 4
+    assert "step" in written["csv"].read_text().splitlines()[0].split(",")
+
+
+@pytest.mark.slow
+def test_a_large_board_builds_in_a_few_seconds():
+    """8 configurations x 3 seeds x 3 steps x 256 prompts (x 2 samples), 2000 resamples."""
+    rng = np.random.default_rng(0)
+    prompts = [f"p{i}" for i in range(256)]
+    effect = rng.normal(0, 0.3, 256)
+    runs = []
+
+    def run(label, method, seed, step, kl, gain):
+        noise = rng.normal(0, 0.3, (256, 2))
+        kls = rng.normal(kl, 0.2, (256, 2)) if kl else np.zeros((256, 2))
+        per = [{"prompt_id": p, "index": j, "reward": float(0.1 + effect[i] + gain * math.sqrt(max(kl, 0))
+                                                              + noise[i, j]), "kl": float(kls[i, j])}
+               for i, p in enumerate(prompts) for j in (0, 1)]
+        return {"row_id": f"imdb/m/{label}", "task": "imdb", "model": "m", "method": method, "label": label,
+                "hparams": {}, "seed": seed, "step": step, "run_key": f"{label}{seed}{step}",
+                "scores": {"metrics": {"reward": float(np.mean([r["reward"] for r in per])),
+                                       "kl": float(kls.mean())}, "per_sample": per,
+                           "directions": {"reward": True, "kl": False}}}
+
+    for seed in (0, 1, 2):
+        runs.append(run("reference", "reference", seed, None, 0.0, 0.0))
+        for c in range(8):
+            for step in (100, 200, 300):
+                runs.append(run(f"m{c}" if c else "dpo", f"m{c}" if c else "dpo", seed, step,
+                                (0.4 + 0.05 * c) * step / 100, 0.13))
+    start = time.perf_counter()
+    board = build_leaderboard("big", runs, manifest={}, config_hash="h", primary={"imdb": "reward"},
+                              metric_info={"reward": {"higher_is_better": True}, "kl": {"higher_is_better": False}})
+    elapsed = time.perf_counter() - start
+    assert len(board["frontiers"]) == 8 and len(board["contrasts"]) == 7 * 3
+    assert elapsed < 10.0, f"{elapsed:.1f} s"
