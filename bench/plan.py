@@ -55,6 +55,9 @@ class Cell:
     train: Node | None
     #: eval task name -> its ``evaluate`` node on this cell's policy (``eval_tasks``)
     evals: dict[str, Node] = field(default_factory=dict)
+    #: the optimizer step of the evaluated policy (a frontier point; ``train.eval_at_steps``);
+    #: the final step for the last point, None for the reference and for epoch-based runs' final point
+    step: int | None = None
 
     @property
     def row_id(self) -> str:
@@ -140,12 +143,14 @@ def build_plan(suite: SuiteConfig) -> Plan:
                              dict(reference_deps), label=f"prefdata {task}")
 
             def generate_and_score(policy_deps: dict[str, Node], seed: int, gen: GenerationConfig,
-                                   prompt_format: PromptFormat, label: str) -> Node:
-                generate = b.add("generate", GenerateParams(model, tref, gen, prompt_format, seed),
-                                 policy_deps, label=f"generate {label} s{seed}")
+                                   prompt_format: PromptFormat, label: str, step: int | None = None) -> Node:
+                """Sample and score one policy; ``step``: a saved intermediate policy (None = final)."""
+                at = f"@{step}" if step is not None else ""
+                generate = b.add("generate", GenerateParams(model, tref, gen, prompt_format, seed, step),
+                                 policy_deps, label=f"generate {label}{at} s{seed}")
                 sequences = (gen.prompts or 0) * gen.samples_per_prompt
-                return b.add("score", ScoreParams(model, tref, suite.score, prompt_format, seed, sequences),
-                             {"samples": generate, **policy_deps}, label=f"score {label} s{seed}")
+                return b.add("score", ScoreParams(model, tref, suite.score, prompt_format, seed, step, sequences),
+                             {"samples": generate, **policy_deps}, label=f"score {label}{at} s{seed}")
 
             def evaluate(policy_deps: dict[str, Node], label: str) -> dict[str, Node]:
                 """One node per eval task on this policy. No seed in the key: the evaluation of one
@@ -186,9 +191,14 @@ def build_plan(suite: SuiteConfig) -> Plan:
                                                            spec.train, seed),
                                       deps, label=f"train {label} s{seed}")
                         policy = {"policy": train, **reference_deps}
+                        final = spec.train.steps or None
+                        for step in [s for s in spec.train.eval_at_steps if s != final]:  # frontier points
+                            score = generate_and_score(policy, seed, spec.generation, spec.train.prompt_format(),
+                                                       label, step)
+                            cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train, {}, step))
                         score = generate_and_score(policy, seed, spec.generation, spec.train.prompt_format(), label)
                         cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train,
-                                          evaluate(policy, f"{label} s{seed}")))
+                                          evaluate(policy, f"{label} s{seed}"), final))
     return Plan(suite=suite, cells=cells, nodes=b.order)
 
 
@@ -247,7 +257,7 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
         visit(cell.score)
         for node in cell.evals.values():
             visit(node)
-        cells.append({"task": cell.task, "model": cell.model, "label": cell.label, "seed": cell.seed,
+        cells.append({"task": cell.task, "model": cell.model, "label": cell.label, "seed": cell.seed, "step": cell.step,
                       "run_key": cell.score.key,
                       "stages": " ".join(f"{n.stage}:{status[(n.stage, n.key)]}" for n in chain)})
     nodes: dict[str, dict[str, int]] = {}

@@ -1,6 +1,8 @@
 """Run a suite end to end: plan -> execute the stage DAG -> leaderboard files and run records."""
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import re
 import sys
@@ -14,9 +16,11 @@ from bench.leaderboard import build_leaderboard
 from bench.manifest import build_manifest
 from bench.plan import Node, Plan, build_plan
 from bench.report import write_all
-from bench.store import Store, atomic_write_json
+from bench.stages import read_jsonl
+from bench.store import Store, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("pobench")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _safe(text: str) -> str:
@@ -104,20 +108,26 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
                                  "task_record": results.get("task_record"), "given_as": results.get("given_as"),
                                  "details": {k: v for k, v in (results.get("details") or {}).items()
                                              if k != "stderr"}}
+        generated = store.get("generate", cell.score.deps["samples"].key)
+        samples = read_jsonl(generated.path / "samples.jsonl") if generated is not None else []
         runs.append({"row_id": cell.row_id, "task": cell.task, "model": cell.model, "method": cell.method,
-                     "label": cell.label, "hparams": cell.hparams, "seed": cell.seed, "scores": scores,
-                     "run_key": cell.score.key, "stages": stages, "data_sources": sources,
-                     "evaluations": evaluations})
+                     "label": cell.label, "hparams": cell.hparams, "seed": cell.seed, "step": cell.step,
+                     "scores": scores, "samples": samples, "run_key": cell.score.key, "stages": stages,
+                     "data_sources": sources, "evaluations": evaluations})
     return runs
 
 
 def make_leaderboard(plan: Plan, store: Store) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    suite = plan.suite
     runs = collect_runs(plan, store)
+    return leaderboard_from_runs(plan.suite, runs), runs
+
+
+def leaderboard_from_runs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The leaderboard of ``runs`` (from the work dir, or read back from committed records)."""
     primary, info = primary_metrics(suite)
     data_sources: dict[str, Any] = {}
     for run in runs:
-        record = run["scores"].get("task_record", {})
+        record = run["scores"].get("task_record") or {}
         if record.get("data_source"):
             data_sources[run["task"]] = record["data_source"]  # what the evaluation prompts came from
         for stage, source in run.get("data_sources", {}).items():
@@ -128,26 +138,137 @@ def make_leaderboard(plan: Plan, store: Store) -> tuple[dict[str, Any], list[dic
     paper = [{"task": p.task or suite.tasks[0], "method": p.method, "metric": p.metric, "value": p.value,
               "source": p.source, "note": p.note} for p in suite.paper_reference]
     board = build_leaderboard(suite.name, runs, manifest=manifest, config_hash=suite.hash(), primary=primary,
-                              metric_info=info, paper_rows=paper, kl_budget=suite.score.kl_budget)
+                              metric_info=info, paper_rows=paper, kl_budget=suite.score.kl_budget,
+                              kl_levels=suite.report.kl_levels, baseline_method=suite.report.baseline_method,
+                              n_boot=suite.report.bootstrap_resamples)
+    return portable(board)
+
+
+def suite_of_results(out_dir: Path) -> SuiteConfig:
+    """The suite a committed ``results/<suite>/leaderboard.json`` was produced with (its manifest)."""
+    from bench.config import validate
+    from bench.leaderboard import load_leaderboard
+
+    board = load_leaderboard(out_dir)
+    data = board.get("manifest", {}).get("suite")
+    if not data:
+        raise ValueError(f"{out_dir}/leaderboard.json: its manifest has no suite configuration to rebuild from")
+    suite = validate(data, source=f"{out_dir}/leaderboard.json (manifest.suite)")
+    suite._source = board["manifest"].get("suite_source", suite.source)
+    return suite
+
+
+def rebuild_from_records(out_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every number of ``results/<suite>/`` recomputed from its committed run records and samples alone."""
+    from bench.leaderboard import load_leaderboard
+
+    runs = read_run_records(out_dir)
+    if not runs:
+        raise FileNotFoundError(f"{out_dir}/runs: no run records to rebuild from")
+    board = leaderboard_from_runs(suite_of_results(out_dir), runs)
+    board["manifest"] = load_leaderboard(out_dir)["manifest"]  # where and how the runs were produced
     return board, runs
 
 
+def portable(value: Any, roots: dict[str, Path] | None = None) -> Any:
+    """``value`` with this machine's absolute paths rewritten for committed files: under the
+    repository -> relative; under the shared data / cache / work dir -> ``<shared-data>/...`` etc.;
+    any other absolute path -> ``<abs>/<name>``."""
+    import os
+
+    if roots is None:
+        from bench.models import cache_dir
+        from tasks.base import shared_data_dir
+
+        roots = {"": REPO_ROOT}
+        shared = shared_data_dir()
+        if shared is not None:
+            roots["<shared-data>/"] = Path(shared)
+        roots["<cache>/"] = cache_dir()
+        roots["<work-dir>/"] = Path(os.environ.get("POBENCH_WORK_DIR") or "runs").resolve()
+        roots["<tmp>/"] = Path(os.environ.get("TMPDIR", "/tmp"))
+    if isinstance(value, dict):
+        return {k: portable(v, roots) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, roots) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        path = Path(value)
+        for tag, root in sorted(roots.items(), key=lambda kv: -len(str(kv[1]))):
+            try:
+                rel = path.resolve().relative_to(Path(root).resolve())
+            except ValueError:
+                continue
+            return f"{tag}{rel}" if str(rel) != "." else (tag.rstrip("/") or ".")
+        return f"<abs>/{path.name}"
+    return value
+
+
+def run_name(run: dict[str, Any]) -> str:
+    """A run's file name stem under ``results/<suite>/runs/`` (one per row, seed and evaluated step)."""
+    step = f"__step{run['step']}" if run.get("step") is not None else ""
+    return _safe(f"{run['task']}__{run['model']}__{run['label']}__s{run['seed']}{step}")
+
+
+def evidence_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sample: what was generated (prompt, completion) and every per-sample value the
+    judges and the KL estimate gave it, so anyone can re-judge or recompute a CI from the file."""
+    samples, per_sample = run.get("samples") or [], run["scores"].get("per_sample") or []
+    if per_sample and len(per_sample) != len(samples):
+        raise RuntimeError(f"{run_name(run)}: {len(per_sample)} per-sample scores for {len(samples)} samples")
+    rows = []
+    for i, sample in enumerate(samples):
+        values = per_sample[i] if per_sample else {}
+        if values and str(values.get("prompt_id", sample["prompt_id"])) != str(sample["prompt_id"]):
+            raise RuntimeError(f"{run_name(run)}: per-sample score {i} is for prompt {values.get('prompt_id')}, "
+                               f"the sample for {sample['prompt_id']}")
+        rows.append({**{k: sample[k] for k in ("prompt_id", "index", "prompt", "completion") if k in sample},
+                     "scores": {k: v for k, v in values.items() if k not in ("prompt_id", "index")}})
+    return rows
+
+
 def write_run_records(runs: list[dict[str, Any]], out_dir: Path, manifest: dict[str, Any]) -> None:
-    """One record per leaderboard run under ``<out_dir>/runs/``; records of runs that are no longer
-    in the suite (a method removed from the config) are deleted so the folder matches the board."""
+    """Per leaderboard run under ``<out_dir>/runs/``: ``<name>.json`` (its record: identity, metrics,
+    stage keys, data sources) and ``<name>.samples.jsonl.gz`` (the evidence: every completion with its
+    per-sample scores and KL). Files of runs no longer in the suite are deleted so the folder matches
+    the board. No absolute path of this machine goes in (``pobench leaderboard`` rebuilds from these)."""
     short_manifest = {k: v for k, v in manifest.items() if k != "suite"}
     written = set()
     for run in runs:
-        record = {k: v for k, v in run.items() if k != "scores"}
+        record = {k: v for k, v in run.items() if k not in ("scores", "samples")}
         record["metrics"] = run["scores"]["metrics"]
+        record["directions"] = run["scores"].get("directions", {})
+        record["stderr"] = run["scores"].get("stderr", {})
+        record["notes"] = run["scores"].get("notes", {})
         record["task_record"] = run["scores"].get("task_record")
         record["manifest"] = short_manifest
-        name = _safe(f"{run['task']}__{run['model']}__{run['label']}__s{run['seed']}") + ".json"
-        atomic_write_json(out_dir / "runs" / name, record)
-        written.add(name)
-    for stale in (out_dir / "runs").glob("*.json"):
+        name = run_name(run)
+        atomic_write_json(out_dir / "runs" / f"{name}.json", portable(record))
+        lines = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in evidence_rows(run))
+        # mtime 0: the same samples give the same bytes (diffs of committed results show real changes only)
+        atomic_write_bytes(out_dir / "runs" / f"{name}.samples.jsonl.gz", gzip.compress(lines.encode(), mtime=0))
+        written |= {f"{name}.json", f"{name}.samples.jsonl.gz"}
+    for stale in [*(out_dir / "runs").glob("*.json"), *(out_dir / "runs").glob("*.samples.jsonl.gz")]:
         if stale.name not in written:
             stale.unlink()
+
+
+def read_run_records(out_dir: Path) -> list[dict[str, Any]]:
+    """The runs of a committed ``results/<suite>/`` (records + samples), as :func:`collect_runs` gives them."""
+    runs = []
+    for path in sorted((out_dir / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        evidence = path.with_name(path.name[:-len(".json")] + ".samples.jsonl.gz")
+        if not evidence.is_file():
+            raise FileNotFoundError(f"{evidence}: the samples of run {path.name} are missing")
+        rows = [json.loads(line) for line in gzip.decompress(evidence.read_bytes()).decode().splitlines() if line]
+        samples = [{k: r[k] for k in ("prompt_id", "index", "prompt", "completion") if k in r} for r in rows]
+        per_sample = [{"prompt_id": r["prompt_id"], "index": r.get("index", 0), **r.get("scores", {})} for r in rows]
+        scores = {"metrics": record.pop("metrics"), "directions": record.pop("directions", {}),
+                  "stderr": record.pop("stderr", {}), "notes": record.pop("notes", {}),
+                  "task_record": record.pop("task_record", None), "per_sample": per_sample}
+        record.pop("manifest", None)
+        runs.append({**record, "scores": scores, "samples": samples})
+    return runs
 
 
 def run_suite(suite: SuiteConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -170,3 +291,45 @@ def run_suite(suite: SuiteConfig, progress: Callable[[str], None] | None = None)
     say(f"[pobench] done in {wall:.1f}s ({summary['computed']} stages computed, {summary['cached']} cached); "
         f"leaderboard: {written['md']}")
     return {"plan": plan, "board": board, "written": written, "wall_s": wall, **summary}
+
+
+def rescore_records(results_dir: Path, judge: str, out_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Re-judge the committed samples of ``results_dir`` with ``judge`` (a judge spec) into ``out_dir``:
+    each task scores the same completions again; each sample keeps its stored KL. The new folder has
+    its own records and samples, so it can be rebuilt and checked like any other."""
+    import tasks
+    from tasks.base import Sample
+
+    suite = suite_of_results(results_dir)
+    data = suite.to_dict()
+    data["name"] = out_dir.name
+    data["results_dir"] = str(out_dir)
+    data["task_options"] = {name: {**data["task_options"].get(name, {}), "judge": judge} for name in suite.tasks}
+    from bench.config import validate
+
+    rescored_suite = validate(data, source=f"{suite.source} rescored with judge {judge}")
+    runs = read_run_records(results_dir)
+    built: dict[str, Any] = {}
+    for run in runs:
+        task = built.get(run["task"])
+        if task is None:
+            task = built[run["task"]] = tasks.get(run["task"], **rescored_suite.task_options.get(run["task"], {}))
+        old = run["scores"]
+        samples = [Sample(prompt_id=s["prompt_id"], prompt=s["prompt"], completion=s["completion"],
+                          index=s.get("index", 0), kl=values.get("kl"))
+                   for s, values in zip(run["samples"], old["per_sample"])]
+        scores = task.score(samples, pair_logps=None)
+        metrics = dict(scores.metrics)
+        if "kl" in old["metrics"]:
+            metrics["kl"] = old["metrics"]["kl"]
+        per_sample = scores.per_sample
+        for row, s in zip(per_sample, samples):
+            if s.kl is not None:
+                row.setdefault("kl", s.kl)
+        directions = {m.name: m.higher_is_better for m in task.metrics}
+        directions.setdefault("kl", False)
+        run["scores"] = {**old, "metrics": metrics, "per_sample": per_sample, "directions": directions,
+                         "task_record": {**task.record(), "rescored_from": str(results_dir)}}
+    board = leaderboard_from_runs(rescored_suite, runs)
+    write_run_records(runs, out_dir, board["manifest"])
+    return board, runs

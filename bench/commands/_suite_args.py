@@ -1,7 +1,12 @@
-"""Shared argument handling of the commands that take a suite (run, plan)."""
+"""Shared argument handling of the commands that take a suite (run, plan, leaderboard, ...):
+:func:`add_suite_arguments` on the parser, and :func:`suite_command` (or :func:`suite_from_args`
+with :func:`config_error`) to load the suite, a ConfigError printed as ``pobench: config error: ...``
+with exit code 2."""
 from __future__ import annotations
 
 import argparse
+import functools
+from typing import Callable
 
 from bench.config import ConfigError, SuiteConfig, load_suite
 
@@ -41,3 +46,16 @@ def config_error(exc: ConfigError) -> int:
 
     print(f"pobench: config error: {exc}", file=sys.stderr)
     return 2
+
+
+def suite_command(main: Callable[[argparse.Namespace, SuiteConfig], int]) -> Callable[[argparse.Namespace], int]:
+    """``main(args, suite)`` as a command's ``func(args)``: the suite is loaded from the suite
+    arguments first; a ConfigError is printed (:func:`config_error`) and ``main`` does not run."""
+    @functools.wraps(main)
+    def func(args: argparse.Namespace) -> int:
+        try:
+            suite = suite_from_args(args)
+        except ConfigError as exc:
+            return config_error(exc)
+        return main(args, suite)
+    return func

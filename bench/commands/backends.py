@@ -3,7 +3,8 @@ its description and its options (``generation.backend_options``: name, default, 
 from __future__ import annotations
 
 import argparse
-import json
+
+from bench.commands._listing import add_listing_parser, print_listing
 
 
 def _row(name: str) -> dict:
@@ -24,30 +25,25 @@ def _row(name: str) -> dict:
     return row
 
 
+def _print_row(row: dict) -> None:
+    note = "" if row.get("importable", True) else "  (not importable here)"
+    print(f"{row['name']:<8} {row['description']}{note}   [{row['class']}]")
+    for key, info in row["options"].items():
+        default = "required" if info["required"] else f"default {info['default']!r}"
+        print(f"{'':<8}   {key} ({default}): {info['description']}")
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.backends import available_backends, resolve_backend_name
 
     rows = [_row(name) for name in available_backends()]
-    if args.json:
-        print(json.dumps(rows, indent=2, default=repr))
-        return 0
-    for row in rows:
-        if "error" in row:
-            print(f"{row['name']:<8} UNAVAILABLE: {row['error']}")
-            continue
-        note = "" if row.get("importable", True) else "  (not importable here)"
-        print(f"{row['name']:<8} {row['description']}{note}   [{row['class']}]")
-        for key, info in row["options"].items():
-            default = "required" if info["required"] else f"default {info['default']!r}"
-            print(f"{'':<8}   {key} ({default}): {info['description']}")
-    print(f"\nauto = {resolve_backend_name('auto')} here (vllm when importable, else hf); options go in "
-          "generation.backend_options")
+    print_listing(rows, args.json, _print_row, width=8, json_default=repr,
+                  footer=lambda: f"\nauto = {resolve_backend_name('auto')} here (vllm when importable, else hf); "
+                                 "options go in generation.backend_options")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("backends", help="list generation backends and their options",
-                                   description="List every generation backend (built-in and pobench.backends "
-                                               "plugins) with the options generation.backend_options takes.")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.set_defaults(func=run)
+    add_listing_parser(subparsers, "backends", run, help="list generation backends and their options",
+                       description="List every generation backend (built-in and pobench.backends plugins) with "
+                                   "the options generation.backend_options takes.")

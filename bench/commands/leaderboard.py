@@ -1,4 +1,5 @@
-"""``pobench leaderboard``: rebuild a suite's leaderboard from cached results, or print/render one."""
+"""``pobench leaderboard``: rebuild a suite's leaderboard from its committed run records and samples
+(``results/<suite>/runs/``, no work dir needed), or from the work dir's cache, or print/render one."""
 from __future__ import annotations
 
 import argparse
@@ -11,14 +12,17 @@ from bench.config import ConfigError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "leaderboard", help="rebuild a suite's leaderboard from the work dir (runs nothing), or print one",
-        description="With a suite: aggregate every finished run in the work dir into results/<suite>/ "
-                    "(json, csv, md, html, plots) without running anything. With --from FILE: print an "
-                    "existing leaderboard.json as markdown/csv, or re-render its files with --render.")
+        "leaderboard", help="rebuild a suite's leaderboard from its committed records (runs nothing), or print one",
+        description="With a suite: recompute every number of results/<suite>/ (json, csv, md, html, plots) "
+                    "from its run records and per-sample files alone (runs/*.json, runs/*.samples.jsonl.gz), "
+                    "or with --from-work-dir from every finished run in the work dir's cache. With --from "
+                    "FILE: print an existing leaderboard.json as markdown/csv, or re-render its files with --render.")
     add_suite_arguments(parser)
     parser.add_argument("--from", dest="source", help="an existing leaderboard.json (or results/<suite>/)")
     parser.add_argument("--format", choices=["md", "csv", "json"], default="md")
     parser.add_argument("--render", metavar="DIR", help="with --from: write csv/md/html/plots into DIR")
+    parser.add_argument("--from-work-dir", action="store_true",
+                        help="aggregate the finished runs of the work dir's cache (and rewrite the records)")
     parser.set_defaults(func=main)
 
 
@@ -36,6 +40,19 @@ def main(args: argparse.Namespace) -> int:
             written = report.write_all(board, Path(args.render))
             print("\n".join(str(p) for p in written.values()))
             return 0
+    elif not args.from_work_dir:
+        from bench.runner import rebuild_from_records
+
+        try:
+            suite = suite_from_args(args)
+            board, runs = rebuild_from_records(suite.resolved_results_dir())
+        except ConfigError as exc:
+            return config_error(exc)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"pobench leaderboard: {exc}", file=sys.stderr)
+            return 2
+        report.write_all(board, suite.resolved_results_dir())
+        print(f"rebuilt {suite.resolved_results_dir()} from {len(runs)} run records", file=sys.stderr)
     else:
         try:
             suite = suite_from_args(args)

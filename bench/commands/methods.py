@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import methods
+from bench.commands._listing import add_listing_parser, print_listing
 
 
 def _rows() -> list[dict]:
@@ -26,27 +26,24 @@ def _rows() -> list[dict]:
     return rows
 
 
+def _print_row(row: dict) -> None:
+    hparams = ", ".join(f"{k}={v!r}" for k, v in row["hyperparameters"].items())
+    print(f"{row['name']:<14} arXiv {row['arxiv'] or '-':<12} {row['paper']}")
+    print(f"{'':<14} defaults: {hparams}")
+    for key, options in row["choices"].items():
+        print(f"{'':<14} {key} in {options}")
+    extras = ", ".join(row["needs"]) or "token log-probs only"
+    ref = "" if row["uses_reference"] else " (reference-free)"
+    prep = f"   preparation step: {row['preparation']}" if row["preparation"] else ""
+    print(f"{'':<14} inputs: {extras}{ref}{prep}   [{row['module']}]")
+
+
 def run(args: argparse.Namespace) -> int:
     rows = _rows()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for row in rows:
-        hparams = ", ".join(f"{k}={v!r}" for k, v in row["hyperparameters"].items())
-        print(f"{row['name']:<14} arXiv {row['arxiv'] or '-':<12} {row['paper']}")
-        print(f"{'':<14} defaults: {hparams}")
-        for key, options in row["choices"].items():
-            print(f"{'':<14} {key} in {options}")
-        extras = ", ".join(row["needs"]) or "token log-probs only"
-        ref = "" if row["uses_reference"] else " (reference-free)"
-        prep = f"   preparation step: {row['preparation']}" if row["preparation"] else ""
-        print(f"{'':<14} inputs: {extras}{ref}{prep}   [{row['module']}]")
-    print(f"\n{len(rows)} methods")
+    print_listing(rows, args.json, _print_row, width=14, footer=lambda: f"\n{len(rows)} methods")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("methods", help="list PO methods with their papers and hyperparameters",
-                                   description="List every registered PO method (built-in and plugins).")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.set_defaults(func=run)
+    add_listing_parser(subparsers, "methods", run, help="list PO methods with their papers and hyperparameters",
+                       description="List every registered PO method (built-in and plugins).")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.commands._suite_args import add_suite_arguments, config_error, suite_from_args
-from bench.config import ConfigError
+from bench.commands._suite_args import add_suite_arguments, suite_command
+from bench.config import SuiteConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    try:
-        suite = suite_from_args(args)
-    except ConfigError as exc:
-        return config_error(exc)
+@suite_command
+def main(args: argparse.Namespace, suite: SuiteConfig) -> int:
     from bench.plan import build_plan, describe_plan
 
     plan = build_plan(suite)
@@ -40,9 +37,10 @@ def main(args: argparse.Namespace) -> int:
         limit = "all items" if suite.eval.limit is None else f"{suite.eval.limit} items per benchmark"
         print(f"model evaluation: {', '.join(suite.eval_tasks)} on every policy and the reference ({limit})")
     print()
-    print(f"{'task':<8} {'model':<14} {'method':<28} {'seed':>4}  stages (done/partial/todo)")
+    print(f"{'task':<8} {'model':<14} {'method':<28} {'seed':>4} {'step':>5}  stages (done/partial/todo)")
     for row in report["cells"]:
-        print(f"{row['task']:<8} {row['model']:<14} {row['label']:<28} {row['seed']:>4}  {row['stages']}")
+        step = "-" if row["step"] is None else row["step"]
+        print(f"{row['task']:<8} {row['model']:<14} {row['label']:<28} {row['seed']:>4} {step:>5}  {row['stages']}")
     print()
     totals = report["nodes"]
     print("stage nodes: " + ", ".join(f"{stage} {c['done']}/{c['total']} done" for stage, c in totals.items()))

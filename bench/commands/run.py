@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from bench.commands._suite_args import add_suite_arguments, config_error, suite_from_args
-from bench.config import ConfigError
+from bench.commands._suite_args import add_suite_arguments, suite_command
+from bench.config import SuiteConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,11 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    try:
-        suite = suite_from_args(args)
-    except ConfigError as exc:
-        return config_error(exc)
+@suite_command
+def main(args: argparse.Namespace, suite: SuiteConfig) -> int:
     from bench.runner import run_suite
     from bench.stages import ensure_threads
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import tasks
+from bench.commands._listing import add_listing_parser, print_listing
 from tasks.base import TaskError
 
 
@@ -53,9 +54,6 @@ def _judge_accuracy(name: str, args: argparse.Namespace) -> dict[str, Any] | Non
 
 
 def _print_row(row: dict[str, Any]) -> None:
-    if "error" in row:
-        print(f"{row['name']:<10} UNAVAILABLE: {row['error']}")
-        return
     print(f"{row['name']:<10} v{row['version']:<4} {row['description']}")
     print(f"{'':<10} paper: {row['paper'] or '-'}   [{row['module']}]")
     mode = row["evaluation"] if row["evaluation"] == "model" else f"samples, preferences: {row['preference_mode']}"
@@ -130,20 +128,14 @@ def run(args: argparse.Namespace) -> int:
                 accuracy = _judge_accuracy(row["name"], args)
                 if accuracy is not None:
                     row["judge_accuracy"] = accuracy
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-    else:
-        for row in rows:
-            _print_row(row)
-        print(f"\n{len(rows)} tasks")
+    print_listing(rows, args.json, _print_row, width=10, json_default=str, footer=lambda: f"\n{len(rows)} tasks")
     return 1 if any("error" in row for row in rows) and args.names else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("tasks", help="list tasks with their data sources, metrics and sampling",
-                                   description="List every registered task (built-in and plugins).")
-    parser.add_argument("names", nargs="*", help="only these tasks (default: all)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser = add_listing_parser(subparsers, "tasks", run, help="list tasks with their data sources, metrics and sampling",
+                                description="List every registered task (built-in and plugins).",
+                                names_help="only these tasks (default: all)")
     parser.add_argument("--data-dir", help="folder with local data in the original formats (e.g. ../shared/data); "
                         "shows which source each task would use")
     parser.add_argument("--source", default="auto", choices=["auto", "hub", "local", "builtin"],
@@ -156,4 +148,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run a model-evaluation task (reasoning: lm-eval GSM8K/ARC) on this model dir or hub id")
     parser.add_argument("--eval-limit", type=int, help="items per lm-eval task for --evaluate (smoke runs)")
     parser.add_argument("--output", help="with --evaluate: write metrics, details and per-item records here (JSON)")
-    parser.set_defaults(func=run)

@@ -142,6 +142,24 @@ class EvalConfig(Schema):
                                        "benchmark's own")
 
 
+class ReportConfig(Schema):
+    """How the leaderboard compares methods: at matched KL, against a baseline, with a seed-aware bootstrap."""
+
+    kl_levels: list[float] | None = Field(None, description="KL levels (nats/seq) at which reward is compared "
+                                          "(reward@KL=k); null = 3 levels inside the range every method reaches")
+    baseline_method: str | None = Field("dpo", description="contrasts of every configuration against this "
+                                        "method at matched KL (Holm-adjusted); null = none")
+    bootstrap_resamples: int = Field(2000, ge=100, description="hierarchical bootstrap resamples (seeds, then "
+                                     "prompts shared by every method)")
+
+    @field_validator("kl_levels")
+    @classmethod
+    def _positive_levels(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(k <= 0 for k in value)):
+            raise ValueError("give positive KL levels (nats/seq), or null for the default")
+        return sorted(value) if value else value
+
+
 class ExecutorConfig(Schema):
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="ray: cluster address (null = start a local cluster)")
@@ -200,6 +218,7 @@ class SuiteConfig(Schema):
     train: SuiteTrainConfig = Field(default_factory=SuiteTrainConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     paper_reference: list[PaperValue] = Field(default_factory=list)
@@ -226,10 +245,13 @@ class SuiteConfig(Schema):
 
     def to_dict(self) -> dict[str, Any]:
         """The validated configuration as plain data (what is hashed and stored in manifests)."""
-        return plain(self.model_dump(mode="json"))
+        return plain(self.model_dump(mode="json", exclude={
+            "train": set(SuiteTrainConfig.filled_by_suite), "sft": set(SuiteSFTConfig.filled_by_suite)}))
 
     def hash(self) -> str:
-        return stable_hash(self.to_dict())
+        """What the results depend on: everything but where files go and which executor runs the stages."""
+        return stable_hash({k: v for k, v in self.to_dict().items()
+                            if k not in ("work_dir", "results_dir", "executor")})
 
     def resolved_work_dir(self) -> Path:
         return Path(self.work_dir or os.environ.get("POBENCH_WORK_DIR") or "runs").expanduser()

@@ -157,10 +157,19 @@ def reference_path(model: ModelRef, inputs: dict[str, StageOutput]) -> str:
     return base_model_path(model)[0]
 
 
-def policy_path(model: ModelRef, inputs: dict[str, StageOutput]) -> str:
-    if "policy" in inputs:
-        return inputs["policy"].record["model_path"]
-    return reference_path(model, inputs)
+def policy_path(model: ModelRef, inputs: dict[str, StageOutput], step: int | None = None) -> str:
+    """The trained policy (its snapshot at optimizer ``step`` when given: ``train.eval_at_steps``), or
+    the reference when the node has no ``policy`` input (the reference row)."""
+    if "policy" not in inputs:
+        return reference_path(model, inputs)
+    record = inputs["policy"].record
+    if step is None or step == record.get("steps"):
+        return record["model_path"]
+    policies = record.get("policies") or {}
+    if str(step) not in policies:
+        raise RuntimeError(f"the training run {inputs['policy'].key} saved no policy at step {step} "
+                           f"(saved: {sorted(policies, key=int)}); add it to train.eval_at_steps")
+    return policies[str(step)]
 
 
 def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutput, bool]:

@@ -30,6 +30,8 @@ class GenerateParams:
     generation: GenerationConfig
     prompt_format: PromptFormat
     seed: int
+    #: the policy's optimizer step to evaluate (a ``train.eval_at_steps`` snapshot); None = the final policy
+    step: int | None = None
 
 
 def run_generate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def run_generate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
     prompts = task.eval_prompts(limit=g.prompts)
     sampling = sampling_for(task, n=g.samples_per_prompt, max_new_tokens=g.max_new_tokens,
                             temperature=g.temperature, top_p=g.top_p)
-    samples, info = sample(g.backend, g.backend_options, policy_path(p.model, inputs), g.dtype, out, prompts,
+    samples, info = sample(g.backend, g.backend_options, policy_path(p.model, inputs, p.step), g.dtype, out, prompts,
                            sampling, p.seed, p.prompt_format)
     write_jsonl(out / "samples.jsonl", [sample_to_row(s) for s in samples])
     return {**info, "samples": len(samples), "prompts": len(prompts), "sampling": sampling.as_dict(),
@@ -61,8 +63,24 @@ class ScoreParams:
     score: ScoreConfig
     prompt_format: PromptFormat
     seed: int
+    step: int | None = None
     #: sequences the generate stage produced (for the work estimate only)
     sequences: int = not_keyed(0)
+
+
+def kl_unavailable(sampling: dict[str, Any]) -> str | None:
+    """Why a Monte-Carlo KL(policy || reference) cannot be estimated from these samples (None = it can).
+
+    sum_t log pi(y_t) - log ref(y_t) estimates the KL only for samples drawn from pi itself: at
+    temperature 1 with no top-p/top-k truncation. Greedy or tempered samples come from another
+    distribution, and the number would not be a KL."""
+    temperature, top_p, top_k = sampling.get("temperature", 1.0), sampling.get("top_p", 1.0), sampling.get("top_k")
+    if temperature != 1.0:
+        return (f"samples drawn at temperature {temperature}"
+                + (" (greedy)" if temperature == 0 else "") + ": KL needs samples from the policy itself (temperature 1)")
+    if top_p < 1.0 or top_k:
+        return f"samples truncated (top_p={top_p}, top_k={top_k}): KL needs untruncated samples"
+    return None
 
 
 def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
@@ -72,10 +90,14 @@ def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
     cfg = p.score
     task = ctx.task(p.task)
     samples = rows_to_samples(read_jsonl(inputs["samples"].path / "samples.jsonl"))
-    policy, reference = policy_path(p.model, inputs), reference_path(p.model, inputs)
+    policy, reference = policy_path(p.model, inputs, p.step), reference_path(p.model, inputs)
     is_reference = "policy" not in inputs
     pair_logps = None
-    if cfg.kl:
+    notes: dict[str, str] = {}
+    kl_reason = kl_unavailable(inputs["samples"].record.get("sampling", {})) if cfg.kl else "score.kl is false"
+    if kl_reason is not None:
+        notes["kl"] = kl_reason
+    else:
         if is_reference:
             for s in samples:  # the reference against itself: exactly zero, no forward needed
                 s.kl = 0.0
@@ -95,7 +117,7 @@ def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
     for row, s in zip(per_sample, samples):
         if s.kl is not None:
             row.setdefault("kl", s.kl)
-    if cfg.kl and "kl" not in metrics and samples:
+    if kl_reason is None and "kl" not in metrics and samples:
         metrics["kl"] = sum(s.kl for s in samples) / len(samples)
     task_record = task.record()
     if not task_record.get("data_source"):  # scoring reads no data: the generate stage knows the source
@@ -103,12 +125,14 @@ def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
     directions = {m.name: m.higher_is_better for m in task.metrics}
     directions.setdefault("kl", False)
     atomic_write_json(out / "scores.json", {"metrics": metrics, "per_sample": per_sample, "details": scores.details,
-                                            "directions": directions, "task_record": task_record})
-    return {"metrics": metrics, "kl_budget_exceeded": bool(metrics.get("kl", 0.0) > cfg.kl_budget)}
+                                            "directions": directions, "task_record": task_record, "notes": notes})
+    return {"metrics": metrics, "notes": notes, "kl_budget_exceeded": bool(metrics.get("kl", 0.0) > cfg.kl_budget)}
 
 
 def score_work(node: "Node") -> dict[str, int]:
-    if not node.params.score.kl or "policy" not in node.deps:  # the reference against itself: no forward
+    gen = node.deps["samples"].params.generation
+    if (not node.params.score.kl or "policy" not in node.deps  # the reference against itself: no forward
+            or kl_unavailable({"temperature": gen.temperature, "top_p": gen.top_p})):
         return {}
     return {"kl_sequences": node.params.sequences}
 
@@ -179,6 +203,6 @@ def run_evaluate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
 
 
 GENERATE = register_stage(Stage("generate", "2", GenerateParams, run_generate, generate_work))
-SCORE = register_stage(Stage("score", "2", ScoreParams, run_score, score_work))
+SCORE = register_stage(Stage("score", "3", ScoreParams, run_score, score_work))
 EVALUATE = register_stage(Stage("evaluate", "2", EvaluateParams, run_evaluate,
                                 lambda node: {"model_evaluations": 1}))

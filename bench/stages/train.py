@@ -21,7 +21,7 @@ def train_record(result: Any) -> dict[str, Any]:
     return {"model_path": str(result.model_path), "trainer_dir": str(result.output_dir), "steps": result.steps,
             "final_loss": result.final_loss, "train_metrics": result.metrics, "data_report": result.data,
             "train_runtime_s": result.runtime_s, "resumed_from_step": result.resumed_from_step,
-            "trainer_fingerprint": result.fingerprint}
+            "trainer_fingerprint": result.fingerprint, "policies": result.extra.get("policies", {})}
 
 
 def trainer_config(train: SuiteTrainConfig, model_path: str, seed: int):

@@ -74,6 +74,9 @@ class TrainConfig(Schema):
                                             "model's default; eager has the faster backward for short CPU batches)")
     chat_template: bool | None = Field(None, description="null = the tokenizer's template when it has one; "
                                        "false = plain text; true = require it (training, sampling and KL alike)")
+    eval_at_steps: tuple[int, ...] = Field((), description="optimizer steps at which the policy is also saved "
+                                           "(policies/step-N) so a suite evaluates it there: frontier points "
+                                           "without retraining; the final step is always evaluated")
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between resumable checkpoints (0 = none)")
     keep_checkpoints: int = Field(1, ge=1)
     add_eos: bool = True
@@ -107,6 +110,10 @@ class TrainConfig(Schema):
                              f"{self.max_length}")
         if self.steps == 0 and self.epochs <= 0:
             raise ValueError("epochs: must be > 0 when steps is 0")
+        if any(s < 1 or (self.steps and s > self.steps) for s in self.eval_at_steps):
+            raise ValueError(f"eval_at_steps: {list(self.eval_at_steps)} must be optimizer steps in "
+                             f"[1, steps={self.steps}]")
+        object.__setattr__(self, "eval_at_steps", tuple(sorted(set(self.eval_at_steps))))
         return self
 
     # -- the trainer's view --------------------------------------------------------------------

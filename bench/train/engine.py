@@ -186,10 +186,13 @@ def build_scheduler(config: TrainConfig, optimizer, steps: int):
 
 def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.Module,
              param_groups: list[dict], examples: Sequence[Tokenized], pad_id: int,
-             step_fn: Callable[[nn.Module, Batch], StepOutput], run_name: str) -> tuple[int, dict, int | None]:
+             step_fn: Callable[[nn.Module, Batch], StepOutput], run_name: str,
+             save_policy: Callable[[int], None] | None = None) -> tuple[int, dict, int | None]:
     """Train ``module`` (policy + method modules) and return (steps, last metrics, resumed_from).
 
     ``step_fn(prepared_module, batch)`` runs one micro-batch forward and returns its loss/metrics.
+    ``save_policy(step)`` is called after each optimizer step listed in ``config.eval_at_steps``
+    (before that step's checkpoint, so a resumed run has every earlier snapshot).
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     steps = total_steps(config, len(examples), world)
@@ -272,6 +275,8 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
                 accelerator.log(last, step=step + 1)
                 bar.update(step + 1 - bar.n)
                 bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "rewards/accuracy") if k in last})
+            if save_policy is not None and step + 1 in config.eval_at_steps and step + 1 < steps:
+                save_policy(step + 1)
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
                 position.step = step + 1
                 save_checkpoint(accelerator, output_dir, step + 1)
@@ -342,6 +347,22 @@ def open_run(kind: str, config: TrainConfig, output_dir: Path, data_parts: Seque
                    resolve_chat_template(tokenizer, config.chat_template))
 
 
+def policy_saver(run: "OpenRun", config: TrainConfig, module: nn.Module,
+                 extra_modules: Callable[[nn.Module], list[nn.Module]] = lambda unwrapped: []) -> Callable[[int], None]:
+    """``save_policy(step)`` for :func:`run_loop`: the policy at that step as ``policies/step-<step>``
+    (saved like the final model: LoRA merged, method modules beside it)."""
+    from bench.train.policy import save_final
+
+    def save(step: int) -> None:
+        if run.accelerator.is_main_process:
+            unwrapped = run.accelerator.unwrap_model(module)
+            save_final(unwrapped.policy, run.tokenizer, extra_modules(unwrapped), run.output_dir,
+                       config.lora is not None, config, name=f"policies/step-{step}")
+        run.accelerator.wait_for_everyone()
+
+    return save
+
+
 def close_run(run: OpenRun, config: TrainConfig, module: nn.Module, *, steps: int, last: dict[str, float],
               resumed_from: int | None, data_report: dict[str, Any], extra: dict[str, Any],
               extra_modules: Callable[[nn.Module], list[nn.Module]] = lambda unwrapped: []) -> "TrainResult":
@@ -358,7 +379,9 @@ def close_run(run: OpenRun, config: TrainConfig, module: nn.Module, *, steps: in
             output_dir=str(run.output_dir), model_path=str(model_path), steps=steps,
             final_loss=float(last.get("loss", float("nan"))), metrics=last, data=data_report,
             runtime_s=time.time() - run.started, resumed_from_step=resumed_from, fingerprint=run.fingerprint,
-            extra={**extra, "model_source": run.resolved.source, "num_processes": accelerator.num_processes,
+            extra={**extra, "policies": {str(s): str(run.output_dir / "policies" / f"step-{s}")
+                                         for s in config.eval_at_steps if s < steps},
+                   "model_source": run.resolved.source, "num_processes": accelerator.num_processes,
                    "chat_template": run.use_template, "config": config.to_dict()})
         atomic_write_json(run.output_dir / "result.json", result.to_dict())
         shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)

@@ -89,15 +89,16 @@ def model_shape(policy: nn.Module) -> tuple[int, int]:
 
 
 def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], output_dir: Path,
-               lora: bool, config: TrainConfig | None = None) -> Path:
-    """Write ``<output_dir>/model`` atomically: full safetensors weights (LoRA merged) + tokenizer,
+               lora: bool, config: TrainConfig | None = None, name: str = "model") -> Path:
+    """Write ``<output_dir>/<name>`` (default ``model``) atomically: full safetensors weights (LoRA merged) + tokenizer,
     and ``method_modules.pt`` with the method's trainable extras (SparsePO mask heads).
 
     A LoRA policy trained over a bf16 base is merged into the fp32 base weights: merging a small
     adapter delta into bf16 weights would round most of it away, and the saved policy would also
     differ from the fp32 reference by the base's own rounding."""
-    final = output_dir / "model"
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=output_dir))
+    final = output_dir / name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         to_save = policy
         if lora:

@@ -30,8 +30,8 @@ from bench.models import cache_dir, kept_logits, parse_dtype
 from bench.store import atomic_write_bytes
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Batch, Tokenized, collate, tokenize_rows
-from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, close_run, open_run, run_loop,
-                                say)
+from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, close_run, open_run, policy_saver,
+                                run_loop, say)
 from bench.train.policy import FrozenReference, model_shape
 
 ONLINE_REFERENCE_NEEDS = frozenset({"fkl", "rkl", "ref_hidden"})
@@ -332,7 +332,8 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     steps, last, resumed_from = run_loop(
         accelerator=accelerator, config=config, output_dir=output_dir, module=module, param_groups=groups,
         examples=examples, pad_id=tokenizer.pad_token_id, step_fn=step_fn,
-        run_name=f"{method.name}")
+        run_name=f"{method.name}",
+        save_policy=policy_saver(run, config, module, lambda unwrapped: list(unwrapped.method.modules())))
 
     return close_run(run, config, module, steps=steps, last=last, resumed_from=resumed_from,
                      data_report=report.to_dict(),

@@ -63,7 +63,10 @@ def test_every_method_and_stage_produces_a_leaderboard(smoke):
     for stage in ("prefdata", "prep", "train", "generate", "score"):
         assert any((work / stage).glob("*/record.json")), stage
     prep = json.loads(next((work / "prep").glob("*/record.json")).read_text())
-    assert prep["reused_suite_dpo_as_pi_plus"] is True  # TIS-DPO's pi_plus is the suite's own DPO policy
+    trained = {json.loads(p.read_text())["inputs"]["label"]: p.parent.name for p in (work / "train").glob("*/record.json")}
+    # TIS-DPO's pi_plus is the suite's own DPO policy (same key), pi_minus a DPO run on swapped pairs
+    assert prep["inputs"]["deps"]["pi_plus"] == f"train/{trained['train dpo(beta=0.1) s0']}"
+    assert prep["inputs"]["deps"]["pi_minus"] == f"train/{trained['train dpo(beta=0.1) swapped s0']}"
     with open(results / "leaderboard.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(board["rows"])
@@ -105,9 +108,14 @@ def test_rerun_is_fully_cached_and_identical(smoke):
     plan = pobench("plan", "smoke", "--work-dir", str(work))
     assert "work left: nothing (all cached)" in plan.stdout
     rebuilt = pobench("leaderboard", "smoke", "--work-dir", str(work), "--results-dir", str(results / "rebuilt"),
-                      "--format", "json")
+                      "--from-work-dir", "--format", "json")
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert json.loads(rebuilt.stdout)["rows"] == before["rows"]
+    # from the committed files alone: the run records and per-sample files, no work dir
+    records = pobench("leaderboard", "smoke", "--work-dir", str(results / "no-such-work-dir"), "--results-dir",
+                      str(results / "rebuilt"), "--format", "json")
+    assert records.returncode == 0, records.stderr[-2000:]
+    assert json.loads(records.stdout)["rows"] == before["rows"]
 
 
 def test_resume_after_kill_9_equals_uninterrupted_run(smoke, tmp_path):

@@ -77,7 +77,7 @@ def test_a_methods_generation_override_reaches_its_generate_stage(tmp_path, monk
         return FakeBackend()
 
     monkeypatch.setattr("bench.backends.get_backend", fake_get_backend)
-    monkeypatch.setattr("bench.stages.evaluate.policy_path", lambda model, inputs: "unused")
+    monkeypatch.setattr("bench.stages.evaluate.policy_path", lambda model, inputs, step=None: "unused")
     record = run_generate(StageContext(tmp_path), generate, {}, tmp_path)
     assert seen["options"] == {"batch_size": 3} and seen["max_new_tokens"] == 5 and seen["name"] == "hf"
     assert seen["prompt_format"] == dpo.train.params.train.prompt_format()
