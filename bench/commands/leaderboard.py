@@ -45,14 +45,16 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             suite = suite_from_args(args)
-            board, runs = rebuild_from_records(suite.resolved_results_dir())
+            # the committed results/<suite>/ unless --results-dir names another folder of records
+            folder = Path(suite.results_dir) if suite.results_dir else Path("results") / suite.name
+            board, runs = rebuild_from_records(folder)
         except ConfigError as exc:
             return config_error(exc)
         except (FileNotFoundError, ValueError) as exc:
             print(f"pobench leaderboard: {exc}", file=sys.stderr)
             return 2
-        report.write_all(board, suite.resolved_results_dir())
-        print(f"rebuilt {suite.resolved_results_dir()} from {len(runs)} run records", file=sys.stderr)
+        report.write_all(board, folder)
+        print(f"rebuilt {folder} from {len(runs)} run records", file=sys.stderr)
     else:
         try:
             suite = suite_from_args(args)

@@ -31,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
         return config_error(exc)
     out = Path(args.out or Path("results") / f"{suite.name}-rescored-{_safe(args.judge)}")
     try:
-        board, runs = rescore_records(suite.resolved_results_dir(), args.judge, out)
+        source = Path(suite.results_dir) if suite.results_dir else Path("results") / suite.name  # committed records
+        board, runs = rescore_records(source, args.judge, out)
     except (FileNotFoundError, ValueError) as exc:
         print(f"pobench rescore: {exc}", file=sys.stderr)
         return 2

@@ -223,7 +223,9 @@ class SuiteConfig(Schema):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     paper_reference: list[PaperValue] = Field(default_factory=list)
     work_dir: str | None = Field(None, description="cache of stage outputs (default: $POBENCH_WORK_DIR or ./runs)")
-    results_dir: str | None = Field(None, description="where leaderboards go (default: results/<name>)")
+    results_dir: str | None = Field(None, description="where leaderboards go (default: <work_dir>/results/<name>, "
+                                    "so a run never replaces the committed results/<name>/ it is checked against; "
+                                    "publish with --results-dir results/<name>)")
 
     # filled by the loader
     _source: str = PrivateAttr("<dict>")
@@ -257,4 +259,4 @@ class SuiteConfig(Schema):
         return Path(self.work_dir or os.environ.get("POBENCH_WORK_DIR") or "runs").expanduser()
 
     def resolved_results_dir(self) -> Path:
-        return Path(self.results_dir or Path("results") / self.name)
+        return Path(self.results_dir) if self.results_dir else self.resolved_work_dir() / "results" / self.name
