@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="source", help="an existing leaderboard.json (or results/<suite>/)")
     parser.add_argument("--format", choices=["md", "csv", "json"], default="md")
     parser.add_argument("--render", metavar="DIR", help="with --from: write csv/md/html/plots into DIR")
+    parser.add_argument("--readme", metavar="FILE", action="append", default=[],
+                        help="rewrite the `<!-- pobench:results SUITE -->` blocks of FILE (e.g. README.md) from "
+                             "the rebuilt leaderboard; results in docs are generated, never typed")
     parser.add_argument("--from-work-dir", action="store_true",
                         help="aggregate the finished runs of the work dir's cache (and rewrite the records)")
     parser.set_defaults(func=main)
@@ -55,6 +58,11 @@ def main(args: argparse.Namespace) -> int:
             return 2
         report.write_all(board, folder)
         print(f"rebuilt {folder} from {len(runs)} run records", file=sys.stderr)
+        from bench import readme
+
+        for doc in args.readme:
+            changed = readme.update(Path(doc), {suite.name: board})
+            print(f"{doc}: results of {suite.name} {'updated' if changed else 'unchanged'}", file=sys.stderr)
     else:
         try:
             suite = suite_from_args(args)
