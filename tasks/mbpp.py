@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.base import (DataError, DataSource, Sampling, SFTExample, SourceUsed, TaskError, file_fingerprint,
-                        limit_list)
+                        limit_list, read_jsonl)
 from tasks.code_eval import CodeProblem, CodeTask, normalise_task_id
 
 HUB_ID = "google-research-datasets/mbpp"
@@ -92,13 +92,7 @@ def read_problem_file(path: Path, variant: str) -> dict[str, CodeProblem]:
     """Problems from mbpp.jsonl (full) or sanitized-mbpp.json; bad records raise DataError."""
     records: list[tuple[int | None, Any]] = []
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        records.append((line_no, json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(path, line_no, f"invalid JSON ({exc.msg})") from None
+        records.extend(read_jsonl(path, strict=True, column=False))
     else:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -136,7 +130,6 @@ class MBPP(CodeTask):
         super().__init__(*args, **kwargs)
         if self.variant not in LOCAL_FILES:
             raise TaskError(f"mbpp: variant must be one of {sorted(LOCAL_FILES)}, got {self.variant!r}")
-        self._problems: dict[str, CodeProblem] | None = None
 
     def local_root(self) -> Path | None:
         # the task needs the variant's file, not just the folder
@@ -150,26 +143,17 @@ class MBPP(CodeTask):
         from tasks.base import shared_data_dir
         return shared_data_dir()
 
-    def problems(self) -> dict[str, CodeProblem]:
-        if self._problems is None:
-            self._problems = self._load()
-        return self._problems
-
     def _load(self) -> dict[str, CodeProblem]:
         kind = self.resolve_source()
         if kind == "hub":
-            from datasets import load_dataset
             problems: dict[str, CodeProblem] = {}
             for split in ("train", "test", "validation", "prompt"):
-                try:
-                    ds = load_dataset(HUB_ID, self.variant, split=split)
-                except Exception as exc:  # no network, no such revision: say what to do instead
-                    raise TaskError(f"mbpp: could not load {HUB_ID} from the hub ({exc}); offline, set "
-                                    "HF_HUB_OFFLINE=1 or pass --source local/--data-dir with mbpp/mbpp.jsonl") from exc
+                ds = self.load_hub(HUB_ID, self.variant, split=split,
+                                   offline_hint="--source local/--data-dir with mbpp/mbpp.jsonl")
                 for row in ds:
                     problem = problem_from_record(dict(row), self.variant)
                     problems[problem.task_id] = problem
-            self._note_source(SourceUsed("hub", HUB_ID, f"config={self.variant}", ""))
+            self._note_hub(HUB_ID, f"config={self.variant}")
             return problems
         path = self.local_root() / LOCAL_FILES[self.variant]
         problems = read_problem_file(path, self.variant)

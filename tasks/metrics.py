@@ -1,11 +1,15 @@
-"""Text metrics shared by tasks: thin wrappers over rouge-score and sacrebleu, plus the two
-diversity numbers no library computes the way the PO papers report them (distinct-n, token entropy).
+"""Metrics shared by tasks: thin wrappers over rouge-score and sacrebleu, the two diversity numbers
+no library computes the way the PO papers report them (distinct-n, token entropy), the held-out
+pairs' alignment accuracy, and a judge's verdict on completions against their reference texts.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from tasks.base import Sample, TaskError, group_by_prompt
+from tasks.base import PairLogps, Sample, TaskError, group_by_prompt, mean
+
+if TYPE_CHECKING:
+    from tasks.judges import Judge
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float | None:
@@ -72,3 +76,38 @@ def self_bleu_by_prompt(samples: Sequence[Sample]) -> tuple[float | None, str]:
         values = [self_bleu([samples[i].completion for i in g]) for g in groups]
         return sum(values) / len(values), "within prompt"
     return self_bleu([s.completion for s in samples]), "across prompts"
+
+
+def alignment_accuracy(pair_logps: Sequence[PairLogps] | None) -> float | None:
+    """Share of held-out pairs whose implicit reward log pi/ref ranks the chosen response first
+    (TDPO's "alignment accuracy"); None without pairs."""
+    if not pair_logps:
+        return None
+    return mean(float(p.implicit_margin > 0) for p in pair_logps)
+
+
+def judge_against_reference(judge: Judge, prompts: Sequence[str], completions: Sequence[str],
+                            references: Sequence[str], per_sample: list[dict[str, Any]], metrics: dict[str, float],
+                            missing: dict[str, str], *, similarity_metric: str, reference_name: str
+                            ) -> list[float] | None:
+    """Completions against their reference texts with a task's judge, into ``metrics``/``per_sample``.
+
+    A pairwise LLM or reward-model judge gives ``win_rate`` (ties 1/2; ``win`` per sample). The
+    offline embedding judge cannot say which text is better: it gives the mean cosine similarity
+    to the reference under ``similarity_metric`` (per sample too), ``win_rate`` goes to ``missing``
+    with the reason, and the similarities are returned (None with any other judge)."""
+    from tasks.judges import EmbeddingJudge
+
+    if isinstance(judge, EmbeddingJudge):
+        sims = judge.similarity(completions, references)
+        metrics[similarity_metric] = mean(sims)
+        for row, sim in zip(per_sample, sims):
+            row[similarity_metric] = sim
+        missing["win_rate"] = ("needs a pairwise LLM judge (llm:<url>?model=..) or a reward model; the offline "
+                               f"embedding fallback measures similarity to {reference_name} only")
+        return sims
+    wins = judge.compare(prompts, completions, references)
+    metrics["win_rate"] = mean(wins)
+    for row, win in zip(per_sample, wins):
+        row["win"] = win
+    return None

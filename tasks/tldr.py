@@ -14,14 +14,12 @@ Tags: summarization, dataset-preferences.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from tasks.base import (DataError, DataSource, Metric, PairLogps, PreferencePair, Prompt, Sample, Sampling,
-                        Scores, SFTExample, SourceUsed, Task, TaskError, file_fingerprint, limit_list, mean)
-from tasks.judges import EmbeddingJudge
-from tasks.metrics import rouge, self_bleu_by_prompt
+                        Scores, SFTExample, SourceUsed, Task, TaskError, file_fingerprint, limit_list, read_jsonl)
+from tasks.metrics import alignment_accuracy, judge_against_reference, rouge, self_bleu_by_prompt
 
 SFT_HUB_ID = "trl-lib/tldr"
 PREF_HUB_ID = "trl-lib/tldr-preference"
@@ -32,20 +30,13 @@ PREF_FIELDS = ("prompt", "chosen", "rejected")
 def read_rows(path: Path, fields: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a jsonl file; any row lacking a string field raises DataError(file, line, reason)."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, line_no, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(path, line_no, "record is not a JSON object")
-            for name in fields:
-                if not isinstance(row.get(name), str) or not row[name].strip():
-                    raise DataError(path, line_no, f"field {name!r} missing or not a non-empty string")
-            rows.append({name: row[name] for name in fields} | {"_line": line_no})
+    for line_no, row in read_jsonl(path, strict=True):
+        if not isinstance(row, dict):
+            raise DataError(path, line_no, "record is not a JSON object")
+        for name in fields:
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise DataError(path, line_no, f"field {name!r} missing or not a non-empty string")
+        rows.append({name: row[name] for name in fields} | {"_line": line_no})
     return rows
 
 
@@ -85,13 +76,12 @@ class TLDR(Task):
         fields = SFT_FIELDS if which == "tldr" else PREF_FIELDS
         kind = self.resolve_source()
         if kind == "hub":
-            from datasets import load_dataset
             hub_id = SFT_HUB_ID if which == "tldr" else PREF_HUB_ID
-            ds = load_dataset(hub_id, split=split)
+            ds = self.load_hub(hub_id, split=split)
             rows = [{name: row[name] for name in fields} | {"_line": i + 1} for i, row in enumerate(ds)]
-            self._note_source(SourceUsed("hub", hub_id, f"split={split}", getattr(ds, "_fingerprint", "") or ""))
+            self._note_hub(hub_id, f"split={split}", ds)
             return rows
-        path = self.local_root() / self.source("local").location / which / f"{split}.jsonl"
+        path = self.local_path(which, f"{split}.jsonl")
         if not path.exists():
             raise TaskError(f"tldr: missing {path} (expected the {which} {split} split as jsonl with fields "
                             f"{list(fields)})")
@@ -147,20 +137,11 @@ class TLDR(Task):
         else:
             metrics["self_bleu"] = bleu
         judge = self.judge
-        if isinstance(judge, EmbeddingJudge):
-            sims = judge.similarity(completions, refs)
-            metrics["similarity_to_reference"] = mean(sims)
-            for row, sim in zip(per_sample, sims):
-                row["similarity_to_reference"] = sim
-            missing["win_rate"] = ("needs a pairwise LLM judge (llm:<url>?model=..) or a reward model; the offline "
-                                   "embedding fallback measures similarity to the reference only")
-        else:
-            wins = judge.compare([s.prompt for s in samples], completions, refs)
-            metrics["win_rate"] = mean(wins)
-            for row, win in zip(per_sample, wins):
-                row["win"] = win
-        if pair_logps:
-            metrics["alignment_accuracy"] = mean(float(p.implicit_margin > 0) for p in pair_logps)
+        judge_against_reference(judge, [s.prompt for s in samples], completions, refs, per_sample, metrics, missing,
+                                similarity_metric="similarity_to_reference", reference_name="the reference")
+        accuracy = alignment_accuracy(pair_logps)
+        if accuracy is not None:
+            metrics["alignment_accuracy"] = accuracy
         details: dict[str, Any] = {"judge": judge.identity(), "judge_stats": judge.stats(),
                                    "self_bleu_scope": scope, "n_samples": len(samples)}
         if missing:
