@@ -1,18 +1,43 @@
 """Aggregate run records into a leaderboard (``leaderboard.json``: what ``pobench check`` reads).
 
-Statistics, per row (one configuration over its seeds) and metric:
+Statistics, per row (one configuration over its seeds) and metric. Per-prompt values are the unit:
+a metric "has per-prompt values" when the task's ``scores["per_sample"]`` carries it (mean over a
+prompt's samples); other metrics (distinct-n, pass@k, ...) are corpus-level, one value per seed.
 
-* ``mean``: mean over seeds of the per-seed metric.
-* ``ci`` (95%): with >= 2 seeds, a t-interval over the per-seed values (``ci_over: "seeds"``);
-  with one seed, a t-interval over per-prompt means (``ci_over: "prompts"``) when the task gives
-  per-sample values for the metric; corpus-level metrics (e.g. distinct-n) of one seed have none.
-  Metrics of model-evaluation tasks (``eval_tasks``, e.g. lm-eval) come with the evaluator's own
-  standard error over its items (``scores["stderr"]``): with one seed, or when the seeds did not
-  change the value (the reference's one deterministic evaluation, shared by its seeds), the
-  interval is mean +- z * stderr (``ci_over: "items"``).
-* ``vs_reference``: the paired difference to the reference policy's samples on the same prompts
-  and seed (per prompt: policy mean - reference mean, averaged over seeds), with a t-interval
-  over prompts. This is the test behind "DPO beats the reference".
+* ``mean``: mean over seeds of the per-seed metric (the task's own aggregate).
+* ``ci`` (95%), ``se``, ``ci_over`` (what was resampled), ``n``, ``per_seed``, and for bootstrap
+  intervals ``n_seeds``, ``n_prompts``, ``n_boot``, ``boot_seed`` (and ``seed_var_share`` /
+  ``caution`` from ``bench.stats`` when few seeds dominate the variance):
+
+  - >= 2 seeds, per-prompt values: the hierarchical bootstrap of ``bench.stats`` (resample the
+    row's seeds, then prompts with one prompt draw shared by every row of the task, the draw of its
+    matched-KL numbers when they cover the same prompts; percentile CI, se = SD of the resamples;
+    ``ci_over: "seeds and prompts (hierarchical bootstrap)"``, ``n`` = seeds). The resampled
+    statistic is the mean over seeds of the per-prompt mean; it equals ``mean`` when every prompt
+    has the same number of samples (else the interval keeps its distances below and above that
+    statistic, placed around ``mean``).
+  - >= 2 seeds, corpus-level: the same seed draws, over the per-seed values (``ci_over: "seeds
+    (bootstrap)"``). With 2-4 seeds such an interval is narrow and carries a ``caution``.
+  - one seed (kept as before, not a prompt bootstrap): a t-interval over per-prompt means
+    (``ci_over: "prompts"``, ``n`` = prompts) when the task gives per-sample values for the metric;
+    a corpus-level metric of one seed has no CI (``se`` None: ``pobench check`` reports it as
+    ``no-se``).
+  - metrics of model-evaluation tasks (``eval_tasks``, e.g. lm-eval) that come with the evaluator's
+    own standard error over its items (``scores["stderr"]``) keep their rule: with one seed, or when
+    the seeds did not change the value (the reference's one deterministic evaluation, shared by its
+    seeds), mean +- z * stderr (``ci_over: "items"``); otherwise a t-interval over the per-seed
+    values (``ci_over: "seeds (t-interval)"``).
+
+* ``vs_reference``: policy minus the reference policy of the same task and model, paired on the
+  same seeds and prompts. With >= 2 seeds in common: the paired hierarchical bootstrap (both rows
+  restricted to the (seed, prompt) cells they share, resampled with the same seed draw and the same
+  prompt draw, so what the two share on a prompt and seed cancels; ``ci_over: "seeds and prompts (paired
+  hierarchical bootstrap)"``), or for a corpus-level metric the paired bootstrap over seeds
+  (``"seeds (paired bootstrap)"``); ``p_value`` is the two-sided bootstrap p of ``bench.stats``.
+  With one seed in common (kept as before): the per-prompt differences with a t-interval over
+  prompts and the paired t-test's p (``ci_over: "prompts (paired)"``); a corpus-level metric then
+  has no difference. ``mean`` is the difference, ``n`` the number of paired prompts (of seeds for a
+  corpus-level metric). This is the test behind "DPO beats the reference".
 
 Paper reference values are separate rows of ``kind: "paper"``, never mixed into ours.
 
@@ -44,7 +69,7 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -88,12 +113,148 @@ def stderr_interval(mean: float, se: float, level: float = 0.95) -> dict[str, An
     return {"mean": mean, "se": se, "ci": [mean - half, mean + half], "ci_over": "items"}
 
 
-def _metric_stats(seed_scores: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    per_seed = [s["metrics"].get(metric) for s in seed_scores]
-    per_seed = [float(v) for v in per_seed if isinstance(v, (int, float))]
+# ----------------------------------------------------------------------------------------------
+# row statistics: mean, CI and se of a row's metric, and its paired difference to the reference
+
+ROWS_OVER = "seeds and prompts (hierarchical bootstrap)"
+SEEDS_OVER = "seeds (bootstrap)"
+PAIRED_OVER = "seeds and prompts (paired hierarchical bootstrap)"
+PAIRED_SEEDS_OVER = "seeds (paired bootstrap)"
+CORPUS = "<corpus>"  # the one pseudo-prompt of a corpus-level value: the prompt draw is then the identity
+
+ScoresBySeed = Mapping[Any, Mapping[str, Any]]  # seed -> a run's scores
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _by_seed(seed_scores: ScoresBySeed | Sequence[Mapping[str, Any]]) -> dict[Any, Mapping[str, Any]]:
+    return dict(seed_scores) if isinstance(seed_scores, Mapping) else dict(enumerate(seed_scores))
+
+
+def _seed_values(by_seed: ScoresBySeed, metric: str) -> dict[Any, float]:
+    return {s: float(sc["metrics"][metric]) for s, sc in by_seed.items() if _number(sc["metrics"].get(metric))}
+
+
+def _has_stderr(by_seed: ScoresBySeed, metric: str) -> bool:
+    return any(_number((sc.get("stderr") or {}).get(metric)) for sc in by_seed.values())
+
+
+class _Request(NamedTuple):
+    """What a bootstrap resamples: ``kind`` "prompts" (hierarchical) or "seeds" (corpus-level values);
+    ``data``: one or two (policy, reference) mappings seed -> prompt id -> value."""
+
+    kind: str
+    data: tuple[dict[Any, dict[str, float]], ...]
+
+
+def _metric_request(by_seed: ScoresBySeed, metric: str) -> _Request | None:
+    """The bootstrap behind a row's metric; None when it has none (one seed, or an evaluator's stderr)."""
+    values = _seed_values(by_seed, metric)
+    if len(values) < 2 or _has_stderr(by_seed, metric):
+        return None
+    prompts = {s: per_prompt_means(by_seed[s].get("per_sample", []), metric) for s in values}
+    if all(prompts.values()):
+        return _Request("prompts", (prompts,))
+    return _Request("seeds", ({s: {CORPUS: v} for s, v in values.items()},))
+
+
+def _difference_request(by_seed: ScoresBySeed, ref_by_seed: ScoresBySeed, metric: str) -> _Request | None:
+    """The paired bootstrap behind policy - reference: the (seed, prompt) cells both have, >= 2 seeds."""
+    mine, theirs = _seed_values(by_seed, metric), _seed_values(ref_by_seed, metric)
+    common = [s for s in mine if s in theirs]
+    if len(common) < 2:
+        return None
+    policy: dict[Any, dict[str, float]] = {}
+    reference: dict[Any, dict[str, float]] = {}
+    for s in common:
+        a = per_prompt_means(by_seed[s].get("per_sample", []), metric)
+        b = per_prompt_means(ref_by_seed[s].get("per_sample", []), metric)
+        shared = sorted(a.keys() & b.keys())
+        if not shared:
+            break
+        policy[s], reference[s] = {p: a[p] for p in shared}, {p: b[p] for p in shared}
+    else:
+        return _Request("prompts", (policy, reference))
+    return _Request("seeds", ({s: {CORPUS: mine[s]} for s in common}, {s: {CORPUS: theirs[s]} for s in common}))
+
+
+def _bootstrap_stats(out: dict[str, Any], kind: str, paired: bool) -> dict[str, Any]:
+    """A row's json fields from a ``Resampled.ci`` summary."""
+    stats: dict[str, Any] = {"mean": out["estimate"], "se": out["se"], "ci": out["ci"]}
+    if paired:
+        stats["p_value"] = out.get("p_value")
+        stats["ci_over"] = PAIRED_OVER if kind == "prompts" else PAIRED_SEEDS_OVER
+        stats["n"] = out["n_prompts"] if kind == "prompts" else out["n_seeds"]
+    else:
+        stats["ci_over"] = ROWS_OVER if kind == "prompts" else SEEDS_OVER
+        stats["n"] = out["n_seeds"]
+    stats.update(n_seeds=out["n_seeds"], n_prompts=out["n_prompts"] if kind == "prompts" else None,
+                 n_boot=out["n_boot"], boot_seed=out.get("boot_seed"))
+    stats.update({k: out[k] for k in ("seed_var_share", "caution") if k in out})
+    return stats
+
+
+def _run_request(request: _Request, *, n_boot: int, boot_seed: int, level: float) -> dict[str, Any]:
+    """One request on its own (its own prompt universe): what ``_Bootstraps`` does for a whole task."""
+    keys = ("policy", "reference")[:len(request.data)]
+    res = resample(dict(zip(keys, request.data)), n_boot=n_boot, seed=boot_seed, level=level)
+    if len(keys) == 2:
+        return _bootstrap_stats(res.ci(lambda m: m["policy"] - m["reference"], null=0.0), request.kind, True)
+    return _bootstrap_stats(res.ci(lambda m: m["policy"]), request.kind, False)
+
+
+class _Bootstraps:
+    """The bootstraps behind the rows of a board, batched per task: ONE resample over every row's
+    per-prompt values (one prompt draw for every row and metric of the task: the matched-KL
+    numbers' draw when they cover the same prompts), one over the corpus-level values (the seed
+    draws alone). A key's draws depend only on its seeds and the task's prompt universe
+    (``bench.stats.resample``), so batching changes nothing but the time; rows with the same seeds
+    share the seed draw, so policy and reference are paired."""
+
+    def __init__(self, n_boot: int, boot_seed: int, level: float = 0.95):
+        self.n_boot, self.boot_seed, self.level = n_boot, boot_seed, level
+        self._data: dict[tuple[str, str], dict[Hashable, dict[Any, dict[str, float]]]] = defaultdict(dict)
+        self._requests: dict[Hashable, tuple[str, _Request]] = {}
+        self._res: dict[tuple[str, str], Resampled] = {}
+
+    def add(self, task: str, key: Hashable, request: _Request | None) -> None:
+        if request is None:
+            return
+        self._requests[key] = (task, request)
+        for i, data in enumerate(request.data):
+            self._data[(task, request.kind)][(key, i)] = data
+
+    def run(self) -> None:
+        for where, data in self._data.items():
+            # keys in a fixed order: the same arrays (bit for bit) whatever order the runs came in
+            data = dict(sorted(data.items(), key=lambda kv: repr(kv[0])))
+            self._res[where] = resample(data, n_boot=self.n_boot, seed=self.boot_seed, level=self.level)
+
+    def stats(self, key: Hashable) -> dict[str, Any] | None:
+        if key not in self._requests:
+            return None
+        task, request = self._requests[key]
+        res = self._res[(task, request.kind)]
+        if len(request.data) == 2:
+            out = res.ci(lambda m: m[(key, 0)] - m[(key, 1)], null=0.0)
+        else:
+            out = res.ci(lambda m: m[(key, 0)])
+        return _bootstrap_stats(out, request.kind, paired=len(request.data) == 2)
+
+
+def _metric_stats(seed_scores: ScoresBySeed | Sequence[Mapping[str, Any]], metric: str, *,
+                  bootstrap: dict[str, Any] | None = None, n_boot: int = DEFAULT_BOOT, boot_seed: int = 0,
+                  level: float = 0.95) -> dict[str, Any] | None:
+    """A row's statistics of ``metric`` (see the module docstring). ``seed_scores``: seed -> scores (a
+    list: its positions are the seeds). ``bootstrap``: the row's bootstrap already computed with the
+    board's (``_Bootstraps.stats``); else it is computed here with ``n_boot``/``boot_seed``."""
+    by_seed = _by_seed(seed_scores)
+    per_seed = list(_seed_values(by_seed, metric).values())
     if not per_seed:
         return None
-    reported_se = [s.get("stderr", {}).get(metric) for s in seed_scores]
+    reported_se = [s.get("stderr", {}).get(metric) for s in by_seed.values()]
     reported_se = [float(v) for v in reported_se if isinstance(v, (int, float))]
     if reported_se and (len(per_seed) == 1 or len(set(per_seed)) == 1):
         # one measurement (repeated): the seeds say nothing about its error, the evaluator does
@@ -101,11 +262,25 @@ def _metric_stats(seed_scores: list[dict[str, Any]], metric: str) -> dict[str, A
         stats["n"] = None  # items behind the stderr: the evaluator's business (e.g. lm-eval's n-samples)
         stats["per_seed"] = per_seed
         return stats
-    if len(per_seed) >= 2:
+    if bootstrap is None:
+        request = _metric_request(by_seed, metric)
+        if request is not None:
+            bootstrap = _run_request(request, n_boot=n_boot, boot_seed=boot_seed, level=level)
+    if bootstrap is not None:
+        stats = dict(bootstrap)
+        # the task's own aggregate, averaged over seeds; the percentile interval keeps its distances
+        # below and above the resampled statistic's estimate (the same number up to rounding when
+        # every prompt has the same number of samples), so it always contains the mean
+        stats["mean"] = sum(per_seed) / len(per_seed)
+        if stats["ci"] is not None:
+            lo, hi = stats["ci"]
+            estimate = bootstrap["mean"]
+            stats["ci"] = [stats["mean"] - max(0.0, estimate - lo), stats["mean"] + max(0.0, hi - estimate)]
+    elif len(per_seed) >= 2:  # an evaluator's metric whose seeds differ
         stats = t_interval(per_seed)
-        stats["ci_over"] = "seeds"
+        stats["ci_over"] = "seeds (t-interval)"
     else:
-        prompts = per_prompt_means(seed_scores[0].get("per_sample", []), metric)
+        prompts = per_prompt_means(next(iter(by_seed.values())).get("per_sample", []), metric)
         stats = t_interval(list(prompts.values())) if len(prompts) >= 2 else {"se": None, "ci": None}
         stats["mean"] = per_seed[0]  # the task's own aggregate (may weight samples, not prompts)
         stats["n"] = len(prompts) if prompts else 1
@@ -114,9 +289,17 @@ def _metric_stats(seed_scores: list[dict[str, Any]], metric: str) -> dict[str, A
     return stats
 
 
-def paired_vs_reference(seed_scores: dict[int, dict[str, Any]], ref_scores: dict[int, dict[str, Any]],
-                        metric: str) -> dict[str, Any] | None:
-    """Per-prompt paired difference to the reference (same prompts, same seed), t-interval over prompts."""
+def paired_vs_reference(seed_scores: ScoresBySeed, ref_scores: ScoresBySeed, metric: str, *,
+                        bootstrap: dict[str, Any] | None = None, n_boot: int = DEFAULT_BOOT, boot_seed: int = 0,
+                        level: float = 0.95) -> dict[str, Any] | None:
+    """Policy minus reference on the same seeds and prompts (see the module docstring): the paired
+    hierarchical bootstrap with >= 2 seeds in common (``bootstrap``: already computed by the board's
+    ``_Bootstraps``), else the per-prompt paired differences with a t-interval over prompts."""
+    if bootstrap is not None:
+        return dict(bootstrap)
+    request = _difference_request(seed_scores, ref_scores, metric)
+    if request is not None:
+        return _run_request(request, n_boot=n_boot, boot_seed=boot_seed, level=level)
     diffs: dict[str, list[float]] = defaultdict(list)
     for seed, scores in seed_scores.items():
         ref = ref_scores.get(seed)
@@ -128,9 +311,22 @@ def paired_vs_reference(seed_scores: dict[int, dict[str, Any]], ref_scores: dict
             diffs[prompt_id].append(mine[prompt_id] - theirs[prompt_id])
     if len(diffs) < 2:
         return None
-    stats = t_interval([sum(v) / len(v) for v in diffs.values()])
+    stats = t_interval([sum(v) / len(v) for v in diffs.values()], level=level)
     stats["ci_over"] = "prompts (paired)"
+    stats["p_value"] = None
+    if stats["se"] is not None:
+        from scipy import stats as _scipy_stats
+
+        if stats["se"] > 0:
+            t = stats["mean"] / stats["se"]
+            stats["p_value"] = float(2 * _scipy_stats.t.sf(abs(t), stats["n"] - 1))
+        else:
+            stats["p_value"] = 1.0 if stats["mean"] == 0 else 0.0
     return stats
+
+
+def _tested_vs_reference(name: str, metric_info: Mapping[str, dict[str, Any]]) -> bool:
+    return metric_info.get(name, {}).get("higher_is_better") is not None or name == "kl"
 
 
 def point_id(row_id: str, step: int | None) -> str:
@@ -165,21 +361,37 @@ def build_leaderboard(suite_name: str, runs: list[dict[str, Any]], *, manifest: 
             reference_by_task_model[(row_runs[0]["task"], row_runs[0]["model"])] = {
                 r["seed"]: r["scores"] for r in row_runs}
     metric_info = dict(metric_info or {})
-    rows = []
+    # every row's metrics (and the metrics tested against the reference), then their bootstraps: one
+    # resample per task (bench.stats), so every row of a task sees the same prompt draw
+    points = []
     for (row_id, step), row_runs in grouped.items():
         row_runs.sort(key=lambda r: r["seed"])
-        first = row_runs[0]
-        seed_scores = [r["scores"] for r in row_runs]
+        by_seed = {r["seed"]: r["scores"] for r in row_runs}
         names: list[str] = []
-        for s in seed_scores:
+        for s in by_seed.values():
             for name in s["metrics"]:
                 if name not in names:
                     names.append(name)
             for name, direction in s.get("directions", {}).items():
                 metric_info.setdefault(name, {"higher_is_better": direction})
+        points.append((row_id, step, row_runs, by_seed, names))
+    boots = _Bootstraps(n_boot, boot_seed)
+    for row_id, step, row_runs, by_seed, names in points:
+        first = row_runs[0]
+        ref = reference_by_task_model.get((first["task"], first["model"]))
+        for name in names:
+            boots.add(first["task"], ("metric", row_id, step, name), _metric_request(by_seed, name))
+            if ref is not None and first["method"] != "reference" and _tested_vs_reference(name, metric_info):
+                boots.add(first["task"], ("vs_reference", row_id, step, name),
+                          _difference_request(by_seed, ref, name))
+    boots.run()
+    rows = []
+    for row_id, step, row_runs, by_seed, names in points:
+        first = row_runs[0]
         metrics = {}
         for name in names:
-            stats = _metric_stats(seed_scores, name)
+            stats = _metric_stats(by_seed, name, bootstrap=boots.stats(("metric", row_id, step, name)),
+                                  n_boot=n_boot, boot_seed=boot_seed)
             if stats is not None:
                 metrics[name] = stats
         row: dict[str, Any] = {
@@ -193,9 +405,10 @@ def build_leaderboard(suite_name: str, runs: list[dict[str, Any]], *, manifest: 
         if ref is not None and first["method"] != "reference":
             vs = {}
             for name in names:
-                if metric_info.get(name, {}).get("higher_is_better") is None and name != "kl":
+                if not _tested_vs_reference(name, metric_info):
                     continue
-                stats = paired_vs_reference({r["seed"]: r["scores"] for r in row_runs}, ref, name)
+                stats = paired_vs_reference(by_seed, ref, name, n_boot=n_boot, boot_seed=boot_seed,
+                                            bootstrap=boots.stats(("vs_reference", row_id, step, name)))
                 if stats is not None:
                     vs[name] = stats
             row["vs_reference"] = vs

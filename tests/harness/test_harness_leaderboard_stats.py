@@ -6,12 +6,13 @@ import itertools
 import json
 import math
 import time
+import zlib
 
 import numpy as np
 import pytest
 
 from bench.check import compare
-from bench.leaderboard import NO_KL, build_leaderboard
+from bench.leaderboard import NO_KL, _metric_stats, build_leaderboard, paired_vs_reference, t_interval
 from bench.report import markdown, write_all
 from bench.stats import (bootstrap_p_value, frontier, hierarchical_bootstrap, holm, nice_levels, resample,
                          value_at_kl, values_at_kl)
@@ -418,4 +419,240 @@ def test_a_large_board_builds_in_a_few_seconds():
                               metric_info={"reward": {"higher_is_better": True}, "kl": {"higher_is_better": False}})
     elapsed = time.perf_counter() - start
     assert len(board["frontiers"]) == 8 and len(board["contrasts"]) == 7 * 3
+    measured = [r for r in board["rows"] if r["kind"] == "measured"]
+    assert len(measured) == 24 and all(r["metrics"]["reward"]["ci_over"] == "seeds and prompts (hierarchical "
+                                       "bootstrap)" and r["vs_reference"]["reward"]["n_seeds"] == 3 for r in measured)
     assert elapsed < 10.0, f"{elapsed:.1f} s"
+
+
+# ----------------------------------------------------------------------------------------------
+# leaderboard rows: every CI of a row and of its difference to the reference with >= 2 seeds is the
+# hierarchical bootstrap (seeds, then one prompt draw shared by every row of the task)
+
+ROW_PROMPTS = [f"q{i:02d}" for i in range(20)]
+
+
+def _row_run(label, method, seed, rewards, kls=None, extra=None, stderr=None, step=None):
+    """One run: ``rewards`` prompt -> list of per-sample rewards (and ``kls`` the same shape)."""
+    per = [{"prompt_id": p, "index": j, "reward": r, **({"kl": kls[p][j]} if kls else {})}
+           for p, rs in rewards.items() for j, r in enumerate(rs)]
+    metrics = {"reward": float(np.mean([r["reward"] for r in per]))}
+    if kls:
+        metrics["kl"] = float(np.mean([r["kl"] for r in per]))
+    metrics.update(extra or {})
+    scores = {"metrics": metrics, "per_sample": per,
+              "directions": {"reward": True, "kl": False, "distinct_1": True, "acc": True}}
+    if stderr:
+        scores["stderr"] = stderr
+    return {"row_id": f"imdb/m/{label}", "task": "imdb", "model": "m", "method": method, "label": label,
+            "hparams": {}, "seed": seed, "step": step, "run_key": f"{label}-{seed}", "scores": scores}
+
+
+def seeded_runs(seeds=(0, 1, 2), shift=0.3, seed_sd=0.2, rng_seed=0, distinct=True):
+    """A reference and one dpo configuration (one step): seeds x 20 prompts x 2 samples, with a prompt
+    effect shared by both, a per-seed training effect on dpo, sampling noise, per-sample KL, and the
+    corpus-level distinct_1 (one value per run, no per-prompt values)."""
+    rng = np.random.default_rng(rng_seed)
+    effect = {p: float(rng.normal(0, 0.4)) for p in ROW_PROMPTS}
+    runs = []
+    for seed in seeds:
+        train = float(rng.normal(0, seed_sd))
+        for label, method, gain, kl in (("reference", "reference", 0.0, 0.0), ("dpo", "dpo", shift + train, 1.0)):
+            rewards = {p: [effect[p] + gain + float(rng.normal(0, 0.3)) for _ in range(2)] for p in ROW_PROMPTS}
+            kls = {p: [float(kl * rng.uniform(0.5, 1.5)) for _ in range(2)] for p in ROW_PROMPTS}
+            extra = {"distinct_1": float(0.6 + 0.05 * rng.normal())} if distinct else {}
+            runs.append(_row_run(label, method, seed, rewards, kls, extra, step=100 if method == "dpo" else None))
+    return runs
+
+
+def rows_board(runs, n_boot=300, boot_seed=4):
+    return build_leaderboard("t", runs, manifest={}, config_hash="h", primary={"imdb": "reward"},
+                             metric_info={"reward": {"higher_is_better": True}, "kl": {"higher_is_better": False},
+                                          "distinct_1": {"higher_is_better": True}},
+                             n_boot=n_boot, boot_seed=boot_seed)
+
+
+def _slow_bootstrap(values, n_boot, boot_seed, statistic):
+    """A slow loop over the same random draws as ``bench.stats.resample``: per resample, ONE prompt draw
+    (multinomial counts from ``default_rng([boot_seed, 0, 0])``, over the sorted prompt universe) for
+    every key and seed, and one seed draw per seed group (``default_rng([boot_seed, 1, crc32 of the
+    group])``); a key's value is the count-weighted mean over drawn seeds of the count-weighted mean over
+    drawn prompts. ``values``: key -> seed -> prompt -> value (every key on the same seeds). Returns the
+    B statistics."""
+    prompts = sorted({p for per_seed in values.values() for vals in per_seed.values() for p in vals})
+    group = sorted({s for per_seed in values.values() for s in per_seed})
+    prompt_counts = np.random.default_rng([boot_seed, 0, 0]).multinomial(
+        len(prompts), np.full(len(prompts), 1.0 / len(prompts)), size=n_boot)
+    crc = zlib.crc32(json.dumps([str(s) for s in group], default=str, sort_keys=True).encode())
+    seed_counts = np.random.default_rng([boot_seed, 1, crc]).multinomial(
+        len(group), np.full(len(group), 1.0 / len(group)), size=n_boot)
+    out = []
+    for b in range(n_boot):
+        means = {}
+        for key, per_seed in values.items():
+            total = weight = 0.0
+            for i, s in enumerate(group):
+                if seed_counts[b, i] == 0:
+                    continue
+                num = sum(prompt_counts[b, j] * per_seed[s][p] for j, p in enumerate(prompts) if p in per_seed[s])
+                den = sum(prompt_counts[b, j] for j, p in enumerate(prompts) if p in per_seed[s])
+                total += seed_counts[b, i] * num / den
+                weight += seed_counts[b, i]
+            means[key] = total / weight
+        out.append(statistic(means))
+    return np.array(out)
+
+
+def _prompt_values(runs, label, metric):
+    return {r["seed"]: {p: float(np.mean([x[metric] for x in r["scores"]["per_sample"] if x["prompt_id"] == p]))
+                        for p in ROW_PROMPTS} for r in runs if r["label"] == label}
+
+
+def test_row_and_vs_reference_cis_are_the_hierarchical_bootstrap_of_a_slow_loop():
+    runs = seeded_runs()
+    board = rows_board(runs, n_boot=300, boot_seed=4)
+    rows = {r["label"]: r for r in board["rows"]}
+    dpo, ref = rows["dpo"], rows["reference"]
+    values = {"dpo": _prompt_values(runs, "dpo", "reward"), "ref": _prompt_values(runs, "reference", "reward")}
+    for label, row in (("dpo", dpo), ("ref", ref)):
+        stats = row["metrics"]["reward"]
+        draws = _slow_bootstrap({label: values[label]}, 300, 4, lambda m, label=label: m[label])
+        assert stats["ci"] == pytest.approx(np.percentile(draws, [2.5, 97.5]).tolist(), rel=1e-12, abs=1e-12)
+        assert stats["se"] == pytest.approx(draws.std(ddof=1), rel=1e-9)
+        assert stats["ci_over"] == "seeds and prompts (hierarchical bootstrap)"
+        assert (stats["n"], stats["n_seeds"], stats["n_prompts"], stats["n_boot"]) == (3, 3, 20, 300)
+        # mean: the task's own aggregate (mean of the per-seed metric values)
+        assert stats["mean"] == pytest.approx(np.mean([r["scores"]["metrics"]["reward"] for r in runs
+                                                       if r["label"] == row["label"]]))
+        assert stats["per_seed"] == [r["scores"]["metrics"]["reward"] for r in runs if r["label"] == row["label"]]
+    # the paired difference: the same seed draw and the same prompt draw for policy and reference
+    vs = dpo["vs_reference"]["reward"]
+    draws = _slow_bootstrap(values, 300, 4, lambda m: m["dpo"] - m["ref"])
+    assert vs["ci"] == pytest.approx(np.percentile(draws, [2.5, 97.5]).tolist(), rel=1e-12, abs=1e-12)
+    assert vs["se"] == pytest.approx(draws.std(ddof=1), rel=1e-9)
+    assert vs["mean"] == pytest.approx(np.mean([np.mean(list(values["dpo"][s].values())) -
+                                                np.mean(list(values["ref"][s].values())) for s in (0, 1, 2)]))
+    assert vs["p_value"] == pytest.approx(bootstrap_p_value(draws, 0.0))
+    assert vs["ci_over"] == "seeds and prompts (paired hierarchical bootstrap)" and vs["n"] == 20
+    # pairing matters: without a training effect, the shared prompt effect (SD 0.4) dominates each row's
+    # se and cancels in the difference
+    calm = {r["label"]: r for r in rows_board(seeded_runs(seed_sd=0.0))["rows"]}
+    assert calm["dpo"]["vs_reference"]["reward"]["se"] < 0.6 * math.hypot(
+        calm["dpo"]["metrics"]["reward"]["se"], calm["reference"]["metrics"]["reward"]["se"])
+    # KL too (a lower-is-better metric), and the row's point on the frontier has the same draws
+    kl_draws = _slow_bootstrap({"k": _prompt_values(runs, "dpo", "kl")}, 300, 4, lambda m: m["k"])
+    assert dpo["metrics"]["kl"]["ci"] == pytest.approx(np.percentile(kl_draws, [2.5, 97.5]).tolist(), rel=1e-12)
+    point = next(p for f in board["frontiers"] for p in f["points"] if p["row"] == dpo["id"])
+    assert point["value_ci"] == pytest.approx(dpo["metrics"]["reward"]["ci"], rel=1e-12)
+    assert point["kl_ci"] == pytest.approx(dpo["metrics"]["kl"]["ci"], rel=1e-12)
+    # batching a task in one resample changes nothing: the functions alone give the same numbers
+    by_seed = {r["seed"]: r["scores"] for r in runs if r["label"] == "dpo"}
+    ref_by_seed = {r["seed"]: r["scores"] for r in runs if r["label"] == "reference"}
+    alone = paired_vs_reference(by_seed, ref_by_seed, "reward", n_boot=300, boot_seed=4)
+    assert alone["ci"] == pytest.approx(vs["ci"], rel=1e-12) and alone["p_value"] == vs["p_value"]
+    assert _metric_stats(by_seed, "reward", n_boot=300, boot_seed=4)["ci"] == pytest.approx(
+        dpo["metrics"]["reward"]["ci"], rel=1e-12)
+    json.dumps(board, allow_nan=False)
+
+
+def test_a_policy_equal_to_the_reference_differs_by_exactly_zero():
+    runs = seeded_runs()
+    twin = [dict(r, row_id="imdb/m/twin", label="twin", method="dpo", step=100,
+                 run_key=f"twin-{r['seed']}") for r in runs if r["method"] == "reference"]
+    board = rows_board(runs + twin)
+    row = next(r for r in board["rows"] if r["label"] == "twin")
+    for metric in ("reward", "kl", "distinct_1"):
+        vs = row["vs_reference"][metric]
+        assert vs["mean"] == 0.0 and vs["ci"] == [0.0, 0.0] and vs["se"] == 0.0 and vs["p_value"] == 1.0, metric
+    ref = next(r for r in board["rows"] if r["kind"] == "reference")
+    assert row["metrics"]["reward"]["ci"] == pytest.approx(ref["metrics"]["reward"]["ci"], rel=1e-12)
+
+
+def test_corpus_level_metrics_are_bootstrapped_over_seeds():
+    runs = seeded_runs()
+    board = rows_board(runs, n_boot=300, boot_seed=4)
+    dpo = next(r for r in board["rows"] if r["label"] == "dpo")
+    stats = dpo["metrics"]["distinct_1"]
+    per_seed = {r["seed"]: r["scores"]["metrics"]["distinct_1"] for r in runs if r["label"] == "dpo"}
+    ref_seed = {r["seed"]: r["scores"]["metrics"]["distinct_1"] for r in runs if r["label"] == "reference"}
+    assert stats["ci_over"] == "seeds (bootstrap)" and stats["n"] == 3 and stats["n_prompts"] is None
+    assert stats["mean"] == pytest.approx(np.mean(list(per_seed.values())))
+    one = {s: {"<corpus>": v} for s, v in per_seed.items()}  # one pseudo-prompt: only the seeds are drawn
+    draws = _slow_bootstrap({"d": one}, 300, 4, lambda m: m["d"])
+    assert stats["ci"] == pytest.approx(np.percentile(draws, [2.5, 97.5]).tolist(), rel=1e-12)
+    assert "caution" in stats  # 3 seeds, all of the variance is seed-to-seed: flagged as too narrow
+    vs = dpo["vs_reference"]["distinct_1"]
+    paired = _slow_bootstrap({"d": one, "r": {s: {"<corpus>": v} for s, v in ref_seed.items()}}, 300, 4,
+                             lambda m: m["d"] - m["r"])
+    assert vs["ci_over"] == "seeds (paired bootstrap)"
+    assert vs["ci"] == pytest.approx(np.percentile(paired, [2.5, 97.5]).tolist(), rel=1e-12)
+    # one seed: no CI for a corpus-level value (as before), and no difference to test
+    single = rows_board([r for r in runs if r["seed"] == 0])
+    dpo1 = next(r for r in single["rows"] if r["label"] == "dpo")
+    assert dpo1["metrics"]["distinct_1"]["se"] is None and "distinct_1" not in dpo1["vs_reference"]
+
+
+def test_one_seed_keeps_the_t_intervals_over_prompts():
+    runs = [r for r in seeded_runs() if r["seed"] == 1]
+    board = rows_board(runs)
+    dpo = next(r for r in board["rows"] if r["label"] == "dpo")
+    prompts = _prompt_values(runs, "dpo", "reward")[1]
+    ref = _prompt_values(runs, "reference", "reward")[1]
+    want = t_interval(list(prompts.values()))
+    stats = dpo["metrics"]["reward"]
+    assert stats["ci_over"] == "prompts" and stats["n"] == 20 and stats["per_seed"] == [runs[1]["scores"]["metrics"][
+        "reward"]]
+    assert stats["se"] == pytest.approx(want["se"]) and stats["ci"] == pytest.approx(want["ci"])
+    diffs = [prompts[p] - ref[p] for p in ROW_PROMPTS]
+    vs = dpo["vs_reference"]["reward"]
+    assert vs["ci_over"] == "prompts (paired)" and vs["n"] == 20
+    assert vs["mean"] == pytest.approx(np.mean(diffs)) and vs["ci"] == pytest.approx(t_interval(diffs)["ci"])
+    from scipy import stats as scipy_stats
+
+    assert vs["p_value"] == pytest.approx(scipy_stats.ttest_1samp(diffs, 0.0).pvalue)
+    # a policy with 3 seeds against a reference evaluated on one of them: paired on that seed alone
+    mixed = [r for r in seeded_runs() if r["method"] == "dpo" or r["seed"] == 1]
+    vs = next(r for r in rows_board(mixed)["rows"] if r["label"] == "dpo")["vs_reference"]["reward"]
+    assert vs["ci_over"] == "prompts (paired)" and vs["mean"] == pytest.approx(np.mean(diffs))
+
+
+def test_evaluator_stderr_metrics_keep_their_rule():
+    runs = seeded_runs(distinct=False)
+    for r in runs:
+        same = r["method"] == "reference"  # one deterministic evaluation shared by the seeds
+        r["scores"]["metrics"]["acc"] = 0.5 if same else 0.5 + 0.01 * r["seed"]
+        r["scores"]["stderr"] = {"acc": 0.02}
+    board = rows_board(runs)
+    rows = {r["label"]: r for r in board["rows"]}
+    assert rows["reference"]["metrics"]["acc"]["ci_over"] == "items"
+    assert rows["reference"]["metrics"]["acc"]["se"] == 0.02
+    acc = rows["dpo"]["metrics"]["acc"]
+    assert acc["ci_over"] == "seeds (t-interval)" and acc["ci"] == pytest.approx(t_interval([0.5, 0.51, 0.52])["ci"])
+    assert rows["dpo"]["metrics"]["reward"]["ci_over"] == "seeds and prompts (hierarchical bootstrap)"
+
+
+def test_unequal_samples_per_prompt_keep_the_task_mean_inside_its_interval():
+    runs = seeded_runs(distinct=False)
+    for r in runs:  # a third sample on half of the prompts: the task's sample mean weights those more
+        extra = [dict(x, index=2, reward=x["reward"] + 1.0) for x in r["scores"]["per_sample"]
+                 if x["index"] == 0 and int(x["prompt_id"][1:]) % 2 == 0]
+        r["scores"]["per_sample"] += extra
+        r["scores"]["metrics"]["reward"] = float(np.mean([x["reward"] for x in r["scores"]["per_sample"]]))
+    board = rows_board(runs)
+    for row in board["rows"]:
+        stats = row["metrics"]["reward"]
+        prompt_weighted = np.mean([np.mean(list(v.values())) for v in _prompt_values(runs, row["label"], "reward")
+                                   .values()])
+        assert abs(stats["mean"] - prompt_weighted) > 0.01  # the two estimators differ here ...
+        assert stats["ci"][0] <= stats["mean"] <= stats["ci"][1]  # ... and the interval sits around the mean
+
+
+def test_row_statistics_do_not_depend_on_the_order_of_the_runs():
+    """A board rebuilt from records must equal the original bit for bit, whatever order the runs come in."""
+    runs = synthetic_runs({"dpo": 0.1, "newpo": 0.3}, extra={"dpo-copy": "newpo"})
+    runs += [dict(r, row_id="imdb/m/other", label="other", method="other") for r in seeded_runs(seeds=(0, 1))
+             if r["method"] == "dpo"]
+    first = {r["id"]: (r["metrics"], r.get("vs_reference")) for r in rows_board(runs)["rows"]}
+    shuffled = list(reversed(runs))
+    shuffled.insert(0, shuffled.pop(7))
+    assert {r["id"]: (r["metrics"], r.get("vs_reference")) for r in rows_board(shuffled)["rows"]} == first
