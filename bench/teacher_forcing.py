@@ -93,6 +93,20 @@ def sequence_kl(policy_path: str, reference_path: str, prompts: Sequence[str], c
     return [float(sum(a) - sum(b)) for a, b in zip(lp, lr)]
 
 
+def reference_logps(reference_path: str, prompts: Sequence[str], token_ids: Sequence[Sequence[int]],
+                    batch_size: int = 32, dtype: str = "float32", prompt_format: PromptFormat | None = None
+                    ) -> list[list[float]]:
+    """The reference's per-token log-probs of sampled completions given as token ids (no decode ->
+    re-tokenise round trip; an EOS the sampler drew is scored like any other token). With the
+    policy's log-probs from the sampler this is the whole KL estimate: one forward, not two."""
+    reference, tokenizer = load_for_inference(reference_path, parse_dtype(dtype))
+    rows = []
+    for prompt, ids in zip(prompts, token_ids):
+        p = encode(tokenizer, prompt, prompt_format)
+        rows.append((p + list(ids), len(p)))
+    return completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)
+
+
 def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32,
                dtype: str = "float32", prompt_format: PromptFormat | None = None) -> list[Any]:
     """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps);

@@ -89,6 +89,7 @@ class HFBackend:
         rows = [(i, k) for i in range(len(prompts)) for k in range(n)]
         order = sorted(range(len(rows)), key=lambda r: (-len(ids[rows[r][0]]), r))
         completions: dict[tuple[int, int], str] = {}
+        sampled: dict[tuple[int, int], dict[str, Any]] = {}  # token ids + policy log-probs per row
         greedy = sampling.temperature == 0
         pad = self.tokenizer.pad_token_id
         for b, start in enumerate(range(0, len(order), self.batch_size)):
@@ -104,20 +105,34 @@ class HFBackend:
             # leaves one finite score per row (see InverseCDFSampler for why)
             kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad,
                                       "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            sampler = None
             if not greedy:
                 generator = torch.Generator().manual_seed(seed * 100_003 + b)  # deterministic per (seed, batch)
-                kwargs["logits_processor"] = LogitsProcessorList(
-                    [InverseCDFSampler(sampling.temperature, sampling.top_p, generator)])
+                sampler = InverseCDFSampler(sampling.temperature, sampling.top_p, generator)
+                kwargs["logits_processor"] = LogitsProcessorList([sampler])
             out = self.model.generate(input_ids=input_ids.to(self.device),
                                       attention_mask=attention.to(self.device), **kwargs)
             new = out[:, width:].tolist()
-            for (i, k), tokens in zip(chunk, new):
+            logps = torch.stack(sampler.logps, dim=1).tolist() if sampler is not None and sampler.logps else None
+            for j, ((i, k), tokens) in enumerate(zip(chunk, new)):
                 text = decode_completion(self.tokenizer, tokens, sampling.stop)
                 completions[(i, k)] = text
-                self.stats["generated_tokens"] += _count_until_eos(tokens, self.tokenizer.eos_token_id, pad)
+                count = _count_until_eos(tokens, self.tokenizer.eos_token_id, pad)
+                self.stats["generated_tokens"] += count
+                # the ids are the sample only when no stop string cut the text (else the harness
+                # teacher-forces the text); the EOS, when drawn, is part of the sample
+                if logps is not None and text == decode_completion(self.tokenizer, tokens, ()):
+                    sampled[(i, k)] = {"token_ids": tokens[:count], "logprobs": logps[j][:count]}
         self.stats["seconds"] += time.perf_counter() - started
-        return [Sample.from_prompt(prompts[i], completions[(i, k)], index=k)
-                for i in range(len(prompts)) for k in range(n)]
+        samples = []
+        for i in range(len(prompts)):
+            for k in range(n):
+                drawn = sampled.get((i, k))
+                samples.append(Sample.from_prompt(
+                    prompts[i], completions[(i, k)], index=k,
+                    logprobs=drawn["logprobs"] if drawn else None,
+                    meta={"token_ids": drawn["token_ids"]} if drawn else {}))
+        return samples
 
     def close(self) -> None:
         del self.model
@@ -139,9 +154,12 @@ class InverseCDFSampler:
         if not 0 < top_p <= 1:
             raise BackendError(f"sampling top_p must be in (0, 1], got {top_p}")
         self.temperature, self.top_p, self.generator = float(temperature), float(top_p), generator
+        #: per generation step, [rows]: log pi(drawn token) under the untempered, untruncated policy
+        self.logps: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        logits = scores.float()
+        probs = torch.softmax(logits / self.temperature, dim=-1)
         if self.top_p < 1:
             # keep the smallest prefix of the sorted distribution whose mass reaches top_p
             sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -151,6 +169,10 @@ class InverseCDFSampler:
         u = torch.rand((probs.shape[0], 1), generator=self.generator).to(cdf.device) * cdf[:, -1:]
         # right=True: the first entry whose cdf exceeds u, which always has positive probability
         token = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
+        # the policy's own log-prob of the drawn token: with temperature 1 and no truncation, the
+        # samples come from pi and sum(logps - ref logps) estimates KL(pi || ref) without a second
+        # forward of the policy (the score stage then runs only the reference)
+        self.logps.append((logits.gather(-1, token) - torch.logsumexp(logits, -1, keepdim=True)).squeeze(-1).cpu())
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 

@@ -129,6 +129,10 @@ class ScoreConfig(Schema):
     kl_batch_size: int = Field(32, ge=1)
     kl_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="teacher-forcing weights dtype (log-softmax always in float32)")
+    kl_source: Literal["sampler", "teacher_forcing"] = Field(
+        "sampler", description="sampler: the policy log-probs the backend returned with the sampled token ids, "
+        "only the reference runs (samples without them are teacher-forced); teacher_forcing: both models "
+        "re-score the decoded text")
 
 
 class EvalConfig(Schema):

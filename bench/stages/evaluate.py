@@ -83,6 +83,34 @@ def kl_unavailable(sampling: dict[str, Any]) -> str | None:
     return None
 
 
+def kl_from_samples(samples: list[Any], policy: str, reference: str, cfg: ScoreConfig,
+                    prompt_format: PromptFormat) -> str:
+    """Set ``sample.kl`` = sum_t log pi(y_t) - log ref(y_t) for every sample; returns how it was computed.
+
+    ``kl_source: sampler``: samples that carry the sampled token ids and the policy's log-probs from
+    the backend need only a reference forward over those ids (EOS included); the others, and every
+    sample with ``kl_source: teacher_forcing``, are re-scored as text by both models."""
+    from bench import teacher_forcing
+
+    drawn = [s for s in samples if cfg.kl_source == "sampler" and s.logprobs is not None
+             and (s.meta or {}).get("token_ids") is not None and len(s.logprobs) == len(s.meta["token_ids"])]
+    if drawn:
+        ref = teacher_forcing.reference_logps(reference, [s.prompt for s in drawn], [s.meta["token_ids"] for s in drawn],
+                                              batch_size=cfg.kl_batch_size, dtype=cfg.kl_dtype,
+                                              prompt_format=prompt_format)
+        for s, lr in zip(drawn, ref):
+            s.kl = float(sum(s.logprobs) - sum(lr))
+    rest = [s for s in samples if s.kl is None]
+    if rest:
+        kls = teacher_forcing.sequence_kl(policy, reference, [s.prompt for s in rest], [s.completion for s in rest],
+                                          batch_size=cfg.kl_batch_size, dtype=cfg.kl_dtype,
+                                          prompt_format=prompt_format)
+        for s, kl in zip(rest, kls):
+            s.kl = kl
+    return (f"sampler log-probs + reference forward for {len(drawn)} samples; teacher forcing of both models "
+            f"for {len(rest)}")
+
+
 def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
     from bench import teacher_forcing
 
@@ -102,11 +130,7 @@ def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
             for s in samples:  # the reference against itself: exactly zero, no forward needed
                 s.kl = 0.0
         else:
-            kls = teacher_forcing.sequence_kl(policy, reference, [s.prompt for s in samples],
-                                              [s.completion for s in samples], batch_size=cfg.kl_batch_size,
-                                              dtype=cfg.kl_dtype, prompt_format=p.prompt_format)
-            for s, kl in zip(samples, kls):
-                s.kl = kl
+            notes["kl_source"] = kl_from_samples(samples, policy, reference, cfg, p.prompt_format)
     eval_pairs = task.eval_pairs()
     if eval_pairs:
         pair_logps = teacher_forcing.pair_logps(policy, reference, eval_pairs, batch_size=cfg.kl_batch_size,

@@ -102,3 +102,38 @@ def test_inverse_cdf_sampler_rejects_bad_settings():
         InverseCDFSampler(0.0, 1.0, torch.Generator())
     with pytest.raises(BackendError, match="top_p"):
         InverseCDFSampler(1.0, 0.0, torch.Generator())
+
+
+def test_kl_from_the_sampler_equals_teacher_forcing_on_the_tiny_model(tiny_dirs):
+    """The hf sampler returns the drawn token ids with the policy's log-probs; a reference forward over
+    those ids gives the KL without re-scoring the policy, and both ways agree (issue: KL from the sampler)."""
+    from bench.config.schema import ScoreConfig
+    from bench.prompts import PromptFormat
+    from bench.stages.evaluate import kl_from_samples
+    from bench.teacher_forcing import completion_logps
+    from bench.backends.hf import load_for_inference
+
+    policy, reference = tiny_dirs
+    prompts = [Prompt(id=f"p{i}", text=t) for i, t in enumerate(["The movie was", "I think", "A long and"])]
+    fmt = PromptFormat(chat_template=False, max_prompt_length=64)
+    samples = HFBackend(policy, dtype="float32", batch_size=4).generate(
+        prompts, Sampling(max_new_tokens=6, temperature=1.0, n=3), seed=3, prompt_format=fmt)
+    assert all(s.logprobs is not None and len(s.logprobs) == len(s.meta["token_ids"]) for s in samples)
+    # 1. the sampler's log-probs are the policy's own: teacher forcing over the same ids agrees
+    model, tok = load_for_inference(policy, torch.float32)
+    rows = [(tok(s.prompt)["input_ids"] + s.meta["token_ids"], len(tok(s.prompt)["input_ids"])) for s in samples]
+    forced = completion_logps(model, rows, tok.pad_token_id, batch_size=1)
+    for s, lp in zip(samples, forced):
+        assert s.logprobs == pytest.approx(lp, abs=1e-4)
+    # 2. KL via the sampler (reference forward only) == KL via teacher forcing of the decoded text,
+    # on samples whose text re-tokenises to the drawn ids (the round trip the sampler path avoids)
+    via_sampler = [s for s in samples]
+    kl_from_samples(via_sampler, policy, reference, ScoreConfig(kl_source="sampler"), fmt)
+    text_samples = [type(s)(prompt_id=s.prompt_id, prompt=s.prompt, completion=s.completion, index=s.index)
+                    for s in samples]
+    kl_from_samples(text_samples, policy, reference, ScoreConfig(kl_source="teacher_forcing"), fmt)
+    round_trip = [i for i, s in enumerate(samples)
+                  if tok(s.completion, add_special_tokens=False)["input_ids"] == s.meta["token_ids"]]
+    assert round_trip, "no sample re-tokenised to its own ids: the comparison would be empty"
+    for i in round_trip:
+        assert via_sampler[i].kl == pytest.approx(text_samples[i].kl, abs=1e-4)

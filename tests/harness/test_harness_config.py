@@ -132,9 +132,10 @@ def test_work_estimate_counts_every_stage_once():
     from bench.plan import estimate_work
 
     work = estimate_work(build_plan(load_suite(REPO / "configs" / "default.yaml")))
-    # 7 methods x 20 steps + TIS-DPO's pi_minus (its pi_plus is the suite's DPO): 160 steps;
-    # 128 x 4 preference samples + 8 rows x 128 x 2 eval samples; KL for the 7 trained policies
-    assert work == {"train_steps": 160, "sampled_sequences": 512 + 8 * 256, "kl_sequences": 7 * 256}
+    # 7 methods x 16 steps + TIS-DPO's pi_minus (its pi_plus is the suite's DPO): 128 steps; 96 x 4
+    # preference samples + (reference + 7 methods x 2 checkpoints) x 128 eval samples; KL for the 14
+    # evaluated policies (the reference's is 0 by construction)
+    assert work == {"train_steps": 128, "sampled_sequences": 96 * 4 + 15 * 128, "kl_sequences": 14 * 128}
 
 
 def test_cache_keys_follow_inputs():
