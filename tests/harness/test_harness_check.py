@@ -13,7 +13,7 @@ import pytest
 
 from bench.check import compare, evidence_of, family_size, load_samples, paired_gain, simulate_error_rates
 from bench.cli import main as cli
-from bench.leaderboard import build_leaderboard, paired_vs_reference, t_interval
+from bench.leaderboard import build_leaderboard, paired_vs_reference, point_id, t_interval
 from bench.runner import write_run_records
 from bench.stats import holm
 
@@ -143,7 +143,7 @@ def evidence(runs):
     board = board_of(runs)
     samples = {}
     for r in runs:
-        pid = r["row_id"]
+        pid = point_id(r["row_id"], r.get("step"))
         by_metric = {}
         for row in r["scores"]["per_sample"]:
             for m in ("reward", "kl"):
@@ -353,6 +353,37 @@ def test_simulated_false_alarm_rate_within_its_bound_and_power(tmp_path):
     half, full = report["power"]["curve"]
     assert half["drop"] == pytest.approx(gain["gain"] / 2) and full["power"]["rate"] >= half["power"]["rate"]
     assert full["power"]["rate"] >= 0.8  # a drop of the whole gain (~0.15 at se ~0.04) is found
+    assert report["scheme"] == "sample split"
+
+
+def test_one_sample_per_prompt_simulates_with_a_prompt_split():
+    board, samples = evidence(synthetic_runs(k=1, n_prompts=128))
+    report = simulate_error_rates(board, samples, n_null=200, fractions=(0.5,))
+    assert report["scheme"] == "prompt split" and report["data"]["samples_per_prompt"] == [1]
+    assert report["data"]["family_size"] == {"min": 15, "max": 15}
+    fa = report["false_alarm"]
+    assert fa["rate"] <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 200) and fa["ci95"][0] <= 0.05
+    # 64 pairs of different prompts: the prompt spread is in the noise, the power is only a floor
+    assert report["power"]["halved_gain"]["power"]["rate"] < 0.8
+
+
+def test_power_report_uses_the_final_dpo_point_and_contrasts_it_with_its_earlier_checkpoint():
+    rows = {"reference": (0.0, 0.0), "dpo": (0.16, 1.3), "bcr": (0.05, 0.4)}
+    final = [{**r, "step": 20} if r["method"] == "dpo" else r for r in synthetic_runs(rows)]
+    # step 10: half the gain, sampled with the same sampling seed (close samples)
+    early = [{**r, "step": 10} for r in synthetic_runs(rows, shift={"dpo": -0.08}, jitter=0.1)
+             if r["method"] == "dpo"]
+    board, samples = evidence(final + early)
+    report = simulate_error_rates(board, samples, n_null=10, fractions=(0.5,))
+    power = report["power"]
+    assert power["row"] == "imdb/m/dpo@20" and power["gain_over_reference"]["reference"] == "imdb/m/reference"
+    contrast = power["checkpoint_contrast"]
+    assert contrast["current_row"] == "imdb/m/dpo@10" and contrast["n_prompts"] == 64
+    assert contrast["paired_difference"] == pytest.approx(-0.08, abs=0.03)
+    # the jitter's per-prompt mean of 2 samples: close samples, small noise
+    assert contrast["sd_per_prompt"] == pytest.approx(0.1 / math.sqrt(2), rel=0.25)
+    p = contrast["power_for_halved_gain_at_this_noise"]
+    assert p["family"] == report["data"]["family_size"]["max"] and 0.9 < p["at_alpha_over_family"] <= p["at_alpha"]
 
 
 def test_simulate_cli_writes_the_report(tmp_path, capsys):

@@ -132,10 +132,10 @@ def test_work_estimate_counts_every_stage_once():
     from bench.plan import estimate_work
 
     work = estimate_work(build_plan(load_suite(REPO / "configs" / "default.yaml")))
-    # 7 methods x 16 steps + TIS-DPO's pi_minus (its pi_plus is the suite's DPO): 128 steps; 96 x 4
+    # 7 methods x 14 steps + TIS-DPO's pi_minus (its pi_plus is the suite's DPO): 112 steps; 64 x 4
     # preference samples + (reference + 7 methods x 2 checkpoints) x 128 eval samples; KL for the 14
     # evaluated policies (the reference's is 0 by construction)
-    assert work == {"train_steps": 128, "sampled_sequences": 96 * 4 + 15 * 128, "kl_sequences": 14 * 128}
+    assert work == {"train_steps": 112, "sampled_sequences": 64 * 4 + 15 * 128, "kl_sequences": 14 * 128}
 
 
 def test_cache_keys_follow_inputs():
