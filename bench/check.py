@@ -39,17 +39,26 @@ change that re-rolls training can be flagged although the method did not get wor
 for that, or a slack.
 
 Error rates (``simulate_error_rates``, ``pobench check --simulate N``): null comparisons built from
-the baseline's stored samples. Per prompt (and seed), its samples are split at random in two halves,
-and the simulated current is ``baseline + c * (mean of one half - mean of the other)`` with c chosen
-so the added noise has the variance of the difference of two independent k-sample means
-(c = sqrt((2/k) / (1/|A| + 1/|B|)); c = 1/sqrt(2) for k = 2). Samples of one prompt and seed are
-exchangeable draws of the same policy, so each per-prompt difference has mean zero and a symmetric
-distribution: a valid null with no true change, the real distributions of rewards and KL (ties,
-heavy tails), and independent sampling noise (no coupling through the sampling seed, so noisier
-than a real re-run: conservative for the power). One split per (seed, prompt) is shared by every
-row and metric, which keeps the correlation between rows (shared prompts and sampling seeds) and
-between a sample's reward and KL. Power: the same null draws with the injected row's primary metric
-shifted by a fraction of its paired gain over the reference.
+the baseline's stored samples, sharing every random choice across rows and metrics (which keeps the
+dependence between rows on shared prompts and sampling seeds, and between a sample's reward and KL).
+
+* ``sample split`` (>= 2 samples per prompt): per prompt (and seed), its samples are split at random
+  in two halves, and the simulated current is ``baseline + c * (mean of one half - mean of the
+  other)`` with c chosen so the added noise has the variance of the difference of two independent
+  k-sample means (c = sqrt((2/k) / (1/|A| + 1/|B|)); 1/sqrt(2) for k = 2). Samples of one prompt and
+  seed are exchangeable draws of the same policy, so each per-prompt difference has mean zero and a
+  symmetric distribution: a valid null with the data's own distributions (ties, heavy tails), and
+  independent sampling noise (no coupling through the sampling seed: noisier than a real re-run).
+* ``prompt split`` (one sample per prompt): the prompts are shuffled into pairs (a_i, b_i); the
+  baseline is the a_i's values and the current the partners' values under the a_i's ids. Which
+  prompt of a pair lands on which side is random, so the n/2 paired differences are exchangeable,
+  symmetric and mean-zero: a valid null, but one that carries the prompt-to-prompt spread a real
+  comparison on the same prompts cancels, so its power is a floor.
+
+Power: the same draws with the injected row's primary metric shifted by a fraction of its paired
+gain over the reference. ``checkpoint_contrast`` adds a real one: the row against an earlier
+checkpoint of the same training run on the same sampling seed, whose per-prompt spread is the noise
+of a real policy change with the sampler's coupling (what both simulated nulls leave out).
 """
 from __future__ import annotations
 
@@ -326,13 +335,19 @@ def _rate(k: int, n: int) -> dict[str, Any]:
 
 
 class _NullSampler:
-    """Null current evidence from stored samples: per (seed, prompt) a random half/half split of its
-    samples, shared by every row and metric; current = baseline mean + c_k * (mean A - mean B)."""
+    """Null (baseline, current) evidence pairs from stored samples (see the module docstring).
 
-    def __init__(self, samples: Samples, points: Sequence[str], metrics_of: Mapping[str, Sequence[str]]):
-        self.blocks = []  # (point, seed, metric, prompts, values (P, k), k)
+    ``sample split`` (every prompt has >= 2 samples): per (seed, prompt) a random half/half split of its
+    samples, shared by every row and metric; baseline = the prompt's mean, current = mean + c_k (mean A -
+    mean B). ``prompt split`` (one sample per prompt): per seed the prompts are shuffled into pairs
+    (a_i, b_i), shared by every row and metric; baseline = the values of the a_i, current = the values
+    of their partners b_i under the a_i's ids."""
+
+    def __init__(self, samples: Samples, points: Sequence[str], metrics_of: Mapping[str, Sequence[str]],
+                 scheme: str | None = None):
+        self.blocks = []  # (point, seed, metric, prompts, values (P, k), k, index in the seed's universe)
         self.universe: dict[Any, dict[str, int]] = defaultdict(dict)  # seed -> prompt -> index
-        self.kmax = 1
+        self.kmax, self.kmin = 1, None
         for point in points:
             for seed, by_metric in samples.get(point, {}).items():
                 for metric in metrics_of[point]:
@@ -348,10 +363,20 @@ class _NullSampler:
                         idx = np.array([self.universe[seed].setdefault(p, len(self.universe[seed])) for p in ps])
                         self.blocks.append((point, seed, metric, ps, values, k, idx))
                         self.kmax = max(self.kmax, k)
+                        self.kmin = k if self.kmin is None else min(self.kmin, k)
         self.base = evidence_of({pt: {s: {m: samples[pt][s][m] for m in metrics_of[pt] if m in samples[pt][s]}
                                       for s in samples[pt]} for pt in points if pt in samples})
+        self.scheme = scheme or ("sample split" if (self.kmin or 0) >= 2 else "prompt split")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown null scheme {self.scheme!r} (one of {', '.join(SCHEMES)})")
+        if self.scheme == "sample split" and (self.kmin or 0) < 2:
+            raise ValueError("the sample split needs >= 2 samples per prompt; use the prompt split")
+        self.prompts = {seed: sorted(u, key=u.get) for seed, u in self.universe.items()}
 
-    def draw(self, rng: np.random.Generator) -> dict[str, dict[Any, dict[str, dict[str, float]]]]:
+    def draw(self, rng: np.random.Generator) -> tuple[dict, dict]:
+        """One null (baseline, current) pair of evidence mappings."""
+        if self.scheme == "prompt split":
+            return self._prompt_split(rng)
         keys = {seed: rng.random((len(prompts), self.kmax)) for seed, prompts in self.universe.items()}
         cur: dict[str, dict[Any, dict[str, dict[str, float]]]] = defaultdict(lambda: defaultdict(dict))
         for point, seed, metric, ps, values, k, idx in self.blocks:
@@ -366,7 +391,35 @@ class _NullSampler:
             noisy = mean + scale * (a - b)
             target = cur[point][seed].setdefault(metric, {})
             target.update(zip(ps, noisy.tolist()))
-        return cur
+        return self.base, cur
+
+    def _prompt_split(self, rng: np.random.Generator) -> tuple[dict, dict]:
+        pairs = {}
+        for seed, prompts in self.prompts.items():
+            order = rng.permutation(len(prompts))
+            half = len(prompts) // 2
+            pairs[seed] = [(prompts[order[i]], prompts[order[half + i]]) for i in range(half)]
+        base: dict[str, dict[Any, dict[str, dict[str, float]]]] = defaultdict(lambda: defaultdict(dict))
+        cur: dict[str, dict[Any, dict[str, dict[str, float]]]] = defaultdict(lambda: defaultdict(dict))
+        for point, by_seed in self.base.items():
+            for seed, by_metric in by_seed.items():
+                for metric, values in by_metric.items():
+                    shared = [(a, b) for a, b in pairs[seed] if a in values and b in values]
+                    base[point][seed][metric] = {a: values[a] for a, _ in shared}
+                    cur[point][seed][metric] = {a: values[b] for a, b in shared}
+        return base, cur
+
+
+SCHEMES = {
+    "sample split": ("Per (seed, prompt) a random half/half split of its stored samples, shared by every row and "
+                     "metric; current = baseline per-prompt mean + c_k (mean A - mean B), c_k = "
+                     "sqrt((2/k)/(1/|A|+1/|B|)): mean-zero symmetric per-prompt differences with the variance of two "
+                     "independent k-sample means (no sampling-seed coupling; training not re-rolled)."),
+    "prompt split": ("One sample per prompt: per seed the prompts are shuffled into pairs (a_i, b_i), shared by every "
+                     "row and metric; baseline = the a_i's values, current = their partners' values under the a_i's "
+                     "ids: n/2 exchangeable, mean-zero symmetric paired differences that also carry the prompt-to-"
+                     "prompt spread (far noisier than a re-run on the same prompts: its power is a floor)."),
+}
 
 
 def _legacy_regressed(base: Mapping[Any, Mapping[str, float]], cur: Mapping[Any, Mapping[str, float]],
@@ -427,23 +480,24 @@ def simulate_error_rates(board: dict[str, Any], samples: Samples, *, n_null: int
                          abs_tol: float = 0.0, rel_tol: float = 0.0, kl_tol: float = 0.0,
                          metrics: list[str] | None = None, inject_row: str | None = None,
                          fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), seed: int = 0,
-                         n_boot: int = 500) -> dict[str, Any]:
+                         n_boot: int = 500, scheme: str | None = None) -> dict[str, Any]:
     """False-alarm rate of :func:`compare` over ``n_null`` simulated null comparisons of ``board`` with
     itself (the scheme of the module docstring), and its power to flag the ``inject_row``'s gain over
     the reference cut by each of ``fractions`` (0.5: the halved gain). Rows without stored samples
-    are left out of the simulation (listed under ``left_out``)."""
+    are left out of the simulation (listed under ``left_out``). ``scheme``: "sample split" or "prompt
+    split" (default: the sample split when every prompt has >= 2 samples)."""
     rows = [r for r in board["rows"] if r["kind"] != "paper"]
     kept = [r for r in rows if r["id"] in samples]
     sub = {**board, "rows": kept}
     metrics_of = {r["id"]: list(r["metrics"]) for r in kept}
-    sampler = _NullSampler(samples, [r["id"] for r in kept], metrics_of)
-    base = sampler.base
+    sampler = _NullSampler(samples, [r["id"] for r in kept], metrics_of, scheme=scheme)
+    full = sampler.base
     directions = {k: v.get("higher_is_better") for k, v in board.get("metrics", {}).items()}
     kw = dict(alpha=alpha, abs_tol=abs_tol, rel_tol=rel_tol, kl_tol=kl_tol, metrics=metrics, n_boot=n_boot)
     inject_row = inject_row or default_inject_row(board)
     inject_task = next((r["task"] for r in kept if r["id"] == inject_row), None)
     primary = (board.get("primary_metric") or {}).get(inject_task, "reward") if inject_task else None
-    gain = paired_gain(board, base, inject_row, primary) if inject_row and primary else None
+    gain = paired_gain(board, full, inject_row, primary) if inject_row and primary else None
     sign = -1.0 if directions.get(primary) is False else 1.0
     drops = [(f, f * abs(gain["gain"])) for f in fractions] if gain else []
 
@@ -455,7 +509,7 @@ def simulate_error_rates(board: dict[str, Any], samples: Samples, *, n_null: int
                       if directions.get(m) is not None and m != "kl" and (not metrics or m in metrics)]
     for rep in range(n_null):
         rng = np.random.default_rng([seed, rep])
-        cur = sampler.draw(rng)
+        base, cur = sampler.draw(rng)
         comps = compare(sub, sub, baseline_evidence=base, current_evidence=cur, boot_seed=rep, **kw)
         family_sizes.append(family_size(comps))
         failed = [c for c in comps if c.failed]
@@ -486,11 +540,9 @@ def simulate_error_rates(board: dict[str, Any], samples: Samples, *, n_null: int
     report: dict[str, Any] = {
         "schema": "pobench.check_error_rates/1",
         "suite": board.get("suite"), "config_hash": board.get("config_hash"),
-        "scheme": ("null: per (seed, prompt) a random half/half split of its stored samples, shared by every row and "
-                   "metric; current = baseline per-prompt mean + c_k (mean A - mean B), c_k = sqrt((2/k)/(1/|A|+1/|B|)): "
-                   "mean-zero symmetric per-prompt differences with the variance of two independent k-sample means "
-                   "(no sampling-seed coupling; training runs not re-rolled). power: the same draws with the injected "
-                   "row's primary metric shifted down by fraction x its paired gain over the reference"),
+        "scheme": sampler.scheme,
+        "scheme_text": SCHEMES[sampler.scheme] + (" Power: the same draws with the injected row's primary metric "
+                                                  "shifted down by fraction x its paired gain over the reference."),
         "alpha": alpha, "n_null": n_null, "seed": seed, "tolerances": {"abs": abs_tol, "rel": rel_tol, "kl": kl_tol},
         "data": {"rows": [r["id"] for r in kept], "left_out": [r["id"] for r in rows if r["id"] not in samples],
                  "prompts_per_seed": n_prompts, "samples_per_prompt": ks,
@@ -513,13 +565,58 @@ def simulate_error_rates(board: dict[str, Any], samples: Samples, *, n_null: int
     else:
         report["power"] = {"row": inject_row, "note": "no row to inject into (no dpo row, or no reference to take "
                                                       "its gain from)"}
+    if gain:
+        contrast = checkpoint_contrast(board, full, inject_row, primary, family=max(family_sizes, default=1),
+                                       alpha=alpha, drop=0.5 * abs(gain["gain"]))
+        if contrast:
+            report["power"]["checkpoint_contrast"] = contrast
     return report
+
+
+def checkpoint_contrast(board: dict[str, Any], evidence: Evidence, row_id: str, metric: str, *, family: int,
+                        alpha: float, drop: float) -> dict[str, Any] | None:
+    """A real "less trained policy, same sampling seed" comparison: ``row_id`` (baseline) against an earlier
+    checkpoint of the same configuration (current), paired over prompts on its shared seed. Its per-prompt
+    differences show how noisy a real policy change is when the sampling seed is shared (the coupling the
+    split-sample null leaves out), and give the power of the paired t at that noise for ``drop``: at least
+    the power at the first Holm step (alpha / family), at most at alpha."""
+    row = next((r for r in board["rows"] if r["id"] == row_id), None)
+    if row is None or row.get("step") is None:
+        return None
+    earlier = [r for r in board["rows"] if r.get("row_id") == row.get("row_id") and r.get("step") is not None
+               and r["step"] < row["step"]]
+    if not earlier:
+        return None
+    other = max(earlier, key=lambda r: r["step"])
+    sign = -1.0 if board.get("metrics", {}).get(metric, {}).get("higher_is_better") is False else 1.0
+    mine, theirs = evidence.get(row_id, {}), evidence.get(other["id"], {})
+    seeds = sorted(mine.keys() & theirs.keys(), key=lambda s: (str(type(s)), s))
+    if not seeds:
+        return None
+    a, b = mine[seeds[0]].get(metric, {}), theirs[seeds[0]].get(metric, {})
+    shared = sorted(a.keys() & b.keys())
+    if len(shared) < 3:
+        return None
+    d = np.array([sign * (b[p] - a[p]) for p in shared])  # current (earlier checkpoint) - baseline
+    n, sd = d.size, float(d.std(ddof=1))
+    t_stat = float(d.mean() / (sd / math.sqrt(n))) if sd > 0 else None
+    power = {}
+    for name, level in (("at_alpha_over_family", alpha / max(family, 1)), ("at_alpha", alpha)):
+        crit = float(_stats.t.ppf(1 - level, n - 1))
+        power[name] = float(_stats.nct.sf(crit, n - 1, drop / (sd / math.sqrt(n)))) if sd > 0 else None
+    gains = {r: paired_gain(board, evidence, r, metric) for r in (row_id, other["id"])}
+    return {"baseline_row": row_id, "current_row": other["id"], "seed": seeds[0], "n_prompts": n,
+            "gain_over_reference": {r: (g or {}).get("gain") for r, g in gains.items()},
+            "paired_difference": float(d.mean()), "sd_per_prompt": sd, "t": t_stat,
+            "p_one_sided": float(_stats.t.cdf(t_stat, n - 1)) if t_stat is not None else None,
+            "power_for_halved_gain_at_this_noise": {"drop": drop, "family": family, **power}}
 
 
 def summarize_real(comparisons: list[Comparison]) -> dict[str, Any]:
     """What a real comparison gave, for the error-rate report."""
     tested = [c for c in comparisons if c.p_holm is not None]
-    return {"tests": len(tested), "holm_family": family_size(comparisons), "failed": [f"{c.row} {c.metric}" for c in comparisons if c.failed],
+    return {"tests": len(tested), "holm_family": family_size(comparisons),
+            "failed": [f"{c.row} {c.metric}" for c in comparisons if c.failed],
             "tests_by_kind": dict(sorted(_count(c.test for c in tested).items())),
             "min_p_holm": min((c.p_holm for c in tested), default=None),
             "max_abs_delta": max((abs(c.delta) for c in tested if c.delta is not None), default=None)}

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--inject-row", help="--simulate: the row whose gain over the reference is cut for the "
                                              "power (default: the final point of the first dpo row)")
     parser.add_argument("--sim-seed", type=int, default=0, help="--simulate: random seed (default: 0)")
+    parser.add_argument("--null", choices=["sample", "prompt"],
+                        help="--simulate: null scheme, sample split (needs >= 2 samples per prompt) or prompt split "
+                             "(default: sample split when possible)")
     parser.add_argument("--out", help="--simulate: output JSON (default: results/perf/check_error_rates-<suite>.json)")
     parser.set_defaults(func=main)
 
@@ -144,12 +147,17 @@ def _simulate(args, baseline, samples, notes, real, current_path, options) -> in
         print(f"pobench check: --simulate needs the baseline's per-sample files ({args.baseline}: none)",
               file=sys.stderr)
         return 2
-    report = simulate_error_rates(baseline, samples, n_null=args.simulate, inject_row=args.inject_row,
-                                  seed=args.sim_seed, **options)
-    report["baseline"] = str(args.baseline)
+    try:
+        report = simulate_error_rates(baseline, samples, n_null=args.simulate, inject_row=args.inject_row,
+                                      seed=args.sim_seed, scheme=f"{args.null} split" if args.null else None,
+                                      **options)
+    except ValueError as exc:
+        print(f"pobench check: {exc}", file=sys.stderr)
+        return 2
+    report["baseline"] = _shown(args.baseline)
     report["notes"] = notes
     if real is not None:
-        report["real_rerun"] = {"current": str(current_path), **summarize_real(real)}
+        report["real_rerun"] = {"current": _shown(current_path), **summarize_real(real)}
     out = Path(args.out or Path("results") / "perf" / f"check_error_rates-{baseline.get('suite')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, report)
@@ -175,3 +183,13 @@ def _simulate(args, baseline, samples, notes, real, current_path, options) -> in
     print(json.dumps({"false_alarm": fa["rate"], "power_halved": (power.get("halved_gain") or {}).get(
         "power", {}).get("rate")}))
     return 0
+
+
+def _shown(path) -> str:
+    """A path for a committed report: relative to the working directory, else its last two parts (no
+    absolute path of this machine)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return "/".join(("...",) + p.parts[-2:])
