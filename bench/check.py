@@ -142,7 +142,7 @@ def load_samples(results_dir: str | Path) -> tuple[Samples, list[str]]:
             notes.append(f"{point} seed {seed}: no per-sample file")
             continue
         by_metric: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-        for i, line in enumerate(gzip.decompress(evidence.read_bytes()).decode().splitlines()):
+        for i, line in enumerate(gzip.decompress(evidence.read_bytes()).decode().split("\n")):
             if not line:
                 continue
             row = json.loads(line)

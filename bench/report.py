@@ -263,18 +263,25 @@ def frontier_plot(board: dict[str, Any], task: str, path: Path) -> bool:
                                if r["label"] != r["method"] and f"{k}=" in r["label"])
                 if tag:
                     ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    _finish_frontier(fig, ax, board, path, max(r["metrics"]["kl"]["mean"] for r in rows), f"{metric} (mean, 95% CI)",
+                     f"{board['suite']}: {task} reward-KL frontier")
+    return True
+
+
+def _finish_frontier(fig: Any, ax: Any, board: dict[str, Any], path: Path, max_kl: float, ylabel: str,
+                     title: str, **title_kwargs: Any) -> None:
+    """The KL budget line (when in view), axis labels, grid and legend, then save and close."""
     budget = board.get("kl_budget")
-    if budget is not None and budget <= max(r["metrics"]["kl"]["mean"] for r in rows) * 1.5 + 1e-9:
+    if budget is not None and budget <= max_kl * 1.5 + 1e-9:
         ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"KL budget ({budget})")
     ax.set_xlabel("KL(policy || reference), nats per sequence")
-    ax.set_ylabel(f"{metric} (mean, 95% CI)")
-    ax.set_title(f"{board['suite']}: {task} reward-KL frontier")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, **title_kwargs)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="best")
     fig.tight_layout()
     _save(fig, path)
-    plt.close(fig)
-    return True
+    _plt().close(fig)
 
 
 def _frontier_curves_plot(board: dict[str, Any], task: str, path: Path) -> bool:
@@ -312,18 +319,10 @@ def _frontier_curves_plot(board: dict[str, Any], task: str, path: Path) -> bool:
                     label="reference" if len(drawn_reference) == 1 else None, zorder=5)
     for k in (board.get("kl_levels") or {}).get(task) or []:
         ax.axvline(k, color="grey", linestyle=":", linewidth=0.8)
-    budget = board.get("kl_budget")
-    if budget is not None and budget <= max(all_kl) * 1.5 + 1e-9:
-        ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"KL budget ({budget})")
     seeds = max(len(c.get("seeds") or []) for c in curves)
-    ax.set_xlabel("KL(policy || reference), nats per sequence")
-    ax.set_ylabel(f"{metric} (mean, 95% bootstrap CI{' over seeds and prompts' if seeds >= 2 else ''})")
-    ax.set_title(f"{board['suite']}: {task} reward-KL frontiers (dotted: matched-KL levels)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="best")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _finish_frontier(fig, ax, board, path, max(all_kl),
+                     f"{metric} (mean, 95% bootstrap CI{' over seeds and prompts' if seeds >= 2 else ''})",
+                     f"{board['suite']}: {task} reward-KL frontiers (dotted: matched-KL levels)", fontsize=10)
     return True
 
 

@@ -124,6 +124,9 @@ def make_leaderboard(plan: Plan, store: Store) -> tuple[dict[str, Any], list[dic
 
 def leaderboard_from_runs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The leaderboard of ``runs`` (from the work dir, or read back from committed records)."""
+    # one canonical order, so a board rebuilt from records equals the one built from the work dir
+    runs = sorted(runs, key=lambda r: (r["task"], r["model"], r["method"] != "reference", r["row_id"],
+                                       -1 if r.get("step") is None else r["step"], r["seed"]))
     primary, info = primary_metrics(suite)
     data_sources: dict[str, Any] = {}
     for run in runs:
@@ -260,7 +263,7 @@ def read_run_records(out_dir: Path) -> list[dict[str, Any]]:
         evidence = path.with_name(path.name[:-len(".json")] + ".samples.jsonl.gz")
         if not evidence.is_file():
             raise FileNotFoundError(f"{evidence}: the samples of run {path.name} are missing")
-        rows = [json.loads(line) for line in gzip.decompress(evidence.read_bytes()).decode().splitlines() if line]
+        rows = [json.loads(line) for line in gzip.decompress(evidence.read_bytes()).decode().split("\n") if line]
         samples = [{k: r[k] for k in ("prompt_id", "index", "prompt", "completion") if k in r} for r in rows]
         per_sample = [{"prompt_id": r["prompt_id"], "index": r.get("index", 0), **r.get("scores", {})} for r in rows]
         scores = {"metrics": record.pop("metrics"), "directions": record.pop("directions", {}),
