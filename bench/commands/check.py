@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "comparisons built from the baseline's stored samples and the power to flag DPO's gain over "
                     "the reference halved; writes --out (JSON).")
     parser.add_argument("--baseline", required=True, help="baseline leaderboard.json (or its directory)")
-    parser.add_argument("--current", help="current leaderboard.json (default: results/<baseline suite>/"
-                                          "leaderboard.json)")
+    parser.add_argument("--current", help="current leaderboard.json (default: the fresh run of the baseline's "
+                                          "suite, $POBENCH_WORK_DIR/results/<suite>/leaderboard.json, ./runs when unset)")
     parser.add_argument("--alpha", type=float, default=None,
                         help="family-wise false-alarm rate, Holm over every test (default: 0.05)")
     parser.add_argument("--confidence", type=float, default=None,
@@ -56,7 +57,10 @@ def _load(args: argparse.Namespace):
     from bench.leaderboard import load_leaderboard
 
     baseline = load_leaderboard(args.baseline)
-    current_path = args.current or (None if args.simulate else Path("results") / baseline["suite"] / "leaderboard.json")
+    # default: the fresh run of the baseline's suite (pobench run writes <work_dir>/results/<suite>/, never
+    # the committed results/<suite>/ the baseline usually is)
+    work_dir = Path(os.environ.get("POBENCH_WORK_DIR") or "runs")
+    current_path = args.current or (None if args.simulate else work_dir / "results" / baseline["suite"] / "leaderboard.json")
     current = load_leaderboard(current_path) if current_path else None
     return baseline, current, current_path
 
