@@ -339,6 +339,17 @@ def test_cli_pairs_on_the_stored_samples_and_says_when_it_cannot(tmp_path, capsy
     assert len(loaded) == len(ROWS) - 1 and len(notes) == 1
 
 
+def test_samples_with_unicode_line_separators_in_completions_load(tmp_path):
+    runs = synthetic_runs(n_prompts=8)
+    for r in runs:
+        for s in r["samples"]:
+            s["completion"] = "a\u2028b\x85c\x1cd\re"  # str.splitlines() would break the JSON lines here
+    base = write_suite(tmp_path / "base", runs)
+    loaded, notes = load_samples(base)
+    assert not notes and len(loaded) == len(ROWS)
+    assert all(len(v) == 2 for v in loaded["imdb/m/dpo"][0]["reward"].values())
+
+
 def test_simulated_false_alarm_rate_within_its_bound_and_power(tmp_path):
     board, samples = evidence(synthetic_runs())
     report = simulate_error_rates(board, samples, n_null=200, fractions=(0.5, 1.0))
