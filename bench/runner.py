@@ -322,14 +322,12 @@ def rescore_records(results_dir: Path, judge: str, out_dir: Path) -> tuple[dict[
                           index=s.get("index", 0), kl=values.get("kl"))
                    for s, values in zip(run["samples"], old["per_sample"])]
         scores = task.score(samples, pair_logps=None)
-        metrics = dict(scores.metrics)
-        if "kl" in old["metrics"]:
-            metrics["kl"] = old["metrics"]["kl"]
-        per_sample = scores.per_sample
-        for row, s in zip(per_sample, samples):
-            if s.kl is not None:
-                row.setdefault("kl", s.kl)
-        directions = {m.name: m.higher_is_better for m in task.metrics}
+        # what the judge cannot recompute from text (KL, token entropy from the sampler's log-probs,
+        # metrics of held-out pairs) is carried over from the stored run
+        metrics = {**{k: v for k, v in old["metrics"].items() if k not in scores.metrics}, **scores.metrics}
+        per_sample = [{**{k: v for k, v in before.items() if k not in row}, **row}
+                      for row, before in zip(scores.per_sample, old["per_sample"])]
+        directions = {**old.get("directions", {}), **{m.name: m.higher_is_better for m in task.metrics}}
         directions.setdefault("kl", False)
         run["scores"] = {**old, "metrics": metrics, "per_sample": per_sample, "directions": directions,
                          "task_record": {**task.record(), "rescored_from": str(results_dir)}}

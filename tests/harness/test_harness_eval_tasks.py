@@ -299,7 +299,8 @@ def test_csv_md_html_have_the_columns_and_check_covers_them(finished_run):
     tolerance = 1.959963984540054 * (current["se"] or 0.0)  # a baseline with se 0: the current se alone
     baseline = copy.deepcopy(board)
     baseline["rows"] = [r for r in baseline["rows"] if r["label"] == "dpo"]
-    baseline["rows"][0]["metrics"]["arc_challenge_acc"].update(mean=current["mean"] + tolerance + 0.05, se=0.0)
+    # far beyond the noise even after Holm over every row x metric of the family (z ~ 6)
+    baseline["rows"][0]["metrics"]["arc_challenge_acc"].update(mean=current["mean"] + 3 * tolerance + 0.05, se=0.0)
     verdict = {(c.row, c.metric): c.status for c in compare(baseline, board)}
     assert verdict[(by_label["dpo"]["id"], "arc_challenge_acc")] == "REGRESSED"
     baseline["rows"][0]["metrics"]["arc_challenge_acc"].update(mean=current["mean"] + tolerance / 2)
