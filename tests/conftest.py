@@ -8,7 +8,6 @@ registries), tasks/ (tasks, judges, metrics) and sandbox/ (code execution). ``-m
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,9 @@ REPO = TESTS.parent
 # no test may reach a model or dataset hub (set before transformers/datasets are imported)
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_name, "1")
-# `fixtures` (shared test support) is importable from every area folder; appended, so the
-# area folders named like the packages (tests/tasks, tests/methods) never shadow them
-if str(TESTS) not in sys.path:
-    sys.path.append(str(TESTS))
+# tests/ and its area folders are packages (tests.methods, tests.fixtures, ...): pytest then puts the
+# repository root, not tests/, on sys.path, so tests/methods and tests/tasks never shadow the real
+# `methods` and `tasks` packages (they did under setuptools' editable finder in a fresh CI env)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import methods
-from _pairs import HIDDEN, LAYERS, random_batch
+from tests.methods._pairs import HIDDEN, LAYERS, random_batch
 
 BUILTIN = ["dpo", "tdpo1", "tdpo2", "tis_dpo", "bcr", "sparsepo_mapo", "sparsepo", "ipo", "simpo", "cdpo", "dpop"]
 

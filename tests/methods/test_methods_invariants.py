@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import methods
-from _pairs import HIDDEN, LAYERS, gradient_inputs, neutral_batch, random_batch, swapped
+from tests.methods._pairs import HIDDEN, LAYERS, gradient_inputs, neutral_batch, random_batch, swapped
 
 ALL = methods.available()
 

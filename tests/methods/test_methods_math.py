@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import methods
-from _pairs import HIDDEN, LAYERS, gradient_inputs, random_batch, reference_loss
+from tests.methods._pairs import HIDDEN, LAYERS, gradient_inputs, random_batch, reference_loss
 
 # (method, hyperparameters): defaults, plus the non-default branches of every method
 CASES = [

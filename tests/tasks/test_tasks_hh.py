@@ -10,7 +10,7 @@ import pytest
 import tasks
 from tasks.base import DataError, PairLogps, shared_data_dir
 from tasks.hh import dialogue_turns, split_transcript
-from fixtures.tasks_support import tiny_samples
+from tests.fixtures.tasks_support import tiny_samples
 
 HH_FILE = shared_data_dir() / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 needs_hh = pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} not found (set POBENCH_SHARED_DATA)")

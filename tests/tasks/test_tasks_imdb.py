@@ -6,7 +6,7 @@ import pytest
 
 import tasks
 from tasks.base import shared_data_dir
-from fixtures.tasks_support import tiny_samples
+from tests.fixtures.tasks_support import tiny_samples
 
 IMDB_DIR = shared_data_dir() / "imdb"
 needs_imdb = pytest.mark.skipif(not (IMDB_DIR / "aclImdb_test.tar.gz").exists(),

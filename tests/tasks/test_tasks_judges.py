@@ -7,7 +7,7 @@ import torch
 
 from tasks import judges
 from tasks.base import TaskError
-from fixtures.tasks_support import JudgeServer
+from tests.fixtures.tasks_support import JudgeServer
 
 
 def test_pairwise_llm_judge_asks_both_orders_and_ties_on_disagreement():

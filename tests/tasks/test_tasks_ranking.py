@@ -11,7 +11,7 @@ from tasks import judges
 from tasks.base import Sample
 from tasks.judges import Judge, TIE
 from tasks.ranking import compare_with_pointwise, pairs_by_ranking, rank_and_pair
-from fixtures.tasks_support import JudgeServer
+from tests.fixtures.tasks_support import JudgeServer
 
 
 class NumberJudge(Judge):

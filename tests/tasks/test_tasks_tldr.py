@@ -10,7 +10,7 @@ from rouge_score import rouge_scorer
 
 import tasks
 from tasks.base import DataError, PairLogps
-from fixtures.tasks_support import tiny_samples
+from tests.fixtures.tasks_support import tiny_samples
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
