@@ -115,13 +115,14 @@ class HFBackend:
             new = out[:, width:].tolist()
             logps = torch.stack(sampler.logps, dim=1).tolist() if sampler is not None and sampler.logps else None
             for j, ((i, k), tokens) in enumerate(zip(chunk, new)):
-                text = decode_completion(self.tokenizer, tokens, sampling.stop)
+                full = decode_completion(self.tokenizer, tokens, ())  # one decode; the stop cut is a string op
+                text = apply_stop(full, sampling.stop)
                 completions[(i, k)] = text
                 count = _count_until_eos(tokens, self.tokenizer.eos_token_id, pad)
                 self.stats["generated_tokens"] += count
                 # the ids are the sample only when no stop string cut the text (else the harness
                 # teacher-forces the text); the EOS, when drawn, is part of the sample
-                if logps is not None and text == decode_completion(self.tokenizer, tokens, ()):
+                if logps is not None and text == full:
                     sampled[(i, k)] = {"token_ids": tokens[:count], "logprobs": logps[j][:count]}
         self.stats["seconds"] += time.perf_counter() - started
         samples = []
