@@ -75,8 +75,6 @@ def add_evaluation(scores: dict[str, Any], results: dict[str, Any], eval_task: s
 
 
 def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
-    import json
-
     runs = []
     for cell in plan.cells:
         out = store.get("score", cell.score.key)

@@ -25,10 +25,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from bench.hashing import plain, stable_hash
-from bench.store import StageOutput, atomic_write_text
+from bench.store import StageOutput
 
 if TYPE_CHECKING:
     from bench.plan import Node
@@ -130,10 +130,6 @@ class StageContext:
         import tasks
 
         return tasks.get(ref.name, **ref.options)
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

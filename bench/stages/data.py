@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from bench.config.schema import PrefDataConfig
 from bench.prompts import PromptFormat
 from bench.stages import (ModelRef, Stage, StageContext, TaskRef, not_keyed, read_jsonl, reference_path,
-                          register_stage, write_jsonl)
-from bench.store import StageOutput
+                          register_stage)
+from bench.store import StageOutput, atomic_write_jsonl
 
 if TYPE_CHECKING:
     from bench.plan import Node
@@ -125,13 +125,13 @@ def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
             for row, reward in zip(rows, rewards):
                 row["reward"] = reward
             info["reference_reward_mean"] = sum(rewards) / max(1, len(rewards))
-        write_jsonl(out / "samples.jsonl", rows)
+        atomic_write_jsonl(out / "samples.jsonl", rows)
         info["prompts"] = len(prompts)
         info["samples"] = len(samples)
     if not pairs:
         raise RuntimeError(f"prefdata for task {task.name!r}: no preference pair survived (source={source}, "
                            f"min_margin={cfg.min_margin}); lower prefdata.min_margin or add prompts")
-    write_jsonl(out / "pairs.jsonl", [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen,
+    atomic_write_jsonl(out / "pairs.jsonl", [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen,
                                        "rejected": p.rejected, "meta": p.meta} for p in pairs])
     info["pairs"] = len(pairs)
     info["task_record"] = task.record()

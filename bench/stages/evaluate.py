@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from bench.config.schema import GenerationConfig, ScoreConfig
 from bench.prompts import PromptFormat
 from bench.stages import (ModelRef, Stage, StageContext, TaskRef, not_keyed, policy_path, read_jsonl,
-                          reference_path, register_stage, write_jsonl)
+                          reference_path, register_stage)
 from bench.stages.data import merge_adapter, rows_to_samples, sample, sample_to_row, sampling_for
-from bench.store import StageOutput, atomic_write_json
+from bench.store import StageOutput, atomic_write_json, atomic_write_jsonl
 
 if TYPE_CHECKING:
     from bench.plan import Node
@@ -43,7 +43,7 @@ def run_generate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
                             temperature=g.temperature, top_p=g.top_p)
     samples, info = sample(g.backend, g.backend_options, policy_path(p.model, inputs, p.step), g.dtype, out, prompts,
                            sampling, p.seed, p.prompt_format)
-    write_jsonl(out / "samples.jsonl", [sample_to_row(s) for s in samples])
+    atomic_write_jsonl(out / "samples.jsonl", [sample_to_row(s) for s in samples])
     return {**info, "samples": len(samples), "prompts": len(prompts), "sampling": sampling.as_dict(),
             "backend_options": g.backend_options, "task_record": task.record()}
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from bench.stages import StageContext, reference_path, write_jsonl
+from bench.stages import StageContext, reference_path
 from bench.stages.data import load_pairs
 from bench.stages.prep import PreparationStep, PrepRequest
 from bench.stages.train import trainer_config
-from bench.store import StageOutput
+from bench.store import StageOutput, atomic_write_jsonl
 from bench.train.config import Schema
 
 if TYPE_CHECKING:
@@ -63,5 +63,5 @@ class TISWeights(PreparationStep):
             models = (inputs["pi_plus"].record["model_path"], inputs["pi_minus"].record["model_path"])
         weighted = estimate_tis_weights(config, load_pairs(inputs["prefdata"]), ctx.trainer_dir(node),
                                         contrastive_models=models)
-        write_jsonl(out / "pairs.jsonl", weighted)
+        atomic_write_jsonl(out / "pairs.jsonl", weighted)
         return {"pairs": len(weighted), "estimator": options.estimator, "transform": options.transform}
