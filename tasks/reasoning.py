@@ -78,6 +78,13 @@ class Reasoning(Task):
                             "the ARC-Challenge test jsonl")
         return root
 
+    def source_files(self, kind: str) -> tuple[Path, list[Path]]:
+        """The local suite reads GSM8K and ARC-Challenge files (its declared location names only GSM8K's test file)."""
+        if kind == "local" and self.local_root() is not None:
+            root = self.local_root()
+            return root, [root / f for f in LOCAL_FILES]
+        return super().source_files(kind)
+
     def task_names(self) -> list[str]:
         if self.lm_eval_tasks:
             return list(self.lm_eval_tasks)

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 @suite_command
 def main(args: argparse.Namespace, suite: SuiteConfig) -> int:
-    from bench.plan import build_plan, describe_plan
+    from bench.plan import build_plan, describe_plan, describe_source
 
     plan = build_plan(suite)
     report = describe_plan(plan)
@@ -33,6 +33,8 @@ def main(args: argparse.Namespace, suite: SuiteConfig) -> int:
     print(f"work dir {report['work_dir']}; results -> {suite.resolved_results_dir()}")
     print(f"{len(plan.cells)} runs = {len(suite.tasks)} task(s) x {len(suite.models)} model(s) x "
           f"{report['configurations']} configuration(s) x {len(suite.seeds)} seed(s)")
+    for task, source in report["data_sources"].items():
+        print(f"data {task}: {describe_source(source)}")
     if suite.eval_tasks:
         limit = "all items" if suite.eval.limit is None else f"{suite.eval.limit} items per benchmark"
         print(f"model evaluation: {', '.join(suite.eval_tasks)} on every policy and the reference ({limit})")

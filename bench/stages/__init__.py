@@ -40,26 +40,33 @@ def not_keyed(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
 
 
 def key_payload(params: Any) -> dict[str, Any]:
-    """The keyed fields of a params dataclass; configs contribute their ``semantic()`` view when they have one."""
+    """The keyed fields of a params dataclass, nested dataclasses (e.g. a :class:`TaskRef`) included;
+    configs contribute their ``semantic()`` view when they have one."""
     out = {}
     for f in dataclasses.fields(params):
         if f.metadata.get("key", True) is False:
             continue
         value = getattr(params, f.name)
         semantic = getattr(value, "semantic", None)
-        out[f.name] = plain(semantic() if callable(semantic) else value)
+        if callable(semantic):
+            out[f.name] = plain(semantic())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[f.name] = key_payload(value)
+        else:
+            out[f.name] = plain(value)
     return out
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One kind of cached work: ``run`` computes it, ``work`` estimates its size for ``pobench plan``."""
+    """One kind of cached work: ``run`` computes it, ``work`` estimates its size for ``pobench plan`` and
+    the run's ETA (unit -> amount; None when it cannot be known before the data is loaded)."""
 
     name: str
     version: str
     params: type
     run: Callable[["StageContext", "Node", dict[str, StageOutput], Path], dict[str, Any]]
-    work: Callable[["Node"], dict[str, int]] = lambda node: {}
+    work: Callable[["Node"], dict[str, int | None]] = lambda node: {}
     #: heavy nodes ask Ray for the executor's per-cell CPU/GPU share
     heavy: bool = True
 
@@ -104,11 +111,27 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class TaskRef:
-    """A task and its options (``tasks.get(name, **options)``); ``version`` re-keys nodes when a task changes."""
+    """A task and its options (``tasks.get(name, **options)``); ``version`` re-keys nodes when a task
+    changes, ``data`` when its data does (every stage that reads task data has a TaskRef)."""
 
     name: str
     version: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the data source resolved when planning (``Task.planned_source()``: kind, location, fingerprint;
+    #: ``{"kind": "unavailable"}`` when none is): new or changed data recomputes what was built on the old
+    data: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: prompts per split ("train", "eval") when the task knows them cheaply: the work estimate of ``prompts: null``
+    prompt_counts: dict[str, int] = not_keyed(default_factory=dict)
+
+    #: options that only say where data comes from; once resolved, ``data`` says what it is
+    LOCATION_OPTIONS = ("source", "data_dir")
+
+    def semantic(self) -> dict[str, Any]:
+        """What keys a node: the resolved data replaces the options that point at it, so the same files
+        in another folder (or ``source: auto`` resolving to what ``source: builtin`` names) share keys."""
+        resolved = self.data and self.data.get("kind") != "unavailable"
+        options = {k: v for k, v in self.options.items() if not (resolved and k in self.LOCATION_OPTIONS)}
+        return {"name": self.name, "version": self.version, "options": plain(options), "data": dict(self.data)}
 
 
 @dataclass
