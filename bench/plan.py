@@ -163,7 +163,8 @@ def build_plan(suite: SuiteConfig) -> Plan:
                 at = f"@{step}" if step is not None else ""
                 generate = b.add("generate", GenerateParams(model, tref, gen, prompt_format, seed, step),
                                  policy_deps, label=f"generate {label}{at} s{seed}")
-                sequences = (gen.prompts or 0) * gen.samples_per_prompt
+                prompts = gen.prompts if gen.prompts is not None else tref.prompt_counts.get("eval")
+                sequences = None if prompts is None else prompts * gen.samples_per_prompt
                 return b.add("score", ScoreParams(model, tref, suite.score, prompt_format, seed, step, sequences),
                              {"samples": generate, **policy_deps}, label=f"score {label}{at} s{seed}")
 
@@ -239,14 +240,32 @@ def _prep_node(b: _Builder, suite: SuiteConfig, spec: MethodSpec, point: dict[st
     return b.add("prep", params, {**deps, **extra}, label=f"prep {step_name} {spec.name} s{seed}")
 
 
-def estimate_work(plan: Plan) -> dict[str, int]:
+def estimate_work(plan: Plan) -> dict[str, int | None]:
     """Work units of the nodes (optimizer steps, sequences sampled, sequences teacher-forced), each
-    counted by its own stage (``Stage.work``)."""
-    units: dict[str, int] = {}
+    counted by its own stage (``Stage.work``). A unit is None (unknown) when a node cannot size it
+    before its data is loaded (e.g. ``prompts: null`` on a task that does not know its prompt count):
+    a partial sum would read as the whole."""
+    units: dict[str, int | None] = {}
     for node in plan.nodes:
         for unit, amount in stage(node.stage).work(node).items():
-            units[unit] = units.get(unit, 0) + int(amount or 0)
+            known = units.get(unit, 0)
+            units[unit] = None if amount is None or known is None else known + int(amount)
     return units
+
+
+def stage_roles(node: Node) -> dict[tuple[str, str], str]:
+    """(stage, key) -> role of the inputs a preparation step added to ``node``'s upstream (TIS-DPO's
+    ``pi_plus`` / ``pi_minus`` trainings), so a listing can tell them from the cell's own training."""
+    roles: dict[tuple[str, str], str] = {}
+
+    def visit(n: Node) -> None:
+        for name, dep in n.deps.items():
+            if n.stage == "prep" and name not in ("prefdata", "reference"):
+                roles.setdefault((dep.stage, dep.key), name)
+            visit(dep)
+
+    visit(node)
+    return roles
 
 
 def model_config(plan: Plan, model_id: str) -> ModelConfig:
@@ -272,9 +291,11 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
         visit(cell.score)
         for node in cell.evals.values():
             visit(node)
+        roles = stage_roles(cell.score)
+        named = [n.stage + (f"({roles[(n.stage, n.key)]})" if (n.stage, n.key) in roles else "") for n in chain]
         cells.append({"task": cell.task, "model": cell.model, "label": cell.label, "seed": cell.seed, "step": cell.step,
                       "run_key": cell.score.key,
-                      "stages": " ".join(f"{n.stage}:{status[(n.stage, n.key)]}" for n in chain)})
+                      "stages": " ".join(f"{name}:{status[(n.stage, n.key)]}" for name, n in zip(named, chain))})
     nodes: dict[str, dict[str, int]] = {}
     for n in plan.nodes:
         c = nodes.setdefault(n.stage, {"total": 0, "done": 0, "partial": 0})

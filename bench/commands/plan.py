@@ -47,5 +47,8 @@ def main(args: argparse.Namespace, suite: SuiteConfig) -> int:
     totals = report["nodes"]
     print("stage nodes: " + ", ".join(f"{stage} {c['done']}/{c['total']} done" for stage, c in totals.items()))
     left = report["work_left"]
-    print("work left: " + (", ".join(f"{k} {v}" for k, v in left.items()) if left else "nothing (all cached)"))
+    print("work left: " + (", ".join(f"{k} {'unknown' if v is None else v}" for k, v in left.items())
+                           if left else "nothing (all cached)"))
+    if any(v is None for v in left.values()):
+        print("  (unknown: `prompts: null` on a task whose prompt count is known only once its data is loaded)")
     return 0

@@ -138,11 +138,33 @@ def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
     return info
 
 
-def prefdata_work(node: "Node") -> dict[str, int]:
+def prefdata_source(params: PrefDataParams) -> str:
+    """``dataset`` | ``sample_and_judge`` | ``pairwise_ranking``: ``task_default`` as the task decides it."""
+    source = params.prefdata.source
+    if source != "task_default":
+        return source
+    import tasks
+
+    try:
+        mode = tasks.task_class(params.task.name).preference_mode
+    except Exception:
+        mode = "generated"
+    return "dataset" if mode == "dataset" else "sample_and_judge"
+
+
+def expected_pairs(node: "Node") -> int | None:
+    """At most how many pairs a ``prefdata`` node gives (sampled: one per prompt; a dataset: its pairs),
+    None when ``prefdata.prompts`` is null and the task does not know its prompt count cheaply."""
+    p: PrefDataParams = node.params
+    return p.prefdata.prompts if p.prefdata.prompts is not None else p.task.prompt_counts.get("train")
+
+
+def prefdata_work(node: "Node") -> dict[str, int | None]:
     cfg: PrefDataConfig = node.params.prefdata
-    if cfg.source == "dataset":
+    if prefdata_source(node.params) == "dataset":
         return {}
-    return {"sampled_sequences": (cfg.prompts or 0) * cfg.samples_per_prompt}
+    prompts = expected_pairs(node)
+    return {"sampled_sequences": None if prompts is None else prompts * cfg.samples_per_prompt}
 
 
 PREFDATA = register_stage(Stage("prefdata", "2", PrefDataParams, run_prefdata, prefdata_work))

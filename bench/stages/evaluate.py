@@ -48,9 +48,10 @@ def run_generate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
             "backend_options": g.backend_options, "task_record": task.record()}
 
 
-def generate_work(node: "Node") -> dict[str, int]:
+def generate_work(node: "Node") -> dict[str, int | None]:
     g: GenerationConfig = node.params.generation
-    return {"sampled_sequences": (g.prompts or 0) * g.samples_per_prompt}
+    prompts = g.prompts if g.prompts is not None else node.params.task.prompt_counts.get("eval")
+    return {"sampled_sequences": None if prompts is None else prompts * g.samples_per_prompt}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,8 +65,8 @@ class ScoreParams:
     prompt_format: PromptFormat
     seed: int
     step: int | None = None
-    #: sequences the generate stage produced (for the work estimate only)
-    sequences: int = not_keyed(0)
+    #: sequences the generate stage produces (for the work estimate only; None: unknown before loading)
+    sequences: int | None = not_keyed(0)
 
 
 def kl_unavailable(sampling: dict[str, Any]) -> str | None:

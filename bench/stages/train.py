@@ -3,6 +3,7 @@ hyperparameter point, one seed). Both hand the trainer its own config (:mod:`ben
 the suite's section with the run identity (model directory, seed) filled in."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from bench.config.schema import SuiteSFTConfig, SuiteTrainConfig
 from bench.stages import (ModelRef, Stage, StageContext, TaskRef, base_model_path, read_jsonl, reference_path,
                           register_stage)
-from bench.stages.data import load_pairs
+from bench.stages.data import expected_pairs, load_pairs
 from bench.store import StageOutput
 
 if TYPE_CHECKING:
@@ -58,8 +59,19 @@ def run_sft(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out
     return {"examples": len(examples), "task_record": task.record(), **model_info, **train_record(result)}
 
 
-def sft_work(node: "Node") -> dict[str, int]:
-    return {"sft_steps": node.params.sft.steps}
+def optimizer_steps(config: Any, examples: int | None) -> int | None:
+    """Optimizer steps of a run on one process: ``steps``, else ``epochs`` x examples / (batch_size x
+    grad_accum) as the trainer counts them (``bench.train.engine.total_steps``); None when the
+    number of examples is unknown."""
+    if config.steps > 0:
+        return config.steps
+    if examples is None:
+        return None
+    return max(1, math.ceil(config.epochs * examples / (config.batch_size * config.grad_accum)))
+
+
+def sft_work(node: "Node") -> dict[str, int | None]:
+    return {"sft_steps": optimizer_steps(node.params.sft, node.params.sft.max_examples)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,8 +103,10 @@ def run_train(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
     return {"method": p.method, "hparams": method.hparams(), **train_record(result)}
 
 
-def train_work(node: "Node") -> dict[str, int]:
-    return {"train_steps": node.params.train.steps}
+def train_work(node: "Node") -> dict[str, int | None]:
+    """Epoch-based runs: at most one pair per preference prompt (pairs below the margin are dropped)."""
+    prefdata = node.deps.get("prefdata")
+    return {"train_steps": optimizer_steps(node.params.train, expected_pairs(prefdata) if prefdata else None)}
 
 
 SFT = register_stage(Stage("sft", "2", SFTParams, run_sft, sft_work))
