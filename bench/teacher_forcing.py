@@ -29,6 +29,38 @@ def _encode(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
     return rows
 
 
+#: Most completion positions whose vocabulary-sized logits exist at once (and most tokens, prompt
+#: included, per forward): 4096 x 49k fp32 logits are 0.8 GB, twice that with logsumexp's temporary,
+#: so a scoring pass stays well under 4 GB however many and however long the sequences are.
+MAX_KEPT_TOKENS = 4096
+MAX_BATCH_TOKENS = 16384
+
+
+def token_budget_batches(lengths: Sequence[tuple[int, int]], batch_size: int, max_kept: int | None = None,
+                         max_tokens: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` (``(sequence length, completion length)`` per row) in batches, longest
+    first: at most ``batch_size`` rows, ``max_kept`` completion tokens and ``max_tokens`` padded tokens
+    per batch (a single row larger than a budget goes alone). Short-completion workloads keep their
+    ``batch_size`` batches unchanged, so budgets only split what would not fit in memory."""
+    max_kept = MAX_KEPT_TOKENS if max_kept is None else max_kept
+    max_tokens = MAX_BATCH_TOKENS if max_tokens is None else max_tokens
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i][0])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    kept = 0
+    for i in order:
+        width = lengths[current[0]][0] if current else lengths[i][0]  # longest first: the first row is the widest
+        if current and (len(current) >= batch_size or kept + lengths[i][1] > max_kept
+                        or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current, kept = [], 0
+        current.append(i)
+        kept += lengths[i][1]
+    if current:
+        batches.append(current)
+    return batches
+
+
 @torch.inference_mode()
 def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32
                      ) -> list[list[float]]:
@@ -37,12 +69,13 @@ def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: 
     Only the positions that predict completion tokens reach the output layer (boolean
     ``logits_to_keep``), and log p = logit - logsumexp is taken in float32 without materialising a
     full log-softmax: with a 49k vocabulary the output layer and the softmax over it, not the
-    transformer, dominate this pass on CPU."""
+    transformer, dominate this pass on CPU. Batches are cut by :func:`token_budget_batches`, so the
+    peak memory is bounded by the budgets, not by the number or length of the sequences."""
     out: list[list[float]] = [[] for _ in rows]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        idx = [i for i in order[start:start + batch_size] if len(rows[i][0]) > rows[i][1]]
+    lengths = [(len(seq), max(len(seq) - prompt_len, 0)) for seq, prompt_len in rows]
+    for batch in token_budget_batches(lengths, batch_size):
+        idx = [i for i in batch if lengths[i][1] > 0]
         if not idx:
             continue
         width = max(len(rows[i][0]) for i in idx)

@@ -1,0 +1,71 @@
+"""Scoring memory is bounded by token budgets, not by the number or length of the sequences
+(issue: no stage materialises [sequences x length x vocabulary] logits)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from bench import teacher_forcing
+from bench.teacher_forcing import completion_logps, token_budget_batches
+
+
+def test_token_budget_batches_by_hand():
+    # (sequence length, completion length); longest first: rows 2 (10), 0 (8), 3 (6), 1 (4)
+    lengths = [(8, 5), (4, 2), (10, 6), (6, 3)]
+    assert token_budget_batches(lengths, batch_size=4, max_kept=100, max_tokens=1000) == [[2, 0, 3, 1]]
+    assert token_budget_batches(lengths, batch_size=2, max_kept=100, max_tokens=1000) == [[2, 0], [3, 1]]
+    # completion budget 11: 6 + 5 = 11 fits, + 3 does not; then 3 + 2
+    assert token_budget_batches(lengths, batch_size=4, max_kept=11, max_tokens=1000) == [[2, 0], [3, 1]]
+    # padded-token budget 20: two rows of width 10 fit, a third would pad to 30
+    assert token_budget_batches(lengths, batch_size=4, max_kept=100, max_tokens=20) == [[2, 0], [3, 1]]
+    # a row over every budget still goes, alone
+    assert token_budget_batches([(50, 40), (3, 1)], batch_size=4, max_kept=10, max_tokens=20) == [[0], [1]]
+    assert token_budget_batches([], batch_size=4) == []
+
+
+def _rows(n: int, vocab: int, rng: random.Random) -> list[tuple[list[int], int]]:
+    rows = []
+    for _ in range(n):
+        prompt = [rng.randrange(1, vocab) for _ in range(rng.randint(2, 6))]
+        completion = [rng.randrange(1, vocab) for _ in range(rng.randint(1, 12))]
+        rows.append((prompt + completion, len(prompt)))
+    return rows
+
+
+def test_peak_logits_do_not_grow_with_the_number_of_samples(tiny_dirs, monkeypatch):
+    """The largest logits tensor of a scoring pass is the same for 40 and 400 sequences, stays within
+    the kept-token budget, and the log-probs do not depend on how the rows were batched."""
+    from bench.backends.hf import load_for_inference
+
+    model, tok = load_for_inference(tiny_dirs[1], torch.float32)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    seen: list[int] = []
+    real = teacher_forcing.kept_logits
+
+    def spy(*args, **kwargs):
+        logits, out = real(*args, **kwargs)
+        seen.append(logits.numel())
+        return logits, out
+
+    monkeypatch.setattr(teacher_forcing, "kept_logits", spy)
+    monkeypatch.setattr(teacher_forcing, "MAX_KEPT_TOKENS", 64)
+    rng = random.Random(0)
+    few, many = _rows(40, vocab, rng), _rows(400, vocab, rng)
+
+    def peak(rows, **kw):
+        seen.clear()
+        result = completion_logps(model, rows, tok.pad_token_id, batch_size=256, **kw)
+        return result, max(seen)
+
+    _, peak_few = peak(few)
+    big, peak_many = peak(many)
+    assert peak_many <= 64 * vocab and peak_few <= 64 * vocab
+    assert peak_many <= peak_few + 12 * vocab  # one row's completion of slack: the budget, not the count, decides
+    # batching must not change the numbers: one row per forward gives the same log-probs
+    monkeypatch.setattr(teacher_forcing, "MAX_KEPT_TOKENS", 10**9)
+    single = completion_logps(model, many[:60], tok.pad_token_id, batch_size=1)
+    for a, b in zip(big[:60], single):
+        assert a == pytest.approx(b, abs=1e-4)
+        assert len(a) > 0
