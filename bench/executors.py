@@ -78,7 +78,7 @@ def run_ray(plan: Plan, store: Store, progress: Progress | None = None) -> dict[
             cached += not did
             if progress:
                 node = labels[done[0]]
-                finished = store.get(node.stage, node.key)
+                finished = store.get(node.stage, node.key, full=False)  # its record only
                 seconds = finished.record.get("seconds", 0.0) if (finished and did) else 0.0
                 progress(node, "done" if did else "cached", seconds)
         return {"computed": computed, "cached": cached}

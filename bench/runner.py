@@ -85,7 +85,7 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
         sources = {}
         evaluations = {}
         for node in _chain(cell.score):
-            done = store.get(node.stage, node.key)
+            done = store.get(node.stage, node.key, full=False)  # reads its record only (not the weights)
             record = done.record if done else {}
             stages[f"{node.stage}:{node.label}"] = {"key": node.key, "seconds": record.get("seconds")}
             source = (record.get("task_record") or {}).get("data_source")

@@ -192,17 +192,41 @@ def policy_path(model: ModelRef, inputs: dict[str, StageOutput], step: int | Non
 
 
 def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutput, bool]:
-    """Run one node through the store (skipped when its output exists). Dependencies must be done."""
-    inputs = {}
-    for name, dep in node.deps.items():
-        done = store.get(dep.stage, dep.key)
-        if done is None:
-            raise RuntimeError(f"{node.stage} {node.label}: input {name} ({dep.stage}/{dep.key}) is not finished")
-        inputs[name] = done
+    """Run one node through the store (skipped when its output exists and passes the store's cheap
+    check). Its inputs are checked in full (checksums) only when the node is computed, just before
+    they are read; an input that is missing, or damaged (the store moves it aside), is computed again
+    first. The trainer's run directory of the node is the store's ``owned`` directory of the entry
+    (checksummed and moved aside with it). An exception leaving a stage carries ``pobench_stage``
+    (``"<stage> <label>"``), which the command line puts in its one-line error."""
     run = stage(node.stage).run
-    return store.run(node.stage, node.key, lambda out: run(ctx, node, inputs, out),
-                     inputs={"label": node.label, "params": plain(node.params),
-                             "deps": {k: f"{d.stage}/{d.key}" for k, d in node.deps.items()}})
+
+    def compute(out: Path) -> dict[str, Any]:
+        inputs = {name: finished_input(ctx, store, dep) for name, dep in node.deps.items()}
+        return run(ctx, node, inputs, out)
+
+    try:
+        return store.run(node.stage, node.key, compute, owned=[ctx.trainer_dir(node)], label=node.label,
+                         inputs={"label": node.label, "params": plain(node.params),
+                                 "deps": {k: f"{d.stage}/{d.key}" for k, d in node.deps.items()}})
+    except Exception as exc:
+        if not hasattr(exc, "pobench_stage"):  # the innermost stage is where it happened
+            try:
+                exc.pobench_stage = f"{node.stage} {node.label}"
+            except (AttributeError, TypeError):
+                pass
+        raise
+
+
+def finished_input(ctx: StageContext, store: Any, dep: "Node") -> StageOutput:
+    """A node's input, verified in full; computed (again) when it is not there or was found damaged."""
+    done = store.get(dep.stage, dep.key)
+    if done is None:
+        execute_node(ctx, store, dep)
+        done = store.get(dep.stage, dep.key)
+    if done is None:
+        raise RuntimeError(f"input {dep.stage} {dep.label} ({dep.stage}/{dep.key}) is damaged again right after "
+                           f"it was computed; check the disk of the work dir {store.root}")
+    return done
 
 
 def ensure_threads() -> None:
