@@ -3,8 +3,8 @@
 Everything is validated before any work starts; an error names the file (or the override), the
 dotted field and the allowed values::
 
-    configs/default.yaml: train.optimizer: unknown field; allowed fields of train: [...]
-    override train.lr_schedule=cosin: train.lr_schedule: 'cosin' is not one of ['constant', 'linear', 'cosine']
+    configs/default.yaml: train.optimiser: unknown field; allowed fields of train: [...]
+    override train.lr_schedule=cosin: train.lr_schedule: 'cosin' is not one of ['constant', 'linear', 'cosine', ...
 
 A method entry maps hyperparameter names to a value or a list of values (a sweep); the reserved
 keys ``train``, ``generation`` and ``label`` hold per-method overrides of the suite's sections,

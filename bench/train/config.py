@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from bench.hashing import stable_hash
 from bench.prompts import PromptFormat
@@ -22,10 +22,34 @@ class TrainConfigError(ValueError):
     """A training configuration field is invalid; the message names the field."""
 
 
+#: marks a field declared with :func:`added_field`
+OMIT_AT_DEFAULT = "omit_at_default"
+
+
+def added_field(default: Any, **kwargs: Any) -> Any:
+    """A field added after results were recorded: while it holds ``default`` it is left out of every
+    dump (``model_dump``, hence run fingerprints, stage keys and the suite hash), so a config that
+    does not set it keeps the keys, and so the cached and committed results, it had before the field
+    existed. Set to another value, it is dumped and keyed like any field."""
+    return Field(default, json_schema_extra={OMIT_AT_DEFAULT: True}, **kwargs)
+
+
 class Schema(BaseModel):
-    """Base of every config model: unknown fields are errors and assignments are validated."""
+    """Base of every config model: unknown fields are errors and assignments are validated; fields
+    declared with :func:`added_field` are dumped only when they differ from their default."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_added_fields_at_their_default(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, info in type(self).model_fields.items():
+                extra = info.json_schema_extra
+                if (isinstance(extra, dict) and extra.get(OMIT_AT_DEFAULT) and name in data
+                        and getattr(self, name) == info.default):
+                    del data[name]
+        return data
 
 
 class LoraSettings(Schema):
@@ -59,14 +83,22 @@ class TrainConfig(Schema):
     seed: int = Field(0, description="training seed (a suite sets it from `seeds`)")
     lora: LoraSettings | None = Field(None, description="LoRA adapters; null = full fine-tuning")
     lr: float = Field(5e-6, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    optimizer: Literal["adamw", "rmsprop"] = added_field(
+        "adamw", description="adamw (betas 0.9/0.999, eps 1e-8, decoupled weight decay) | rmsprop (torch's "
+        "defaults: alpha 0.99, eps 1e-8, no momentum, weight decay added to the gradient; what the DPO, TDPO "
+        "and TIS-DPO reference code use)")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (per parameter group)")
     steps: int = Field(0, ge=0, description="optimizer steps (0 = use epochs)")
     epochs: float = Field(1.0, ge=0, description="epochs over the data when steps == 0")
     batch_size: int = Field(8, ge=1, description="examples per optimizer micro-step and process")
     grad_accum: int = Field(1, ge=1, description="gradient-accumulation micro-steps per optimizer step")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
-    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    max_grad_norm: float = Field(1.0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine", "warmup_constant"] = Field(
+        "linear", description="lr at optimizer step s (0-based), W = warmup_steps, N = steps: linear / cosine: "
+        "transformers' schedules (warm-up s/W, then decay to 0 at N); constant: transformers' "
+        "constant_with_warmup, lr * min(1, s/W); warmup_constant: the DPO reference code's LambdaLR, "
+        "lr * min(1, (s+1)/(W+1)) (never 0, full lr from step W on)")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient-norm clip (0 = none)")
     max_length: int = Field(512, ge=8, description="max prompt+response tokens per sequence")
     max_prompt_length: int = Field(256, ge=1, description="max prompt tokens (the prompt's end is kept)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="autocast dtype of forward/backward")

@@ -7,8 +7,8 @@ One loop, built on ``accelerate`` (DDP / FSDP / DeepSpeed come from it, configur
   stream of seeded epoch permutations (``G`` = global batch); process ``r`` takes its slice of
   each micro-batch. The data position is therefore just the step number, and N processes with
   per-process batch b see exactly the examples of 1 process with batch N*b.
-* gradient accumulation, warmup + linear/cosine schedule, grad clipping, optional bf16 autocast
-  of the model forward (the loss math stays fp32), seeds;
+* gradient accumulation, AdamW or RMSprop, warmup + linear/cosine/constant schedules, grad
+  clipping, optional bf16 autocast of the model forward (the loss math stays fp32), seeds;
 * checkpoints every N steps: ``accelerator.save_state`` (model + method modules, optimizer,
   scheduler, RNG of every process, step), rotated by its ``ProjectConfiguration``; a restarted run
   resumes from the newest complete one (``checkpoints/step-N``);
@@ -173,11 +173,29 @@ def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """``config.optimizer``: AdamW, or RMSprop with torch's defaults (alpha 0.99, eps 1e-8, no momentum,
+    not centered), as the DPO reference code builds it (``torch.optim.RMSprop(params, lr=lr)``)."""
     groups = [g for g in groups if g["params"]]
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=config.lr)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
+class WarmupConstant:
+    """The DPO reference code's schedule factor: min(1, (step + 1) / (warmup_steps + 1)). A class,
+    not a lambda, so that a checkpoint of the scheduler can be saved and loaded."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / (self.warmup_steps + 1))
+
+
 def build_scheduler(config: TrainConfig, optimizer, steps: int):
+    """The lr schedule of ``config.lr_schedule`` over ``steps`` optimizer steps (its field help has the formulas)."""
+    if config.lr_schedule == "warmup_constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupConstant(config.warmup_steps))
     from transformers import get_scheduler
 
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[config.lr_schedule]
