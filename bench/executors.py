@@ -17,6 +17,8 @@ from bench.stages import StageContext, execute_node
 from bench.store import Store
 
 log = logging.getLogger("pobench")
+#: ``progress(node, status, seconds)``: status "start" (before a node runs; local executor only), then
+#: "done" (computed, in ``seconds``) or "cached" (its output was already in the store)
 Progress = Callable[[Node, str, float], None]
 
 
@@ -24,6 +26,8 @@ def run_local(plan: Plan, store: Store, progress: Progress | None = None) -> dic
     ctx = StageContext(store.root)
     computed = skipped = 0
     for node in plan.nodes:
+        if progress:
+            progress(node, "start", 0.0)
         started = time.time()
         _, did = execute_node(ctx, store, node)
         computed += did

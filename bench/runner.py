@@ -5,7 +5,6 @@ import gzip
 import json
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -84,6 +83,7 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
         stages = {}
         sources = {}
         evaluations = {}
+        skipped = {}  # stage -> malformed records its task skipped (strict: false), so reports can show them
         for node in _chain(cell.score):
             done = store.get(node.stage, node.key, full=False)  # reads its record only (not the weights)
             record = done.record if done else {}
@@ -91,6 +91,10 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
             source = (record.get("task_record") or {}).get("data_source")
             if source and node.stage in ("sft", "prefdata", "generate"):
                 sources[node.stage] = source
+            if (record.get("task_record") or {}).get("skipped_records"):
+                skipped[node.stage] = record["task_record"]["skipped_records"]
+        if (scores.get("task_record") or {}).get("skipped_records"):
+            skipped["score"] = scores["task_record"]["skipped_records"]
         for name, node in cell.evals.items():
             done = store.get(node.stage, node.key)
             stages[f"{node.stage}:{node.label}"] = {"key": node.key,
@@ -111,7 +115,8 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
         runs.append({"row_id": cell.row_id, "task": cell.task, "model": cell.model, "method": cell.method,
                      "label": cell.label, "hparams": cell.hparams, "seed": cell.seed, "step": cell.step,
                      "scores": scores, "samples": samples, "run_key": cell.score.key, "stages": stages,
-                     "data_sources": sources, "evaluations": evaluations})
+                     "data_sources": sources, "evaluations": evaluations,
+                     **({"skipped_records": skipped} if skipped else {})})
     return runs
 
 
@@ -272,26 +277,65 @@ def read_run_records(out_dir: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def run_suite(suite: SuiteConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+def run_suite(suite: SuiteConfig, progress: Callable[[str], None] | None = None,
+              mode: str | None = None) -> dict[str, Any]:
+    """Plan, execute and report ``suite``. What a person sees (:mod:`bench.progress`): ``mode`` "bar"
+    (a terminal), "plain" (a log: lines only) or "quiet" (errors and the final line); default: bar
+    when stderr is a terminal, else plain. ``progress``: a callback that gets every line instead (no bars)."""
+    from bench.progress import RunDisplay, choose_mode, node_id
+
     started = time.time()
-    plan = build_plan(suite)
-    store = Store(suite.resolved_work_dir())
-    say(f"[pobench] suite {suite.name}: {len(plan.cells)} runs, {len(plan.nodes)} stage nodes, "
-        f"work dir {store.root}, executor {suite.executor.kind}")
+    with RunDisplay(mode or choose_mode(), callback=progress) as display:
+        plan = build_plan(suite)
+        store = Store(suite.resolved_work_dir())
+        display.plan(plan, {node_id(n) for n in plan.nodes if store.status(n.stage, n.key) == "done"})
+        display.line(f"[pobench] suite {suite.name}: {len(plan.cells)} runs, {len(plan.nodes)} stage nodes, "
+                     f"work dir {store.root}, executor {suite.executor.kind}")
+        display.line(f"[pobench] {display.work_summary()}")
+        fallback = builtin_data_note(plan)
+        if fallback:
+            display.line(fallback)
 
-    def on_node(node: Node, status: str, seconds: float) -> None:
-        say(f"[pobench] {status:>6} {node.stage:<9} {node.label:<40} {seconds:7.1f}s")
+        def on_node(node: Node, status: str, seconds: float) -> None:
+            if status == "start":
+                display.stage_started(node)
+            else:
+                display.stage_finished(node, status, seconds)
 
-    summary = execute(plan, store, on_node)
-    board, runs = make_leaderboard(plan, store)
-    results_dir = suite.resolved_results_dir()
-    written = write_all(board, results_dir)
-    write_run_records(runs, results_dir, board["manifest"])
-    wall = time.time() - started
-    say(f"[pobench] done in {wall:.1f}s ({summary['computed']} stages computed, {summary['cached']} cached); "
-        f"leaderboard: {written['md']}")
+        try:
+            summary = execute(plan, store, on_node)
+        except BaseException as exc:
+            display.stage_failed(exc)
+            raise
+        board, runs = make_leaderboard(plan, store)
+        results_dir = suite.resolved_results_dir()
+        written = write_all(board, results_dir)
+        write_run_records(runs, results_dir, board["manifest"])
+        wall = time.time() - started
+        display.line(f"[pobench] done in {wall:.1f}s ({summary['computed']} stages computed, {summary['cached']} "
+                     f"cached); leaderboard: {written['md']}", always=True)
     return {"plan": plan, "board": board, "written": written, "wall_s": wall, **summary}
+
+
+def builtin_data_note(plan: Plan) -> str | None:
+    """One line naming the tasks that run on pobench's built-in material instead of their dataset,
+    and why (pinned by ``task_options.<task>.source``, or a fallback: no hub and no local files)."""
+    from bench.plan import data_sources
+    from tasks.base import is_offline, shared_data_dir
+
+    notes = []
+    for task, source in data_sources(plan).items():
+        if source.get("kind") != "builtin":
+            continue
+        options = plan.suite.task_options.get(task, {})
+        if options.get("source") == "builtin":
+            why = f"task_options.{task}.source: builtin"
+        else:
+            where = options.get("data_dir") or shared_data_dir()
+            why = (f"fallback: {'offline' if is_offline() else 'no hub source'} and no local files under {where}; "
+                   f"point POBENCH_SHARED_DATA or task_options.{task}.data_dir at them")
+        notes.append(f"{task} ({source.get('location')}; {why})")
+    return f"[pobench] built-in material, not the task's dataset: {'; '.join(notes)}" if notes else None
 
 
 def rescore_records(results_dir: Path, judge: str, out_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -502,11 +502,12 @@ class Task:
         return judge.score([s.prompt for s in samples], [s.completion for s in samples])
 
     def pairs_from_samples(self, samples: Sequence[Sample], margin: float | None = None,
-                           rewards: Sequence[float] | None = None) -> list[PreferencePair]:
-        """Best-vs-worst pair per prompt from pointwise rewards (see :func:`pairs_from_scores`)."""
+                           rewards: Sequence[float] | None = None, pairs: str = "best_worst") -> list[PreferencePair]:
+        """Best-vs-worst pair per prompt from pointwise rewards, or every pair with ``pairs="all"``
+        (see :func:`pairs_from_scores`)."""
         rewards = list(rewards) if rewards is not None else self.reward(samples)
         margin = getattr(self, "margin", 0.0) if margin is None else margin
-        return pairs_from_scores(samples, rewards, margin=margin, judge=self.judge.label)
+        return pairs_from_scores(samples, rewards, margin=margin, judge=self.judge.label, pairs=pairs)
 
     # -- scoring ------------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample], pair_logps: Sequence[PairLogps] | None = None) -> Scores:
@@ -550,29 +551,54 @@ def group_by_prompt(samples: Sequence[Sample]) -> dict[str, list[int]]:
     return dict(groups)
 
 
+PAIRINGS = ("best_worst", "all")
+
+
 def pairs_from_scores(samples: Sequence[Sample], scores: Sequence[float], margin: float = 0.0,
-                      judge: str = "") -> list[PreferencePair]:
+                      judge: str = "", pairs: str = "best_worst") -> list[PreferencePair]:
     """Per prompt: the highest-scored sample vs the lowest, kept when score gap > ``margin``.
 
     Ties in score break by sample order (first wins) so results are deterministic. Prompts with
     fewer than two samples, identical best/worst text, or a gap <= margin give no pair.
+
+    ``pairs="all"`` (the DPO paper's IMDB data: every pair of the K samples): the prompt's samples
+    sorted by score, best first (ties by sample order), give the pairs (1st, 2nd), (1st, 3rd), ...,
+    (2nd, 3rd), ..., the higher-scored chosen; a pair is kept when its gap > ``margin`` (so tied
+    scores give none) and its texts differ: at most K(K-1)/2 per prompt. Ids are
+    ``<prompt id>/<chosen index>><rejected index>`` (the samples' ``index``).
     """
     if len(samples) != len(scores):
         raise TaskError(f"{len(samples)} samples but {len(scores)} scores")
-    pairs = []
+    if pairs not in PAIRINGS:
+        raise TaskError(f"pairs={pairs!r} is not one of {list(PAIRINGS)}")
+    out = []
     for prompt_id, idx in group_by_prompt(samples).items():
         if len(idx) < 2:
+            continue
+        if pairs == "all":
+            ranked = sorted(idx, key=lambda i: (-scores[i], i))
+            for a, first in enumerate(ranked):
+                for second in ranked[a + 1:]:
+                    gap = scores[first] - scores[second]
+                    if not gap > margin or samples[first].completion == samples[second].completion:
+                        continue
+                    out.append(PreferencePair(
+                        prompt=samples[first].prompt, chosen=samples[first].completion,
+                        rejected=samples[second].completion,
+                        id=f"{prompt_id}/{samples[first].index}>{samples[second].index}",
+                        meta={"score_chosen": scores[first], "score_rejected": scores[second], "judge": judge,
+                              "n_candidates": len(idx), "pairing": "all"}))
             continue
         best = max(idx, key=lambda i: (scores[i], -i))
         worst = min(idx, key=lambda i: (scores[i], -i))
         gap = scores[best] - scores[worst]
         if not gap > margin or samples[best].completion == samples[worst].completion:
             continue
-        pairs.append(PreferencePair(
+        out.append(PreferencePair(
             prompt=samples[best].prompt, chosen=samples[best].completion, rejected=samples[worst].completion,
             id=f"{prompt_id}", meta={"score_chosen": scores[best], "score_rejected": scores[worst],
                                      "judge": judge, "n_candidates": len(idx)}))
-    return pairs
+    return out
 
 
 def mean(values: Iterable[float]) -> float | None:

@@ -352,8 +352,12 @@ class CodeTask(Task):
         return [1.0 if row["passed"] else 0.0 for row in self.evaluate_samples(samples).per_sample]
 
     def pairs_from_samples(self, samples: Sequence[Sample], margin: float | None = None,
-                           rewards: Sequence[float] | None = None) -> list[PreferencePair]:
-        """Passing vs failing samples of the same problem (``margin`` is unused: pass/fail is binary)."""
+                           rewards: Sequence[float] | None = None, pairs: str = "best_worst") -> list[PreferencePair]:
+        """Passing vs failing samples of the same problem (``margin`` is unused: pass/fail is binary;
+        ``max_pairs_per_problem`` bounds the pairs, so ``pairs="all"`` is refused)."""
+        if pairs != "best_worst":
+            raise TaskError(f"{self.name}: prefdata.pairs: {pairs} does not apply to a code task, which pairs "
+                            "passing vs failing samples (task option max_pairs_per_problem)")
         rewards = list(rewards) if rewards is not None else self.reward(samples)
         rows = [{"task_id": s.prompt_id, "completion": s.completion, "passed": r > 0.5}
                 for s, r in zip(samples, rewards)]

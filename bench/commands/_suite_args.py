@@ -13,14 +13,16 @@ from bench.config import ConfigError, SuiteConfig, load_suite
 DEFAULT_SUITE = "default"
 
 
-def add_suite_arguments(parser: argparse.ArgumentParser, optional: bool = True) -> None:
+def add_suite_arguments(parser: argparse.ArgumentParser, optional: bool = True,
+                        results_default: str = "results/<suite name>") -> None:
+    """``results_default``: where this command's leaderboard files go (or are read from) without --results-dir."""
     parser.add_argument("suite", nargs="?" if optional else None, default=DEFAULT_SUITE,
                         help="suite YAML path or name under configs/ (default: %(default)s, the offline CPU suite)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. train.steps=5 seeds=[0,1] methods=dpo,ipo "
                              "generation.backend=hf")
     parser.add_argument("--work-dir", help="cache of stage outputs (default: $POBENCH_WORK_DIR or ./runs)")
-    parser.add_argument("--results-dir", help="where leaderboard files go (default: results/<suite name>)")
+    parser.add_argument("--results-dir", help=f"leaderboard files and run records (default: {results_default})")
     parser.add_argument("--executor", choices=["local", "ray"], help="override executor.kind")
 
 

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "from its run records and per-sample files alone (runs/*.json, runs/*.samples.jsonl.gz), "
                     "or with --from-work-dir from every finished run in the work dir's cache. With --from "
                     "FILE: print an existing leaderboard.json as markdown/csv, or re-render its files with --render.")
-    add_suite_arguments(parser)
+    add_suite_arguments(parser, results_default="the committed results/<suite name>; with --from-work-dir: "
+                                                 "<work dir>/results/<suite name>")
     parser.add_argument("--from", dest="source", help="an existing leaderboard.json (or results/<suite>/)")
     parser.add_argument("--format", choices=["md", "csv", "json"], default="md")
     parser.add_argument("--render", metavar="DIR", help="with --from: write csv/md/html/plots into DIR")

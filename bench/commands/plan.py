@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the status of every stage node in the work dir (done / partial / todo) and the work "
                     "left (optimizer steps, sequences to sample and to score, model evaluations of "
                     "`eval_tasks`). Runs nothing.")
-    add_suite_arguments(parser)
+    add_suite_arguments(parser, results_default="<work dir>/results/<suite name>, where a run would write")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=main)
 

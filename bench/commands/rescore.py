@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read results/<suite>/runs/*.samples.jsonl.gz, score every completion again with the task's "
                     "metrics under JUDGE (a spec of `pobench judges`, e.g. sentiment:vader), keep each sample's "
                     "KL, and write a full leaderboard into --out (default results/<suite>-rescored-<judge>/).")
-    add_suite_arguments(parser)
+    add_suite_arguments(parser, results_default="the committed results/<suite name>: the records re-judged")
     parser.add_argument("--judge", required=True, help="judge spec, e.g. sentiment:vader or reward_model:<dir>")
     parser.add_argument("--out", help="output folder (default: results/<suite>-rescored-<judge>)")
     parser.set_defaults(func=main)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from bench.hashing import plain, stable_hash
-from bench.train.config import PreferenceTrainConfig, Schema, SFTConfig
+from bench.train.config import PreferenceTrainConfig, Schema, SFTConfig, added_field
 
 RESERVED_METHOD_KEYS = ("train", "generation", "label")
 
@@ -75,7 +75,8 @@ class PrefDataConfig(Schema):
 
     ``dataset``: the task's own (chosen, rejected) pairs. ``sample_and_judge``: sample
     ``samples_per_prompt`` completions per train prompt from the reference, score them with the
-    task's judge, keep best-vs-worst pairs whose score margin exceeds ``min_margin``.
+    task's judge, keep best-vs-worst pairs whose score margin exceeds ``min_margin`` (``pairs: all``:
+    every pair of samples, the higher-scored one chosen, as the DPO paper's IMDB experiment).
     ``pairwise_ranking``: rank the samples with the task's pairwise judge (BCR's iterative ranking).
     """
 
@@ -86,7 +87,17 @@ class PrefDataConfig(Schema):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, ge=0)
     min_margin: float = Field(0.2, ge=0, description="minimum judge-score margin between chosen and rejected")
+    pairs: Literal["best_worst", "all"] = added_field(
+        "best_worst", description="sample_and_judge: per prompt the best vs the worst sample, or all K(K-1)/2 "
+        "pairs ordered by score (ties and gaps <= min_margin dropped)")
     data_seed: int = Field(0, description="seed of the data draw and of the reference samples (shared by every run)")
+
+    @model_validator(mode="after")
+    def _pairs_of_judged_samples(self) -> "PrefDataConfig":
+        if self.pairs != "best_worst" and self.source in ("dataset", "pairwise_ranking"):
+            raise ValueError(f"pairs: {self.pairs} pairs the judged samples of source sample_and_judge, "
+                             f"not source {self.source}")
+        return self
 
 
 class GenerationConfig(Schema):

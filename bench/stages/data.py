@@ -103,6 +103,11 @@ def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
     if source == "task_default":
         source = "dataset" if task.preference_mode == "dataset" else "sample_and_judge"
     info: dict[str, Any] = {"source": source}
+    if source != "sample_and_judge" and cfg.pairs != "best_worst":
+        from tasks.errors import TaskError
+
+        raise TaskError(f"prefdata.pairs: {cfg.pairs} pairs the judged samples of prefdata.source "
+                        f"sample_and_judge; task {task.name!r} gets its pairs by {source}")
     if source == "dataset":
         pairs = task.preference_data(limit=cfg.prompts)
     else:
@@ -119,7 +124,9 @@ def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
             rewards = None
         else:
             rewards = task.reward(samples)
-            pairs = task.pairs_from_samples(samples, margin=cfg.min_margin, rewards=rewards)
+            # `pairs` only when set: a plugin task's pairs_from_samples may predate the argument
+            pairing = {"pairs": cfg.pairs} if cfg.pairs != "best_worst" else {}
+            pairs = task.pairs_from_samples(samples, margin=cfg.min_margin, rewards=rewards, **pairing)
         rows = [sample_to_row(s) for s in samples]
         if rewards is not None:
             for row, reward in zip(rows, rewards):
@@ -152,18 +159,28 @@ def prefdata_source(params: PrefDataParams) -> str:
     return "dataset" if mode == "dataset" else "sample_and_judge"
 
 
-def expected_pairs(node: "Node") -> int | None:
-    """At most how many pairs a ``prefdata`` node gives (sampled: one per prompt; a dataset: its pairs),
-    None when ``prefdata.prompts`` is null and the task does not know its prompt count cheaply."""
+def expected_prompts(node: "Node") -> int | None:
+    """How many train prompts (or dataset pairs) a ``prefdata`` node reads, None when ``prefdata.prompts``
+    is null and the task does not know its prompt count cheaply."""
     p: PrefDataParams = node.params
     return p.prefdata.prompts if p.prefdata.prompts is not None else p.task.prompt_counts.get("train")
+
+
+def expected_pairs(node: "Node") -> int | None:
+    """At most how many pairs a ``prefdata`` node gives (sampled: one per prompt, K(K-1)/2 with
+    ``pairs: all``; a dataset: its pairs), None when the prompt count is unknown."""
+    prompts = expected_prompts(node)
+    cfg: PrefDataConfig = node.params.prefdata
+    if prompts is None or cfg.pairs != "all" or prefdata_source(node.params) != "sample_and_judge":
+        return prompts
+    return prompts * cfg.samples_per_prompt * (cfg.samples_per_prompt - 1) // 2
 
 
 def prefdata_work(node: "Node") -> dict[str, int | None]:
     cfg: PrefDataConfig = node.params.prefdata
     if prefdata_source(node.params) == "dataset":
         return {}
-    prompts = expected_pairs(node)
+    prompts = expected_prompts(node)
     return {"sampled_sequences": None if prompts is None else prompts * cfg.samples_per_prompt}
 
 

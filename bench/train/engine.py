@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +79,12 @@ class TrainResult:
 
 
 def say(accelerator, message: str) -> None:
-    """A progress/warning line on stderr, once (main process): stdout stays machine-readable."""
+    """A progress/warning line on stderr (through a run's display when one is active), once (main
+    process): stdout stays machine-readable."""
     if accelerator.is_main_process:
-        print(message, file=sys.stderr, flush=True)
+        from bench.progress import note
+
+        note(message)
 
 
 def set_seed(seed: int) -> None:
@@ -158,6 +161,17 @@ def latest_checkpoint(accelerator, output_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+class _RotationNotice(logging.Filter):
+    """Drops accelerate's warning at every checkpoint it rotates out (``keep_checkpoints`` asks for the
+    rotation; one warning per saved checkpoint buried the run's own progress lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "to make room for new checkpoint" not in record.getMessage()
+
+
+logging.getLogger("accelerate.accelerator").addFilter(_RotationNotice())
+
+
 def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
     """accelerate writes ``checkpoints/checkpoint_<step>`` (first deleting the oldest beyond
     ``total_limit``); once every process has written its part it is renamed to ``step-<step>``."""
@@ -229,10 +243,11 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
 
     accelerator.init_trackers(os.environ.get("WANDB_PROJECT", "pobench"), init_kwargs={
         "wandb": {"name": run_name, "config": config.to_dict(), "resume": "allow"}})
-    from tqdm.auto import tqdm
+    from bench.progress import training_progress
 
-    bar = tqdm(total=steps, initial=start, desc=run_name, dynamic_ncols=True,
-               disable=not (config.progress_bar and accelerator.is_main_process))
+    # a `pobench run` shows the steps in its own display (a step bar, or lines in a log); alone, a tqdm bar
+    bar = training_progress(total=steps, initial=start, desc=run_name, enabled=config.progress_bar,
+                            main_process=accelerator.is_main_process)
     B, K = config.batch_size, config.grad_accum
     global_batch = B * K * world
     last: dict[str, float] = {}
@@ -291,8 +306,7 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
             last["step_cpu_s"] = time.process_time() - cpu0
             if (step + 1) % config.log_every == 0 or step + 1 == steps:
                 accelerator.log(last, step=step + 1)
-                bar.update(step + 1 - bar.n)
-                bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "rewards/accuracy") if k in last})
+                bar.advance(step + 1, {k: last[k] for k in ("loss", "rewards/accuracy") if k in last})
             if save_policy is not None and step + 1 in config.eval_at_steps and step + 1 < steps:
                 save_policy(step + 1)
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:

@@ -17,7 +17,11 @@ def minimal(**extra):
 
 
 @pytest.mark.parametrize("data, expected", [
-    (minimal(train={"lr_schedule": "cosin"}), "train.lr_schedule: 'cosin' is not one of ['constant', 'linear', 'cosine']"),
+    (minimal(train={"lr_schedule": "cosin"}),
+     "train.lr_schedule: 'cosin' is not one of ['constant', 'linear', 'cosine', 'warmup_constant']"),
+    (minimal(train={"optimizer": "sgd"}), "train.optimizer: 'sgd' is not one of ['adamw', 'rmsprop']"),
+    (minimal(prefdata={"source": "dataset", "pairs": "all"}),
+     "prefdata.pairs: all pairs the judged samples of source sample_and_judge, not source dataset"),
     (minimal(trian={}), "trian: unknown field; allowed fields: ['name'"),
     (minimal(train={"steps": "ten"}), "train.steps: expected an integer, got 'ten'"),
     (minimal(train={"steps": -1}), "train.steps: -1 is below the minimum 0"),

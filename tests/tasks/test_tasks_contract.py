@@ -85,6 +85,27 @@ def test_pairs_from_scores_best_vs_worst_over_margin():
         pairs_from_scores(samples, scores[:2])
 
 
+def test_all_pairs_of_four_samples_with_a_tie_by_hand():
+    # K = 4 completions of one prompt scored 0.2, 0.7, 0.2, 0.9: sorted best first (ties by sample order)
+    # d (0.9), b (0.7), a (0.2), c (0.2); the K(K-1)/2 = 6 pairs in that order are (d,b) (d,a) (d,c) (b,a)
+    # (b,c) (a,c), and the tie (a,c) is dropped: 5 pairs, the higher-scored response chosen
+    samples = [Sample("p", "P", "a", 0), Sample("p", "P", "b", 1), Sample("p", "P", "c", 2), Sample("p", "P", "d", 3),
+               Sample("q", "Q", "e", 0)]
+    scores = [0.2, 0.7, 0.2, 0.9, 0.5]
+    pairs = pairs_from_scores(samples, scores, margin=0.0, judge="j@1", pairs="all")
+    assert [(x.chosen, x.rejected) for x in pairs] == [("d", "b"), ("d", "a"), ("d", "c"), ("b", "a"), ("b", "c")]
+    assert [x.id for x in pairs] == ["p/3>1", "p/3>0", "p/3>2", "p/1>0", "p/1>2"]
+    assert pairs[0].meta == {"score_chosen": 0.9, "score_rejected": 0.7, "judge": "j@1", "n_candidates": 4,
+                             "pairing": "all"}
+    # a margin drops the pairs whose gap is not above it: 0.25 drops (d,b), gap 0.2
+    assert [(x.chosen, x.rejected) for x in pairs_from_scores(samples, scores, margin=0.25, pairs="all")] == [
+        ("d", "a"), ("d", "c"), ("b", "a"), ("b", "c")]
+    # best_worst on the same samples: one pair per prompt, d vs c (of the tied worst, the later sample)
+    assert [(x.chosen, x.rejected) for x in pairs_from_scores(samples, scores)] == [("d", "c")]
+    with pytest.raises(TaskError, match="pairs='some' is not one of"):
+        pairs_from_scores(samples, scores, pairs="some")
+
+
 def test_sequence_kl_and_implicit_margin():
     s = Sample("p", "P", "x", logprobs=[-1.0, -2.0], ref_logprobs=[-1.5, -1.0])
     assert s.sequence_kl() == pytest.approx(-0.5)  # (-1 + 1.5) + (-2 + 1)

@@ -1,0 +1,78 @@
+"""Options added after results were recorded (trainer ``optimizer``, ``prefdata.pairs``, method options such as
+SimPO's ``sft_weight`` or MaPO's ``activation_grouping``, TIS-DPO's ``official_transform``) leave the keys of
+configs that do not set them exactly as they were, so cached and committed results stay valid.
+
+The hashes below were computed from the shipped suites before these options existed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.config import load_suite, validate
+from bench.hashing import plain, stable_hash
+from bench.plan import full_hparams
+from bench.train import PreferenceTrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+# suite -> (train section's semantic view, prefdata section) hashes
+SECTIONS = {"default": ("ee99e0c34cc58460", "194870b3358d856b"),
+            "smoke": ("28a8b2c000ad1980", "e04163d4ef0ea9d2"),
+            "baselines": ("ee99e0c34cc58460", "194870b3358d856b")}
+# method -> hash of its full hyperparameters (defaults filled in) at the suites' points
+HPARAMS = {"dpo": "d2a04f85cbe94d62", "tdpo2": "821ebd08f953e483", "tis_dpo": "a39b24231105ff60",
+           "bcr": "4602aa75ec7a8bfa", "sparsepo_mapo": "d2a04f85cbe94d62", "sparsepo": "ac884cafbcfc34b0",
+           "cdpo": "2bab15e98fa8c569", "dpop": "5298aa9852407c78"}
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_shipped_suites_keep_their_train_and_prefdata_keys(name):
+    suite = load_suite(REPO / "configs" / f"{name}.yaml")
+    train, prefdata = SECTIONS[name]
+    assert stable_hash(suite.train.semantic()) == train
+    assert stable_hash(plain(suite.prefdata)) == prefdata
+    assert stable_hash(suite.sft.semantic()) == "f14407c84bcfccd9"
+    for spec in suite.method_specs:
+        if spec.name in HPARAMS:
+            assert stable_hash(full_hparams(spec.name, {})) == HPARAMS[spec.name], spec.name
+
+
+def test_a_trainer_config_at_its_defaults_keeps_its_fingerprint():
+    assert stable_hash(PreferenceTrainConfig().semantic()) == "29296bc4c4cdafb5"
+    assert "optimizer" not in PreferenceTrainConfig().semantic()
+
+
+def test_an_added_option_keys_runs_once_set():
+    base = {"name": "t", "methods": {"dpo": {}}}
+    plain_suite = validate(base)
+    rmsprop = validate({**base, "train": {"optimizer": "rmsprop"}})
+    assert rmsprop.train.semantic() == {**plain_suite.train.semantic(), "optimizer": "rmsprop"}
+    assert rmsprop.hash() != plain_suite.hash()
+    # set to its default it is the default: the same key as not setting it
+    assert validate({**base, "train": {"optimizer": "adamw"}}).hash() == plain_suite.hash()
+    all_pairs = validate({**base, "prefdata": {"pairs": "all"}})
+    assert plain(all_pairs.prefdata) == {**plain(plain_suite.prefdata), "pairs": "all"}
+    # the field is still there to read, and recorded when it is set
+    assert plain_suite.train.optimizer == "adamw" and plain_suite.prefdata.pairs == "best_worst"
+    assert rmsprop.to_dict()["train"]["optimizer"] == "rmsprop"
+
+
+def test_all_pairs_raise_the_planned_pairs_and_training_steps():
+    from bench.plan import build_plan
+    from bench.stages import stage
+    from bench.stages.data import expected_pairs
+
+    def planned(pairs: str):
+        suite = validate({"name": "t", "models": [{"id": "tiny"}], "tasks": ["imdb"],
+                          "task_options": {"imdb": {"source": "builtin", "judge": "sentiment:vader"}},
+                          "methods": {"dpo": {}}, "train": {"steps": 0, "epochs": 1, "batch_size": 2},
+                          "prefdata": {"source": "sample_and_judge", "prompts": 4, "samples_per_prompt": 4,
+                                       "pairs": pairs}})
+        train = next(c.train for c in build_plan(suite).cells if c.method == "dpo")
+        prefdata = train.deps["prefdata"]
+        return expected_pairs(prefdata), stage("prefdata").work(prefdata), stage("train").work(train)
+
+    # 4 prompts x 4 samples: one pair per prompt, or at most 4 * 3 / 2 = 6; 16 sequences sampled either way
+    assert planned("best_worst") == (4, {"sampled_sequences": 16}, {"train_steps": 2})
+    assert planned("all") == (24, {"sampled_sequences": 16}, {"train_steps": 12})
