@@ -6,7 +6,8 @@ built-in review openings written by this project (``tasks/data/imdb_openings.txt
 Paper: Rafailov et al. 2023, "Direct Preference Optimization", section 6.1.
 
 Prompts are review prefixes of 2-8 words (the built-in openings: 2-12 words, split into train and
-eval by explicit sections of the file); the policy continues the review and the reward is the
+eval by explicit sections of the file), or with ``prefix_unit: tokens`` of 2-8 tokens of
+``prefix_tokenizer`` (the DPO paper's protocol, GPT-2 BPE); the policy continues the review and the reward is the
 sentiment of prefix + continuation. Preference pairs are generated: k samples per prompt from the
 reference, scored by the sentiment judge, best vs worst when their gap exceeds ``margin``.
 Metrics: mean reward, KL(pi||ref) per sequence, distinct-1/2, mean token entropy.
@@ -81,6 +82,36 @@ def review_prefix(text: str, key: str, seed: int, min_words: int = 2, max_words:
     return " ".join(words[:k])
 
 
+def review_token_prefix(text: str, key: str, seed: int, tokenizer: Any, min_tokens: int = 2,
+                        max_tokens: int = 8) -> str:
+    """The text of the first k tokens of the (cleaned) review, k uniform in [min_tokens, max_tokens] drawn
+    from (seed, key): a prefix of the review's text that may end inside a word (the DPO paper's IMDB
+    prompts). A cut inside a multi-byte character is moved back one token at a time until the decoded
+    text is a prefix of the review."""
+    clean = clean_review(text)
+    ids = tokenizer(clean, add_special_tokens=False)["input_ids"]
+    k = min(random.Random(f"{seed}:{key}").randint(min_tokens, max_tokens), len(ids))
+    while k > 0:
+        prefix = tokenizer.decode(ids[:k], clean_up_tokenization_spaces=False)
+        if clean.startswith(prefix):
+            return prefix
+        k -= 1
+    return ""
+
+
+@functools.lru_cache(maxsize=2)
+def prefix_tokenizer_for(name: str) -> Any:
+    """``gpt2``: the GPT-2 BPE shipped with pobench (offline; GPT-2-large's tokenizer); else a tokenizer
+    id or directory for ``transformers.AutoTokenizer``."""
+    if name == "gpt2":
+        from bench.models import gpt2_tokenizer
+
+        return gpt2_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
 def _opening_key(text: str) -> str:
     return text.rstrip(" ,:;.?!").lower()
 
@@ -142,14 +173,39 @@ class IMDB(Task):
         "seed": (0, "seed of the prompt shuffle and of the prefix lengths"),
         "min_words": (2, "shortest review prefix, words"),
         "max_words": (8, "longest review prefix, words"),
+        "prefix_unit": ("words", "review prefixes measured in words (min_words..max_words) or tokens "
+                        "(min_tokens..max_tokens of prefix_tokenizer, the DPO paper's); reviews only, not the "
+                        "built-in openings"),
+        "min_tokens": (2, "shortest review prefix, tokens (prefix_unit: tokens)"),
+        "max_tokens": (8, "longest review prefix, tokens (prefix_unit: tokens)"),
+        "prefix_tokenizer": ("gpt2", "tokenizer that counts prefix tokens: gpt2 (the GPT-2 BPE, offline) or a "
+                             "tokenizer id / directory"),
         "sft_words": (64, "SFT completions are the review continued for at most this many words"),
         "judge_accuracy_reviews": (None, "labelled reviews used to report the judge's accuracy with every score "
                                    "(None: 1000 for VADER, 200 for a HF classifier; 0: off)"),
     }
 
+    PREFIX_UNITS = ("words", "tokens")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.prefix_unit not in self.PREFIX_UNITS:
+            raise TaskError(f"imdb: prefix_unit must be one of {list(self.PREFIX_UNITS)}, got {self.prefix_unit!r}")
+        low, high = ((self.min_words, self.max_words) if self.prefix_unit == "words"
+                     else (self.min_tokens, self.max_tokens))
+        if not 1 <= low <= high:
+            raise TaskError(f"imdb: prefix lengths must satisfy 1 <= min <= max ({self.prefix_unit}), "
+                            f"got {low}..{high}")
+
     @classmethod
     def default_judge(cls) -> str:
         return "sentiment:auto"
+
+    def _prefix(self, text: str, key: str) -> str:
+        if self.prefix_unit == "tokens":
+            return review_token_prefix(text, key, self.seed, prefix_tokenizer_for(self.prefix_tokenizer),
+                                       self.min_tokens, self.max_tokens)
+        return review_prefix(text, key, self.seed, self.min_words, self.max_words)
 
     # -- loading ------------------------------------------------------------------------------
     def _reviews(self, split: str) -> list[Review]:
@@ -194,7 +250,7 @@ class IMDB(Task):
         prompts = []
         for i in order:
             rid, text, label = reviews[i]
-            prefix = review_prefix(text, rid, self.seed, self.min_words, self.max_words)
+            prefix = self._prefix(text, rid)
             if prefix:
                 prompts.append(Prompt(id=rid, text=prefix, meta={"label": label}))
             if limit is not None and len(prompts) >= limit:
@@ -221,8 +277,13 @@ class IMDB(Task):
         reviews = {r[0]: r[1] for r in self._reviews("train")}
         examples = []
         for prompt in self._prompts("train", limit):
-            words = clean_review(reviews[prompt.id]).split()
-            rest = words[len(prompt.text.split()):][: self.sft_words]
+            if self.prefix_unit == "tokens":  # the prefix may end inside a word: continue from its last character
+                after = clean_review(reviews[prompt.id])[len(prompt.text):]
+                rest = after.split()[: self.sft_words]
+                completion = (" " if after[:1].isspace() else "") + " ".join(rest)
+            else:
+                rest = clean_review(reviews[prompt.id]).split()[len(prompt.text.split()):][: self.sft_words]
+                completion = " " + " ".join(rest)
             if rest:
                 examples.append(SFTExample(prompt=prompt.text, completion=" " + " ".join(rest), id=prompt.id))
         return examples

@@ -2,6 +2,9 @@
 and scoring real samples from tiny models end to end."""
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
 
 import tasks
@@ -46,6 +49,49 @@ def test_prompts_are_short_prefixes_of_real_reviews_and_splits_are_disjoint():
     details = tasks.get("imdb", data_dir=shared_data_dir(), judge="sentiment:vader",
                         judge_accuracy_reviews=100).score([tasks.Sample.from_prompt(prompt, " great")]).details
     assert details["judge_accuracy"]["n"] == 100 and 0.5 < details["judge_accuracy"]["accuracy"] <= 1.0
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+class CharacterTokenizer:
+    """One token per character: the first k tokens of a text are its first k characters."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, clean_up_tokenization_spaces=False):
+        return "".join(chr(i) for i in ids)
+
+
+def test_token_prefix_takes_the_drawn_number_of_tokens():
+    from tasks.imdb import review_token_prefix
+
+    # k is drawn uniformly in [2, 8] from (seed, key): for seed 0 and key "r1" it is
+    k = random.Random("0:r1").randint(2, 8)
+    text = "Loud, ugly and incoherent."
+    assert review_token_prefix(text, "r1", 0, CharacterTokenizer()) == text[:k]
+    # a review shorter than k tokens is the whole review
+    assert review_token_prefix("Hi", "r1", 0, CharacterTokenizer(), min_tokens=5, max_tokens=5) == "Hi"
+
+
+def test_token_prefixes_of_gpt2_may_end_inside_a_word_and_sft_continues_there():
+    task = tasks.get("imdb", data_dir=FIXTURES, prefix_unit="tokens", judge="sentiment:vader")
+    prompts = {p.id: p.text for p in task.train_prompts()}
+    # GPT-2 BPE of the review: 'L' 'oud' ',' ' ugly' ' and' ' inco' 'herent' ...; k = 6 for (seed 0, this id)
+    assert random.Random("0:train/neg/5_1").randint(2, 8) == 6
+    assert prompts["train/neg/5_1"] == "Loud, ugly and inco"
+    # 'Qu' 'iet' ' and' ...; k = 2
+    assert prompts["train/pos/3_7"] == "Quiet"
+    sft = {e.id: e for e in task.sft_data()}
+    assert sft["train/neg/5_1"].completion.startswith("herent. The action scenes")
+    assert sft["train/pos/3_7"].completion.startswith(" and patient, this documentary")
+    # the default is unchanged: prefixes of 2-8 whole words
+    words = tasks.get("imdb", data_dir=FIXTURES, judge="sentiment:vader").train_prompts()
+    assert all(2 <= len(p.text.split()) <= 8 for p in words)
+    assert {p.text for p in words} != set(prompts.values())
+    with pytest.raises(tasks.TaskError, match="prefix_unit must be one of"):
+        tasks.get("imdb", prefix_unit="characters")
 
 
 def test_builtin_openings_work_offline_without_data(tmp_path, monkeypatch):
