@@ -285,7 +285,7 @@ class IMDB(Task):
                 rest = clean_review(reviews[prompt.id]).split()[len(prompt.text.split()):][: self.sft_words]
                 completion = " " + " ".join(rest)
             if rest:
-                examples.append(SFTExample(prompt=prompt.text, completion=" " + " ".join(rest), id=prompt.id))
+                examples.append(SFTExample(prompt=prompt.text, completion=completion, id=prompt.id))
         return examples
 
     # -- labelled reviews: how good is the reward? ---------------------------------------------
