@@ -90,9 +90,14 @@ class LossOutput:
 
 @dataclass(frozen=True)
 class Hyperparameter:
+    """``omit_at_default``: the hyperparameter was added after results were recorded; while it holds its
+    default it is left out of :meth:`Method.hparams` (what keys training runs and caches), so runs
+    that do not set it keep their keys."""
+
     default: Any
     help: str
     choices: tuple | None = None
+    omit_at_default: bool = False
 
 
 class Method(nn.Module):
@@ -157,6 +162,11 @@ class Method(nn.Module):
         """Fixed token masks from reference activations; only for methods whose needs has 'masks'."""
         raise NotImplementedError(f"method {self.name!r} does not derive masks from activations")
 
+    def activation_points(self) -> Any:
+        """Where the trainer records the activations :meth:`reference_masks` receives: a sequence of
+        ``methods.activations.HookPoint`` (None = ``methods.activations.SEVEN_HOOK_TYPES``)."""
+        return None
+
     def compute(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Return per-pair losses [B] and metrics (tensors of shape [B] or scalars)."""
         raise NotImplementedError
@@ -187,7 +197,10 @@ class Method(nn.Module):
         return self.loss(batch)
 
     def hparams(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.hyperparameters}
+        """The hyperparameters that identify this instance (what keys its training runs): every one,
+        except those declared ``omit_at_default`` while they hold their default."""
+        return {k: getattr(self, k) for k, spec in self.hyperparameters.items()
+                if not (spec.omit_at_default and getattr(self, k) == spec.default)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())

@@ -1,10 +1,13 @@
-"""cDPO: conservative DPO with label smoothing (Mitchell, 2023, "A note on DPO with noisy preferences").
+"""cDPO: conservative DPO (Mitchell, 2023, "A note on DPO with noisy preferences").
 
-Each label is assumed flipped with probability eps (``label_smoothing``):
+Each preference label is assumed flipped with probability eps (``label_smoothing``), so the loss is the
+expected DPO loss under label noise:
 
     L = -(1 - eps) * log sigma(beta * z) - eps * log sigma(-beta * z),   z as in DPO
 
-Matches TRL's ``loss_type="sigmoid"`` with ``label_smoothing=eps``. eps = 0 is DPO.
+This is the ``label_smoothing`` of the DPO reference code's ``preference_loss``
+(eric-mitchell/direct-preference-optimization), the note's own form. eps = 0 is DPO. Not TRL:
+TRL >= 0.29 ignores ``label_smoothing`` for its ``sigmoid`` loss (plain DPO there).
 """
 from __future__ import annotations
 

@@ -8,6 +8,12 @@ Fixed token masks m = m_u = m_d in [0, 1], derived from the frozen REFERENCE mod
 
 With all masks = 1 this is exactly TDPO1. Because the masks depend only on the reference they are
 precomputed once per dataset (the ``masks`` field) from forward hooks on the reference model.
+
+``activation_grouping`` says which activations are averaged (``methods.activations``):
+``seven_hook_types`` (default, pobench's first reading: MLP block output, attention q, k, v and output
+projections, residual stream, logits, each its own type) or ``official_four_types`` (the official
+code: MLP post-activation; attention q, k, v incl. rotary and the value output; residual-stream
+points; logits - four types of equal weight).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # the masks are computed from what these hooks record on the reference (the trainer runs them)
-from methods.activations import HOOK_PATTERNS, record_activations  # noqa: F401
+from methods.activations import ACTIVATION_LAYOUTS, HOOK_PATTERNS, HookPoint, record_activations  # noqa: F401
 from methods.base import Hyperparameter, Method, MethodError, PairBatch, masked_sum, preference_metrics
 
 
@@ -75,9 +81,18 @@ class SparsePOMaPO(Method):
     name = "sparsepo_mapo"
     paper = "SparsePO: Controlling Preference Alignment of LLMs via Sparse Token Masks (activation masks)"
     arxiv = "2410.05102"
-    hyperparameters = {"beta": Hyperparameter(0.1, "inverse temperature of the implicit reward")}
+    hyperparameters = {
+        "beta": Hyperparameter(0.1, "inverse temperature of the implicit reward"),
+        "activation_grouping": Hyperparameter(
+            "seven_hook_types", "which reference activations make the masks: seven_hook_types (pobench's "
+            "first reading) or official_four_types (the official code's four types)",
+            tuple(ACTIVATION_LAYOUTS), omit_at_default=True),
+    }
     needs = frozenset({"fkl", "masks"})
     logistic_antisymmetric = True
+
+    def activation_points(self) -> tuple[HookPoint, ...]:
+        return ACTIVATION_LAYOUTS[self.activation_grouping]
 
     def reference_masks(self, activations: dict[str, list[Tensor]], mask: Tensor) -> Tensor:
         """Masks from reference activations aligned with PairBatch positions (position t predicts y_t)."""

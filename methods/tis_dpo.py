@@ -16,6 +16,13 @@ NEGATED for rejected responses (a token the "good" model prefers is important in
 response is mapped into [0.7, 1.3] by rank (``rank``, what the official README runs) or by clip
 and linear scale (``clip``); the paper's own form k * exp(mu * clamp(raw, L, U)) is ``exp``.
 The EOS token gets weight 0.
+
+Two details of the official transforms are options (the defaults are this module's first reading,
+kept so committed results keep their meaning; :data:`OFFICIAL_TRANSFORM_OPTIONS` holds the official
+values, which ``preparation.tis_weights.official_transform: true`` applies):
+``rank``: the official code rounds the scores to 2 decimals and breaks ties by position
+(``decimals=2, ties="position"``; default: no rounding, tied tokens share their average rank);
+``clip``: the official code clips at +-1.5 nats (``clip_low=-1.5, clip_high=1.5``; default +-1).
 """
 from __future__ import annotations
 
@@ -27,6 +34,11 @@ from methods.base import Hyperparameter, Method, MethodError, PairBatch, masked_
 from methods.dpo import sequence_log_ratios
 
 WEIGHT_RANGE = (0.7, 1.3)
+#: the official code's transform details (the defaults of the functions below differ, see the docstring)
+OFFICIAL_TRANSFORM_OPTIONS = {"rank": {"decimals": 2, "ties": "position"},
+                              "clip": {"clip_low": -1.5, "clip_high": 1.5},
+                              "exp": {}}
+TIE_RULES = ("average", "position")
 
 
 def contrastive_scores(logps_plus: Tensor, logps_minus: Tensor, rejected: bool) -> Tensor:
@@ -35,25 +47,38 @@ def contrastive_scores(logps_plus: Tensor, logps_minus: Tensor, rejected: bool) 
     return -raw if rejected else raw
 
 
-def _tie_averaged_ranks(values: Tensor, valid: Tensor) -> Tensor:
-    """Rank of each valid position among the valid positions of its row, 0-based, ties averaged."""
+def _ranks(values: Tensor, valid: Tensor, ties: str = "average") -> Tensor:
+    """Rank of each valid position among the valid positions of its row, 0-based (lowest value 0).
+
+    Tied values: ``average`` gives each the mean of their ranks; ``position`` orders them by position,
+    the earlier token ranking lower (a stable sort of the scores)."""
+    if ties not in TIE_RULES:
+        raise MethodError(f"TIS-DPO rank weights: ties={ties!r} is not one of {list(TIE_RULES)}")
     v_i, v_j = values.unsqueeze(-1), values.unsqueeze(-2)
     other_valid = valid.unsqueeze(-2)
     below = ((v_j < v_i) & other_valid).sum(-1).to(values.dtype)
-    equal = ((v_j == v_i) & other_valid).sum(-1).to(values.dtype)
-    return below + 0.5 * (equal - 1)
+    equal = (v_j == v_i) & other_valid
+    if ties == "position":
+        n = values.shape[-1]
+        earlier = torch.arange(n).unsqueeze(-1) > torch.arange(n).unsqueeze(-2)   # [i, j]: j before i
+        return below + (equal & earlier.to(values.device)).sum(-1).to(values.dtype)
+    return below + 0.5 * (equal.sum(-1).to(values.dtype) - 1)
 
 
 def rank_weights(raw: Tensor, mask: Tensor, eos_mask: Tensor | None = None,
-                 low: float = WEIGHT_RANGE[0], high: float = WEIGHT_RANGE[1]) -> Tensor:
+                 low: float = WEIGHT_RANGE[0], high: float = WEIGHT_RANGE[1], decimals: int | None = None,
+                 ties: str = "average") -> Tensor:
     """Map each response's scores linearly by rank into [low, high]; EOS and non-completion -> 0.
 
-    A response with a single scored token gets the midpoint (1.0 for the default range).
+    ``decimals``: round the scores first (the official code: 2); ``ties``: ``average`` or ``position``
+    (the official code), see :func:`_ranks`. A response with a single scored token gets the midpoint
+    (1.0 for the default range).
     """
     valid = mask > 0
     if eos_mask is not None:
         valid = valid & ~(eos_mask > 0)
-    ranks = _tie_averaged_ranks(raw, valid)
+    scores = raw if decimals is None else torch.round(raw, decimals=decimals)
+    ranks = _ranks(scores, valid, ties)
     n = valid.sum(-1, keepdim=True).to(raw.dtype)
     fraction = torch.where(n > 1, ranks / (n - 1).clamp(min=1), torch.full_like(ranks, 0.5))
     return torch.where(valid, low + (high - low) * fraction, torch.zeros_like(raw))

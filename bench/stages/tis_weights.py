@@ -19,7 +19,7 @@ from bench.stages.data import load_pairs
 from bench.stages.prep import PreparationStep, PrepRequest
 from bench.stages.train import trainer_config
 from bench.store import StageOutput, atomic_write_jsonl
-from bench.train.config import Schema
+from bench.train.config import Schema, added_field
 
 if TYPE_CHECKING:
     from bench.plan import Node
@@ -33,7 +33,20 @@ class TISWeightOptions(Schema):
     beta: float = Field(0.1, gt=0, description="DPO beta of the contrastive pair (shared with the suite's DPO "
                         "run when equal)")
     transform: Literal["rank", "clip", "exp"] = Field("rank", description="raw scores -> weights")
-    transform_options: dict[str, Any] = Field(default_factory=dict, description="e.g. {low: 0.7, high: 1.3}")
+    transform_options: dict[str, Any] = Field(default_factory=dict, description="e.g. {low: 0.7, high: 1.3}; "
+                                              "rank: decimals, ties (average | position); clip: clip_low, "
+                                              "clip_high")
+    official_transform: bool = added_field(
+        False, description="the official code's transform details under transform_options: rank - scores "
+        "rounded to 2 decimals, ties broken by position; clip - clipped at +-1.5 (default off: no rounding, "
+        "tied ranks averaged, clip at +-1)")
+
+    def effective_transform_options(self) -> dict[str, Any]:
+        """``transform_options`` over the official code's values when ``official_transform`` is set."""
+        from methods.tis_dpo import OFFICIAL_TRANSFORM_OPTIONS
+
+        base = OFFICIAL_TRANSFORM_OPTIONS[self.transform] if self.official_transform else {}
+        return {**base, **self.transform_options}
 
 
 class TISWeights(PreparationStep):
@@ -57,7 +70,7 @@ class TISWeights(PreparationStep):
         run = p.run
         config = TISWeightConfig(train=trainer_config(run.train, reference_path(run.model, inputs), run.seed),
                                  estimator=options.estimator, beta=options.beta, transform=options.transform,
-                                 transform_options=dict(options.transform_options))
+                                 transform_options=options.effective_transform_options())
         models = None
         if options.estimator == "dpo_contrastive":
             models = (inputs["pi_plus"].record["model_path"], inputs["pi_minus"].record["model_path"])

@@ -125,7 +125,8 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
         mask = shifted(batch.completion_mask)
         # MaPO hooks the output layer too: its activations must cover every position
         start = completion_window(batch) if mask_method is None else 1
-        hooks = record_activations(reference.model) if mask_method is not None else _no_hooks()
+        hooks = (record_activations(reference.model, mask_method.activation_points()) if mask_method is not None
+                 else _no_hooks())
         with hooks as activations, dtype_ctx:
             if mask_method is None:
                 logits, _ = completion_forward(reference, batch)

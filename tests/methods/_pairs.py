@@ -188,8 +188,12 @@ def reference_loss(name: str, hp: dict, batch: PairBatch, method=None) -> list[f
     if name == "simpo":
         P_w = _sum(batch, "w", lambda tok: tok["logps"])
         P_l = _sum(batch, "l", lambda tok: tok["logps"])
-        gamma = hp.get("gamma", 1.0)
-        return [neg_log_sigmoid(beta * a / na - beta * b / nb - gamma) for a, b, na, nb in zip(P_w, P_l, n_w, n_l)]
+        gamma = hp.get("gamma", 0.5)  # the official gamma_beta_ratio 0.25 x beta 2.0
+        losses = [neg_log_sigmoid(beta * a / na - beta * b / nb - gamma) for a, b, na, nb in zip(P_w, P_l, n_w, n_l)]
+        # official SFT term: sft_weight x the mean NLL over every chosen token of the batch, spread so the
+        # pairs' mean is that value: pair i carries sft_weight * B * NLL_i / N
+        w, B, N = hp.get("sft_weight", 0.0), len(P_w), sum(n_w)
+        return [loss + w * B * (-a) / N for loss, a in zip(losses, P_w)]
     if name == "cdpo":
         eps = hp.get("label_smoothing", 0.1)
         return [(1 - eps) * neg_log_sigmoid(beta * (a - b)) + eps * neg_log_sigmoid(-beta * (a - b))

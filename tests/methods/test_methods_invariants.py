@@ -54,7 +54,8 @@ BUILTIN_AT_REFERENCE = {
     "sparsepo_mapo": lambda hp: LOG2,
     "sparsepo": lambda hp: LOG2 if hp["l1_u"] == hp["l1_d"] == 0 else None,  # L1 terms depend on the head
     "ipo": lambda hp: (1.0 / (2.0 * hp["beta"])) ** 2,        # (0 - 1/(2 beta))^2
-    "simpo": lambda hp: math.log1p(math.exp(hp["gamma"])),    # -log sigma(0 - gamma)
+    "simpo": lambda hp: (math.log1p(math.exp(hp["gamma"]))    # -log sigma(0 - gamma)
+                         if not hp.get("sft_weight") else None),  # the NLL term depends on the log-probs
     "cdpo": lambda hp: LOG2,                                  # (1 - eps) log 2 + eps log 2
     "dpop": lambda hp: LOG2,                                  # the penalty max(0, 0) is 0
 }
@@ -65,7 +66,8 @@ NON_DEFAULT = [("ipo", {"beta": 0.25}), ("simpo", {"beta": 1.0, "gamma": 0.5}), 
                ("bcr", {"lam": 2.0, "delta": -0.5}),
                ("bcr", {"lam": 2.0, "delta": -0.5, "placement": "inside_sigmoid"}),
                ("bcr", {"lam": 2.0, "delta": 0.5, "normalize": "mean"}), ("tis_dpo", {"token_level": True}),
-               ("sparsepo", {"l1_u": 0.01}), ("dpop", {"lam": 3.0})]
+               ("sparsepo", {"l1_u": 0.01}), ("dpop", {"lam": 3.0}), ("simpo", {"sft_weight": 0.5}),
+               ("sparsepo_mapo", {"activation_grouping": "official_four_types"})]
 
 
 def test_every_builtin_has_its_formula_here():

@@ -28,6 +28,7 @@ CASES = [
     ("sparsepo", {"beta": 0.8, "mode": "common", "l1_u": 0.01, "l1_d": 0.02}),
     ("ipo", {"beta": 0.1}),
     ("simpo", {"beta": 2.0, "gamma": 1.0}),
+    ("simpo", {"beta": 2.0, "gamma": 0.5, "sft_weight": 1.0}),
     ("cdpo", {"beta": 0.1, "label_smoothing": 0.1}),
     ("dpop", {"beta": 0.1, "lam": 50.0}),
     ("dpop", {"beta": 0.1, "lam": 0.3}),
@@ -80,8 +81,30 @@ def test_hand_worked_ipo_and_simpo_values():
         mask_w=torch.ones(1, 2), mask_l=torch.ones(1, 1))
     # IPO: means d_w = (1 + -1)/2 = 0, d_l = -2; z = 2; target 1/(2*0.25) = 2 -> loss 0
     assert methods.get("ipo", beta=0.25).loss(batch).loss.item() == pytest.approx(0.0, abs=1e-7)
-    # SimPO: r_w = 2 * (-4/2) = -4, r_l = 2 * -4 = -8; z = 4 - 1 = 3
-    assert methods.get("simpo").loss(batch).loss.item() == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-6)
+    # SimPO (official defaults beta 2, gamma 0.5): r_w = 2 * (-4/2) = -4, r_l = 2 * -4 = -8; z = 4 - 0.5 = 3.5
+    assert methods.get("simpo").loss(batch).loss.item() == pytest.approx(math.log1p(math.exp(-3.5)), rel=1e-6)
+    assert methods.get("simpo", gamma=1.0).loss(batch).loss.item() == pytest.approx(math.log1p(math.exp(-3.0)),
+                                                                                    rel=1e-6)
+
+
+def test_hand_worked_simpo_sft_term_is_the_batch_token_mean_nll():
+    # two pairs; chosen log-probs (-1, -3) and (-2): the official CrossEntropyLoss over the batch's 3
+    # chosen tokens is (1 + 3 + 2) / 3 = 2, whatever the split between pairs
+    batch = methods.PairBatch(
+        logps_w=torch.tensor([[-1.0, -3.0], [-2.0, 0.0]], dtype=torch.float64),
+        ref_logps_w=torch.zeros(2, 2, dtype=torch.float64),
+        logps_l=torch.tensor([[-4.0], [-1.0]], dtype=torch.float64),
+        ref_logps_l=torch.zeros(2, 1, dtype=torch.float64),
+        mask_w=torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64),
+        mask_l=torch.ones(2, 1, dtype=torch.float64))
+    # SimPO terms (beta 2, gamma 0.5): pair 0 z = 2*(-2) - 2*(-4) - 0.5 = 3.5; pair 1 z = 2*(-2) - 2*(-1) - 0.5 = -2.5
+    simpo = [math.log1p(math.exp(-3.5)), math.log1p(math.exp(2.5))]
+    out = methods.get("simpo", sft_weight=0.5).loss(batch)
+    assert out.loss.item() == pytest.approx(sum(simpo) / 2 + 0.5 * 2.0, rel=1e-12)
+    # pair i carries 0.5 * B * NLL_i / N: 0.5 * 2 * 4 / 3 and 0.5 * 2 * 2 / 3
+    assert out.per_pair.tolist() == pytest.approx([simpo[0] + 4 / 3, simpo[1] + 2 / 3], rel=1e-12)
+    assert out.metrics["simpo/sft_nll"].item() == pytest.approx(2.0)
+    assert methods.get("simpo", sft_weight=0.5).loss_at_reference() is None
 
 
 @pytest.mark.parametrize("name,hp", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])

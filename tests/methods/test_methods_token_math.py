@@ -151,6 +151,58 @@ def test_activation_masks_average_hooks_within_type_then_types():
     assert got[0].tolist() == pytest.approx([0.25, 0.25, 0.75])
 
 
+def test_official_four_types_record_mlp_post_activation_attention_residual_and_logits():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from methods.activations import OFFICIAL_FOUR_TYPES
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 5))
+    with record_activations(model, OFFICIAL_FOUR_TYPES) as acts, record_activations(model) as seven, \
+            torch.no_grad():
+        model(input_ids=ids)
+    assert sorted(acts) == ["attention", "logits", "mlp_post", "residual"]
+    # per layer: MLP post-activation = the down projection's input act(gate) * up, [B, T, intermediate]
+    assert len(acts["mlp_post"]) == 2 and acts["mlp_post"][0].shape == (2, 5, 32)
+    # per layer: q, k, v projections, rotary q and k, and the value output (the o_proj input): 6
+    assert len(acts["attention"]) == 12
+    q_proj, rotary_q = seven["attn_q"][0], acts["attention"][3]
+    assert rotary_q.shape == q_proj.shape == (2, 5, 16)
+    # the rotary embedding rotates pairs of each head's dims: norms per head kept, position 0 unrotated
+    per_head = lambda t: t.view(2, 5, 2, 8).norm(dim=-1)  # noqa: E731
+    torch.testing.assert_close(per_head(rotary_q), per_head(q_proj))
+    torch.testing.assert_close(rotary_q[:, 0], q_proj[:, 0])
+    assert not torch.allclose(rotary_q[:, 1:], q_proj[:, 1:])
+    assert acts["attention"][4].shape == (2, 5, 8)  # rotary k: one key-value head
+    # residual stream per layer: input, between attention and MLP, output; layer 0's output is layer 1's input
+    residual = acts["residual"]
+    assert len(residual) == 6
+    torch.testing.assert_close(residual[2], residual[3])
+    torch.testing.assert_close(residual[1], residual[0] + seven["attn_out"][0])
+    assert len(acts["logits"]) == 1 and acts["logits"][0].shape == (2, 5, 64)
+    # four types of equal weight: each type's hooks averaged first
+    mask = torch.ones(2, 5)
+    expected = sum(torch.stack([activation_mask(a, mask) for a in acts[kind]]).mean(0) for kind in acts) / 4
+    torch.testing.assert_close(activation_masks(acts, mask), expected)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_mapo_activation_grouping_is_an_option_off_by_default():
+    import methods
+    from methods.activations import OFFICIAL_FOUR_TYPES, SEVEN_HOOK_TYPES
+
+    default = methods.get("sparsepo_mapo")
+    assert default.activation_points() == SEVEN_HOOK_TYPES and default.hparams() == {"beta": 0.1}
+    official = methods.get("sparsepo_mapo", activation_grouping="official_four_types")
+    assert official.activation_points() == OFFICIAL_FOUR_TYPES
+    assert official.hparams() == {"beta": 0.1, "activation_grouping": "official_four_types"}
+    with pytest.raises(methods.MethodError, match="activation_grouping='four' is not one of"):
+        methods.get("sparsepo_mapo", activation_grouping="four")
+
+
 def test_record_activations_hooks_every_type_of_a_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -187,6 +239,47 @@ def test_rank_weights_by_hand():
     assert ties[0].tolist() == pytest.approx([0.85, 0.85, 1.3])  # tied ranks averaged: 0.5, 0.5, 2
     single = rank_weights(torch.tensor([[4.0, 1.0]]), torch.tensor([[0, 1]]))
     assert single[0].tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_rank_weights_with_the_official_rounding_and_position_ties_by_hand():
+    raw = torch.tensor([[0.301, 0.104, 0.299, 0.2]], dtype=torch.float64)
+    mask = torch.ones(1, 4)
+    # default: no rounding, four distinct scores -> ranks 3, 0, 2, 1 -> 0.7 + 0.6 * r / 3
+    assert rank_weights(raw, mask)[0].tolist() == pytest.approx([1.3, 0.7, 1.1, 0.9])
+    # official: rounded to 0.30, 0.10, 0.30, 0.20; the tie of 0.30 broken by position (earlier ranks lower):
+    # ranks 2, 0, 3, 1
+    official = rank_weights(raw, mask, decimals=2, ties="position")
+    assert official[0].tolist() == pytest.approx([1.1, 0.7, 1.3, 0.9])
+    # rounded but ties averaged: 0.30 and 0.30 share rank 2.5
+    assert rank_weights(raw, mask, decimals=2)[0].tolist() == pytest.approx([1.2, 0.7, 1.2, 0.9])
+    # position ties count only valid tokens: the masked first token does not push the others up
+    masked = rank_weights(torch.tensor([[5.0, 1.0, 1.0, 1.0]]), torch.tensor([[0, 1, 1, 1]]), ties="position")
+    assert masked[0].tolist() == pytest.approx([0.0, 0.7, 1.0, 1.3])
+    with pytest.raises(ValueError, match="ties='random' is not one of"):
+        rank_weights(raw, mask, ties="random")
+
+
+def test_clip_weights_at_the_official_bound_by_hand():
+    raw = torch.tensor([[-2.0, -1.5, 0.0, 0.75, 3.0]])
+    mask = torch.ones(1, 5)
+    # clip at +-1.5, then 0.7 + 0.6 * (c + 1.5) / 3
+    assert clip_weights(raw, mask, clip_low=-1.5, clip_high=1.5)[0].tolist() == pytest.approx(
+        [0.7, 0.7, 1.0, 1.15, 1.3])
+    # the default bound +-1: 0.7 + 0.6 * (c + 1) / 2
+    assert clip_weights(raw, mask)[0].tolist() == pytest.approx([0.7, 0.7, 1.0, 1.225, 1.3])
+
+
+def test_official_transform_option_fills_in_the_official_details():
+    from bench.stages.tis_weights import TISWeightOptions
+
+    assert TISWeightOptions().effective_transform_options() == {}
+    assert TISWeightOptions(official_transform=True).effective_transform_options() == {"decimals": 2,
+                                                                                      "ties": "position"}
+    clip = TISWeightOptions(transform="clip", official_transform=True, transform_options={"low": 0.5})
+    assert clip.effective_transform_options() == {"clip_low": -1.5, "clip_high": 1.5, "low": 0.5}
+    # off by default and then absent from the options that key the preparation stage
+    assert "official_transform" not in TISWeightOptions().model_dump()
+    assert TISWeightOptions(official_transform=True).model_dump()["official_transform"] is True
 
 
 def test_clip_and_exp_weights_by_hand():
