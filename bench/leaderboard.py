@@ -39,6 +39,10 @@ prompt's samples); other metrics (distinct-n, pass@k, ...) are corpus-level, one
   has no difference. ``mean`` is the difference, ``n`` the number of paired prompts (of seeds for a
   corpus-level metric). This is the test behind "DPO beats the reference".
 
+Every measured and reference row also says what it was computed from (:func:`run_facts`):
+``data_sources`` (the evaluation prompts' and the training data's kind, location and fingerprint),
+``prompts`` x ``samples_per_prompt``, ``train_steps`` and ``train_hparams``, ``skipped_records``.
+
 Paper reference values are separate rows of ``kind: "paper"``, never mixed into ours.
 
 Checkpoints: a run may carry ``step`` (the optimizer step of the evaluated checkpoint; None for the
@@ -325,6 +329,32 @@ def paired_vs_reference(seed_scores: ScoresBySeed, ref_scores: ScoresBySeed, met
     return stats
 
 
+def run_facts(row_runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a row was computed from (its seeds share it; the first run's): ``data_sources`` (``eval``:
+    the evaluation prompts; ``prefdata`` / ``sft``: the training data; each kind, location,
+    fingerprint), ``prompts`` x ``samples_per_prompt`` evaluated, ``train_steps`` and
+    ``train_hparams`` (the method's, defaults filled in; None for the reference) and
+    ``skipped_records`` (stage -> malformed records its task skipped; None when none were)."""
+    first = row_runs[0]
+    brief = lambda source: {k: source.get(k, "") for k in ("kind", "location", "fingerprint")}  # noqa: E731
+    sources = {}
+    evaluated = (first["scores"].get("task_record") or {}).get("data_source")
+    if evaluated:
+        sources["eval"] = brief(evaluated)
+    for stage in ("prefdata", "sft"):
+        if (first.get("data_sources") or {}).get(stage):
+            sources[stage] = brief(first["data_sources"][stage])
+    per_prompt: dict[str, int] = defaultdict(int)
+    for row in first["scores"].get("per_sample") or []:
+        if "prompt_id" in row:
+            per_prompt[str(row["prompt_id"])] += 1
+    train = first.get("train") or {}
+    return {"data_sources": sources, "prompts": len(per_prompt) or None,
+            "samples_per_prompt": max(per_prompt.values()) if per_prompt else None,
+            "train_steps": train.get("steps"), "train_hparams": train.get("hparams"),
+            "skipped_records": first.get("skipped_records") or None}
+
+
 def _tested_vs_reference(name: str, metric_info: Mapping[str, dict[str, Any]]) -> bool:
     return metric_info.get(name, {}).get("higher_is_better") is not None or name == "kl"
 
@@ -401,6 +431,7 @@ def build_leaderboard(suite_name: str, runs: list[dict[str, Any]], *, manifest: 
             "hparams": first["hparams"], "seeds": [r["seed"] for r in row_runs], "metrics": metrics,
             "runs": [r["run_key"] for r in row_runs],
         }
+        row.update(run_facts(row_runs))
         ref = reference_by_task_model.get((first["task"], first["model"]))
         if ref is not None and first["method"] != "reference":
             vs = {}

@@ -88,6 +88,50 @@ def table_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def source_text(source: dict[str, Any] | None) -> str:
+    """``kind name #fingerprint`` (8 hex) of a data source: short enough for a table cell."""
+    if not source or not source.get("kind"):
+        return ""
+    name = str(source.get("location") or "").rstrip("/").rsplit("/", 1)[-1]
+    fingerprint = str(source.get("fingerprint") or "")[:8]
+    return " ".join(part for part in (source["kind"], name, f"#{fingerprint}" if fingerprint else "") if part)
+
+
+def facts_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per measured/reference row: what it was computed from (the data, prompts x samples, training
+    steps and the evaluated checkpoint's step, the method's hyperparameters, skipped malformed records)."""
+    header = ["task", "model", "method", "step", "data (eval; train)", "prompts x samples", "train steps",
+              "hyperparameters", "skipped records"]
+    rows = []
+    for row in _sorted_rows(board):
+        if row["kind"] == "paper":
+            continue
+        sources = row.get("data_sources") or {}
+        evaluated, trained = source_text(sources.get("eval")), source_text(sources.get("prefdata"))
+        data = evaluated if trained in ("", evaluated) else f"{evaluated}; {trained}"
+        prompts, samples = row.get("prompts"), row.get("samples_per_prompt")
+        steps = row.get("train_steps")
+        if row.get("kind") == "reference":
+            budget = "-"
+        elif steps is None:
+            budget = "?" if row.get("step") is None else f"? (checkpoint {row['step']})"
+        else:
+            budget = str(steps) + (f" (checkpoint {row['step']})" if row.get("step") not in (None, steps) else "")
+        hparams = row.get("train_hparams") if row.get("train_hparams") is not None else row.get("hparams") or {}
+        skipped = row.get("skipped_records") or {}
+        rows.append([row["task"], row["model"], row["label"], _fmt(row.get("step")), data,
+                     f"{prompts} x {samples}" if prompts else "",
+                     budget, ", ".join(f"{k}={v}" for k, v in hparams.items()) or "-",
+                     ", ".join(f"{stage} {n}" for stage, n in skipped.items())])
+    return header, rows
+
+
+FACTS_CAPTION = ("The data of each row's evaluation prompts and of its preference data when that differs (kind, "
+                 "file or folder, first 8 hex of the fingerprint), prompts x samples evaluated, optimizer steps of its "
+                 "training (and the checkpoint evaluated when it is an earlier one), the method's "
+                 "hyperparameters with their defaults, and the malformed records its tasks skipped, per stage.")
+
+
 def write_csv(board: dict[str, Any], path: Path) -> None:
     """Machine-friendly CSV: mean, CI bounds and n as separate columns."""
     metrics = metric_columns(board)
@@ -98,7 +142,8 @@ def write_csv(board: dict[str, Any], path: Path) -> None:
         header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high", f"{m}_n"]
     for m in sorted(set(board.get("primary_metric", {}).values())):
         header += [f"{m}_vs_ref_mean", f"{m}_vs_ref_ci_low", f"{m}_vs_ref_ci_high"]
-    header += ["kl_budget_exceeded", "source"]
+    header += ["kl_budget_exceeded", "source", "data_source", "train_data_source", "prompts", "samples_per_prompt",
+               "train_steps", "train_hparams", "skipped_records"]
     writer.writerow(header)
     for row in _sorted_rows(board):
         out = [row["task"], row["model"], row["method"], row["label"], _fmt(row.get("step")), row["kind"],
@@ -112,6 +157,11 @@ def write_csv(board: dict[str, Any], path: Path) -> None:
             ci = s.get("ci") or [None, None]
             out += [_fmt(s.get("mean"), 6), _fmt(ci[0], 6), _fmt(ci[1], 6)]
         out += [str(row.get("kl_budget_exceeded", "")), row.get("source", "")]
+        sources = row.get("data_sources") or {}
+        out += [source_text(sources.get("eval")), source_text(sources.get("prefdata")), _fmt(row.get("prompts")),
+                _fmt(row.get("samples_per_prompt")), _fmt(row.get("train_steps")),
+                ";".join(f"{k}={v}" for k, v in (row.get("train_hparams") or {}).items()),
+                ";".join(f"{k}={v}" for k, v in (row.get("skipped_records") or {}).items())]
         writer.writerow(out)
     atomic_write_text(path, buffer.getvalue())
 
@@ -126,6 +176,11 @@ def markdown(board: dict[str, Any]) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
+    facts_header, facts = facts_rows(board)
+    if facts:
+        lines += ["", "### What each row was computed from", "", FACTS_CAPTION, "",
+                  "| " + " | ".join(facts_header) + " |", "|" + "---|" * len(facts_header)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in facts]
     for section in matched_sections(board):
         lines += ["", f"### {section['title']}", "", section["caption"], ""]
         if section["rows"]:
@@ -416,6 +471,13 @@ def html_page(board: dict[str, Any], plots: dict[str, bytes]) -> str:
                         for i, c in enumerate(row))
         parts.append(f"<tr class='{kind}'>{cells}</tr>")
     parts.append("</tbody></table>")
+    facts_header, facts = facts_rows(board)
+    if facts:
+        parts.append(f"<h2>What each row was computed from</h2><p>{esc(FACTS_CAPTION)}</p>"
+                     "<table class='board facts' id='facts'><thead><tr>"
+                     + "".join(f"<th>{esc(h)}</th>" for h in facts_header) + "</tr></thead><tbody>")
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in facts]
+        parts.append("</tbody></table>")
     for section in matched_sections(board):
         parts.append(f"<h2>{esc(section['title'])}</h2><p>{esc(section['caption'])}</p>")
         if section["rows"]:

@@ -110,12 +110,15 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
                                  "task_record": results.get("task_record"), "given_as": results.get("given_as"),
                                  "details": {k: v for k, v in (results.get("details") or {}).items()
                                              if k != "stderr"}}
+        trained = store.get("train", cell.train.key, full=False) if cell.train is not None else None
+        train = {"steps": trained.record.get("steps"), "hparams": trained.record.get("hparams")} if trained else None
         generated = store.get("generate", cell.score.deps["samples"].key)
         samples = read_jsonl(generated.path / "samples.jsonl") if generated is not None else []
         runs.append({"row_id": cell.row_id, "task": cell.task, "model": cell.model, "method": cell.method,
                      "label": cell.label, "hparams": cell.hparams, "seed": cell.seed, "step": cell.step,
                      "scores": scores, "samples": samples, "run_key": cell.score.key, "stages": stages,
                      "data_sources": sources, "evaluations": evaluations,
+                     **({"train": train} if train else {}),
                      **({"skipped_records": skipped} if skipped else {})})
     return runs
 
@@ -130,6 +133,9 @@ def leaderboard_from_runs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dic
     # one canonical order, so a board rebuilt from records equals the one built from the work dir
     runs = sorted(runs, key=lambda r: (r["task"], r["model"], r["method"] != "reference", r["row_id"],
                                        -1 if r.get("step") is None else r["step"], r["seed"]))
+    for run in runs:
+        if run["method"] != "reference" and not run.get("train"):
+            run["train"] = train_of_config(suite, run)
     primary, info = primary_metrics(suite)
     data_sources: dict[str, Any] = {}
     for run in runs:
@@ -148,6 +154,21 @@ def leaderboard_from_runs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dic
                               kl_levels=suite.report.kl_levels, baseline_method=suite.report.baseline_method,
                               n_boot=suite.report.bootstrap_resamples)
     return portable(board)
+
+
+def train_of_config(suite: SuiteConfig, run: dict[str, Any]) -> dict[str, Any]:
+    """A run's training as its suite configured it (records written before runs kept their train
+    stage's steps and full hyperparameters): ``steps`` (None when epoch-based: known once trained)
+    and the method's hyperparameters with its defaults."""
+    from bench.plan import full_hparams, method_label
+
+    spec = next((s for s in suite.method_specs if s.name == run["method"]
+                 and method_label(s, run.get("hparams") or {}) == run["label"]), None)
+    try:
+        hparams = full_hparams(run["method"], run.get("hparams") or {})
+    except Exception:  # a method no longer installed: what the record has
+        hparams = dict(run.get("hparams") or {})
+    return {"steps": (spec.train.steps or None) if spec else None, "hparams": hparams}
 
 
 def suite_of_results(out_dir: Path) -> SuiteConfig:
