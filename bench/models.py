@@ -257,10 +257,18 @@ def resolve_model(model: str) -> ResolvedModel:
     if spec is None:
         if "/" in model and not _hub_offline():
             return ResolvedModel(model, "hub", model)
+        if "/" in model:
+            cached = _hub_cache_snapshot(model)
+            if cached is not None:  # downloaded before: transformers loads it offline from the cache
+                return ResolvedModel(cached, "hub", model, {"offline_cache": True})
+            raise ModelSourceError(
+                f"model {model!r} (the suite's models[].id) cannot be loaded offline: the hub is off "
+                f"({_offline_reason()}) and the model is not in the Hugging Face cache ({_hub_cache_dir()}). "
+                f"Download it once online (`huggingface-cli download {model}`), or give a local directory with "
+                f"its weights and tokenizer as the model id, or unset HF_HUB_OFFLINE if this machine is online")
         raise ModelSourceError(
-            f"model {model!r} is not a directory, not a known short id ({', '.join(MODELS)} or 'tiny'), "
-            + ("and the hub is disabled (HF_HUB_OFFLINE); pass a local directory." if "/" in model
-               else "and not a hub repo id (owner/name)."))
+            f"model {model!r} (the suite's models[].id) is not a directory, not a known short id "
+            f"({', '.join(MODELS)} or 'tiny') and not a hub repo id (owner/name); give one of those")
 
     tried = []
     env_key = "POBENCH_MODEL_" + "".join(c if c.isalnum() else "_" for c in spec.id).upper()
@@ -280,7 +288,35 @@ def resolve_model(model: str) -> ResolvedModel:
             return ResolvedModel(str(_convert_gguf(gguf_path, final)), "gguf", spec.id,
                                  {"gguf": str(gguf_path), "notes": spec.notes})
         tried.append(f"GGUF {filename} from package {package} (not installed: {spec.install_hint})")
-    raise ModelSourceError(f"no source for model {spec.id!r}; tried: " + "; ".join(tried))
+    raise ModelSourceError(f"no source for model {spec.id!r} (the suite's models[].id); tried: " + "; ".join(tried)
+                           + f". Install the offline copy ({spec.install_hint}), set {env_key} to a directory with "
+                           "its weights, or go online (unset HF_HUB_OFFLINE)")
+
+
+def _offline_reason() -> str:
+    switches = [k for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                if os.environ.get(k, "").strip() not in ("", "0", "false", "False")]
+    return f"{switches[0]} is set" if switches else "offline"
+
+
+def _hub_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:
+        return "~/.cache/huggingface/hub"
+
+
+def _hub_cache_snapshot(repo_id: str) -> str | None:
+    """The local snapshot directory of a hub model downloaded before (None when it is not cached)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id
+        return None
+    return path if (Path(path) / "config.json").is_file() else None
 
 
 def load_model(model: str, dtype: torch.dtype | str | None = None, device: str = "cpu"):

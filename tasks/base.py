@@ -41,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,20 +278,36 @@ def read_jsonl(path: Path, *, strict: bool = False, column: bool = True) -> Iter
 
     A line that is not JSON comes as (line number, its :class:`DataError`) for the caller to skip
     and report, or with ``strict=True`` raises that DataError. ``column=False`` leaves the column
-    out of its message (the HumanEval and MBPP readers' wording)."""
+    out of its message (the HumanEval and MBPP readers' wording). A file that is not UTF-8 or cannot
+    be read (missing, no permission, a truncated .gz) raises a DataError naming the file and line
+    whatever ``strict`` says: that is the file's problem, not one record's, and skipping would hide it.
+    Lines end at ``\\n`` only."""
+    path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                where = f" at column {exc.colno}" if column else ""
-                error = DataError(path, line_no, f"invalid JSON ({exc.msg}{where})")
-                if strict:
-                    raise error from None
-                yield line_no, error
+    line_no = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line_no, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(path, line_no, f"not UTF-8 text (byte {exc.start + 1} of the line is "
+                                    f"{raw[exc.start:exc.start + 1]!r}); save the file as UTF-8, e.g. "
+                                    f"`iconv -f latin1 -t utf-8`") from None
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    where = f" at column {exc.colno}" if column else ""
+                    error = DataError(path, line_no, f"invalid JSON ({exc.msg}{where})")
+                    if strict:
+                        raise error from None
+                    yield line_no, error
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(path, line_no + 1 if line_no else None,
+                        f"cannot read the file ({exc.strerror or exc if isinstance(exc, OSError) else exc}); "
+                        "check that it exists, is readable and is complete (a truncated download?)") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,16 +375,19 @@ class Task:
         if self.requested_source != "auto":
             if self.requested_source == "local" and self.local_root() is None:
                 where = self.data_dir or shared_data_dir()
-                raise TaskError(f"task {self.name!r}: local files {self.source('local').location!r} not found "
-                                f"under {where}; pass --data-dir pointing at the folder that holds them")
+                raise TaskError(f"task {self.name!r} (task_options.{self.name}.source: local): local files "
+                                f"{self.source('local').location!r} not found under {where}; {self._local_hint()}")
             if self.requested_source == "hub" and is_offline():
-                raise TaskError(f"task {self.name!r}: source 'hub' requested but HF_HUB_OFFLINE is set")
+                raise TaskError(f"task {self.name!r} (task_options.{self.name}.source: hub): the hub is off "
+                                f"({self._offline_why()}); to download {self.source('hub').location} unset it and "
+                                f"be online, or {self._other_sources('hub')}")
             return self.requested_source  # type: ignore[return-value]
         if self.data_dir is not None:
             if self.local_root() is None:
                 local = self.source("local")
                 raise TaskError(f"task {self.name!r}: --data-dir {self.data_dir} does not hold "
-                                f"{local.location if local else 'local files for this task'}")
+                                f"{local.location + '/' if local else 'local files for this task'} (in a suite: "
+                                f"task_options.{self.name}.data_dir); point it at the folder that does")
             return "local"
         if self.source("hub") is not None and not is_offline():
             return "hub"
@@ -375,10 +395,36 @@ class Task:
             return "local"
         if self.source("builtin") is not None:
             return "builtin"
-        raise TaskError(
-            f"task {self.name!r}: no data source available offline. Options: go online (unset HF_HUB_OFFLINE) "
-            f"for {self.source('hub') or 'the hub'}, or pass --data-dir with "
-            f"{self.source('local').location if self.source('local') else 'the local files'}")
+        hub, local = self.source("hub"), self.source("local")
+        missing = [f"the hub ({hub.location}) is off: {self._offline_why()}" if hub else "",
+                   f"no {local.location}/ under {shared_data_dir()}" if local else ""]
+        raise TaskError(f"task {self.name!r}: no data available offline ({'; '.join(m for m in missing if m)}); "
+                        + "; or ".join(h for h in (self._local_hint() if local else "",
+                                                  "go online (unset HF_HUB_OFFLINE)" if hub else "") if h))
+
+    def _local_hint(self) -> str:
+        """What to pass so the local source is found."""
+        local = self.source("local")
+        what = (local.description or "the files").split(";")[0].split(" (")[0]
+        return f"pass `pobench run --data-dir DIR` (or set POBENCH_SHARED_DATA=DIR) where DIR/{local.location}/ holds {what}"
+
+    @staticmethod
+    def _offline_why() -> str:
+        switches = [var for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+                    if os.environ.get(var, "").lower() in {"1", "true", "yes", "on"}]
+        return f"{switches[0]} is set" if switches else "offline"  # the first: unsetting it alone may not do
+
+    def _other_sources(self, but: str) -> str:
+        """The task's other sources, as what to set instead of ``but``."""
+        options = []
+        for source in self.sources:
+            if source.kind == but:
+                continue
+            if source.kind == "local":
+                options.append(f"set task_options.{self.name}.source to local and {self._local_hint()}")
+            else:
+                options.append(f"set task_options.{self.name}.source to {source.kind} ({source.location})")
+        return "; or ".join(options) or "use another task"
 
     @property
     def source_used(self) -> SourceUsed | None:
@@ -527,7 +573,15 @@ class Task:
         }
         if self._judge is not None:
             rec["judge"] = self._judge.identity()
+        skipped = self.skipped_records()
+        if skipped:  # malformed records left out (strict: false): how many, and the first few
+            rec["skipped_records"] = len(skipped)
+            rec["skipped_examples"] = [{"file": p.path, "line": p.line, "reason": p.reason} for p in skipped[:3]]
         return rec
+
+    def skipped_records(self) -> list[DataError]:
+        """Malformed records the loaders skipped so far (tasks with a ``strict`` option); in :meth:`record`."""
+        return []
 
     @classmethod
     def metric(cls, name: str) -> Metric:

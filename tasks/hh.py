@@ -31,6 +31,8 @@ HUB_ID = "Anthropic/hh-rlhf"
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
 TURN = re.compile(r"\n\n(Human|Assistant):")
+#: malformed records this process has warned about (file, line): reported once, not once per stage
+_REPORTED: set[tuple[str, int | None]] = set()
 
 
 def split_transcript(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -140,7 +142,9 @@ class HH(Task):
                     raise DataError(origin, line_no, str(exc)) from None
             except DataError as problem:
                 if self.strict:
-                    raise
+                    raise DataError(problem.path, problem.line, f"{problem.reason}; fix or delete this record, or "
+                                    "set task_options.hh.strict=false to skip malformed records (the run record "
+                                    "counts them)") from None
                 self.problems.append(problem)
                 continue
             pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected,
@@ -177,10 +181,12 @@ class HH(Task):
                 ", ".join(f"{p.parent.name}/{p.name}" for p in own)
                 + (f" (hash split: eval_fraction={self.eval_fraction})" if held_out_split else ""),
                 file_fingerprint(own)))
-        if len(self.problems) > before:
-            shown = "; ".join(str(p) for p in self.problems[before:before + 3])
-            warnings.warn(f"hh: skipped {len(self.problems) - before} malformed record(s): {shown}"
-                          f"{' ...' if len(self.problems) - before > 3 else ''}", stacklevel=2)
+        new = [p for p in self.problems[before:] if (p.path, p.line) not in _REPORTED]
+        if new:  # every record once per process: each stage builds its own task and parses the same files
+            _REPORTED.update((p.path, p.line) for p in new)
+            shown = "; ".join(str(p) for p in new[:3])
+            warnings.warn(f"hh: skipped {len(new)} malformed record(s): {shown}{' ...' if len(new) > 3 else ''} "
+                          "(task_options.hh.strict=true stops at the first instead)", stacklevel=2)
         self._cache[split] = pairs
         return pairs
 
@@ -204,6 +210,9 @@ class HH(Task):
         return [Prompt(id=p.id, text=p.prompt, reference=p.chosen,
                        meta={"rejected": p.rejected, "messages": dialogue_turns(p.prompt)})
                 for p in limit_list(self._pairs("test"), limit)]
+
+    def skipped_records(self) -> list[DataError]:
+        return list(self.problems)
 
     def malformed_report(self) -> list[dict[str, Any]]:
         return [{"file": p.path, "line": p.line, "reason": p.reason} for p in self.problems]

@@ -51,7 +51,14 @@ def read_aclimdb(root: str, split: str) -> tuple[Review, ...]:
     if folder.is_dir():
         for label_name, label in (("neg", 0), ("pos", 1)):
             for path in sorted((folder / label_name).glob("*.txt")):
-                reviews.append((f"{split}/{label_name}/{path.stem}", path.read_text(encoding="utf-8"), label))
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(path, None, f"not UTF-8 text (byte {exc.start + 1}); save the review as UTF-8 "
+                                    "or remove it") from None
+                except OSError as exc:
+                    raise DataError(path, None, f"cannot read the review ({exc.strerror or exc})") from None
+                reviews.append((f"{split}/{label_name}/{path.stem}", text, label))
         return tuple(sorted(reviews))
     archives = sorted(base.glob("aclImdb*.tar.gz"))
     if not archives:

@@ -98,6 +98,8 @@ def read_problem_file(path: Path, variant: str) -> dict[str, CodeProblem]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(path, None, f"not UTF-8 text (byte {exc.start + 1} of the file); save it as UTF-8") from None
         if not isinstance(data, list):
             raise DataError(path, None, "expected a JSON list of problems")
         records = [(None, r) for r in data]

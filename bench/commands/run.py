@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from bench.commands._suite_args import add_suite_arguments, suite_command
-from bench.config import SuiteConfig
+from bench.config import ConfigError, SuiteConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "stderr is not a terminal, e.g. in CI)")
     shown.add_argument("--quiet", "-q", action="store_true",
                        help="print only errors and the final line (where the leaderboard went), nothing on stdout")
+    parser.add_argument("--data-dir", dest="shared_data", metavar="DIR",
+                        help="the folder of the tasks' local data in their original formats (imdb/, hh-rlhf/, "
+                             "mbpp/, ...): the same as POBENCH_SHARED_DATA=DIR (default: $POBENCH_SHARED_DATA, "
+                             "else ../shared/data beside the repository)")
     parser.set_defaults(func=main)
+
+
+def use_data_dir(folder: str | None) -> None:
+    """``--data-dir DIR``: where tasks look for local data (``tasks.base.shared_data_dir``), for this
+    process and the workers it starts, exactly as ``POBENCH_SHARED_DATA=DIR`` does."""
+    import os
+    from pathlib import Path
+
+    if not folder:
+        return
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--data-dir {folder}: not a directory; give the folder that holds the tasks' data "
+                          "folders (imdb/, hh-rlhf/, mbpp/, ...)")
+    os.environ["POBENCH_SHARED_DATA"] = str(path)
 
 
 @suite_command
@@ -36,6 +55,7 @@ def main(args: argparse.Namespace, suite: SuiteConfig) -> int:
     from bench.runner import run_suite
     from bench.stages import ensure_threads
 
+    use_data_dir(args.shared_data)
     ensure_threads()
     result = run_suite(suite, mode=choose_mode(quiet=args.quiet, plain=args.plain))
     if not args.quiet:

@@ -286,14 +286,43 @@ def _check_eval_tasks(suite: SuiteConfig) -> None:
 
 
 def _check_eval_task_options(suite: SuiteConfig) -> None:
-    """An eval task's options are checked now: it first runs after training, too late to learn of a typo."""
+    """Every task's options are checked now, before any work: an eval task first runs after training,
+    and even a training task's first stage may follow minutes of sampling (a judge spec is used once
+    the samples exist). Unknown options, a ``source`` the task does not have, a judge spec whose kind
+    no judge registers."""
     import tasks as tasks_registry
 
-    for name in suite.eval_tasks:
-        allowed = sorted({*COMMON_TASK_ARGUMENTS, *tasks_registry.task_class(name).options})
-        for key in suite.task_options.get(name, {}):
+    for name in [*suite.tasks, *suite.eval_tasks]:
+        try:
+            cls = tasks_registry.task_class(name)
+        except Exception:  # an unloadable task names itself when a stage uses it
+            continue
+        allowed = sorted({*COMMON_TASK_ARGUMENTS, *cls.options})
+        options = suite.task_options.get(name, {})
+        for key in options:
             if key not in allowed:
                 raise ConfigError(f"task_options.{name}.{key}: unknown option of task {name!r}; allowed: {allowed}")
+        if "source" in options:
+            kinds = ["auto", *(s.kind for s in cls.sources)]
+            if options["source"] not in kinds:
+                raise ConfigError(f"task_options.{name}.source: {options['source']!r} is not one of {kinds} "
+                                  f"(the sources of task {name!r})")
+        if options.get("judge") is not None:
+            _check_judge_spec(f"task_options.{name}.judge", options["judge"])
+
+
+def _check_judge_spec(path: str, spec: Any) -> None:
+    """The kind of a judge spec (``sentiment:vader``, ``{spec: llm:..., ...}``) is a registered judge."""
+    from tasks import judges
+
+    text = spec.get("spec") if isinstance(spec, dict) else spec
+    if not isinstance(text, str):
+        raise ConfigError(f"{path}: expected a judge spec string or a mapping with a 'spec' key, got {spec!r}")
+    kind = text.partition(":")[0]
+    kind = judges.ALIASES.get(kind, kind)
+    if kind not in judges.REGISTRY:
+        raise ConfigError(f"{path}: unknown judge {text.partition(':')[0]!r} in {text!r}; judges: "
+                          f"{judges._spec_forms()}")
 
 
 # ----------------------------------------------------------------------------------------------

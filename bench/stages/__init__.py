@@ -197,7 +197,7 @@ def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutp
     they are read; an input that is missing, or damaged (the store moves it aside), is computed again
     first. The trainer's run directory of the node is the store's ``owned`` directory of the entry
     (checksummed and moved aside with it). An exception leaving a stage carries ``pobench_stage``
-    (``"<stage> <label>"``), which the command line puts in its one-line error."""
+    (the node's label, e.g. ``"train dpo(beta=0.1) s0"``), which the command line puts in its one-line error."""
     run = stage(node.stage).run
 
     def compute(out: Path) -> dict[str, Any]:
@@ -211,7 +211,7 @@ def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutp
     except Exception as exc:
         if not hasattr(exc, "pobench_stage"):  # the innermost stage is where it happened
             try:
-                exc.pobench_stage = f"{node.stage} {node.label}"
+                exc.pobench_stage = node.label
             except (AttributeError, TypeError):
                 pass
         raise

@@ -95,6 +95,43 @@ class PrefDataParams:
     backend_options: dict[str, Any] = not_keyed(default_factory=dict)
 
 
+def no_pairs_message(task: Any, source: str, cfg: PrefDataConfig, samples: Sequence[Any] | None,
+                     rewards: Sequence[float] | None) -> str:
+    """Why ``prefdata`` got no pair, from what it saw, and the setting that would help (``min_margin``
+    only when a gap exists and the margin is what cut it)."""
+    head = f"prefdata for task {task.name!r}: no usable preference pair (prefdata.source: {source})"
+    if samples is None:  # the task's own preference dataset
+        skipped = len(task.skipped_records()) if hasattr(task, "skipped_records") else 0
+        return (f"{head}: the task's preference data gave none"
+                + (f" ({skipped} malformed records were skipped)" if skipped else "")
+                + f"; check its data source (`pobench tasks {task.name}`) and prefdata.prompts={cfg.prompts}")
+    more = ("raise prefdata.samples_per_prompt (now {}) or prefdata.temperature (now {}), add prompts "
+            "(prefdata.prompts: {}), or start from a policy whose samples differ in quality (an SFT stage)"
+            ).format(cfg.samples_per_prompt, cfg.temperature, cfg.prompts)
+    if rewards is None:  # pairwise ranking
+        return f"{head}: the pairwise judge told none of {len(samples)} samples apart; {more}"
+    by_prompt: dict[str, list[float]] = {}
+    for sample, reward in zip(samples, rewards):
+        by_prompt.setdefault(sample.prompt_id, []).append(reward)
+    gaps = [max(r) - min(r) for r in by_prompt.values() if len(r) >= 2]
+    try:
+        judge = f"scored by {task.judge.label}"
+    except Exception:  # a task scoring without a judge (code tasks: their tests)
+        judge = "scored by the task"
+    seen = f"{len(samples)} samples of {len(by_prompt)} prompts {judge}"
+    if not gaps:
+        return f"{head}: {seen}, fewer than 2 per prompt; set prefdata.samples_per_prompt to 2 or more"
+    if max(gaps) == 0:
+        values = sorted(set(rewards))
+        shown = f"all {values[0]:g}" if len(values) == 1 else f"{len(values)} distinct scores, equal within each prompt"
+        return f"{head}: {seen}: every prompt's samples got the same score ({shown}), so no sample is preferred; {more}"
+    if cfg.min_margin > 0 and not any(gap > cfg.min_margin for gap in gaps):
+        return (f"{head}: {seen}: the largest score gap within a prompt is {max(gaps):.3g}, not above "
+                f"prefdata.min_margin={cfg.min_margin}; lower prefdata.min_margin below {max(gaps):.3g}, or {more}")
+    return (f"{head}: {seen}: {sum(g > cfg.min_margin for g in gaps)} prompt(s) have a better and a worse sample, "
+            f"but the task paired none of them (identical texts, or its own pairing rules); {more}")
+
+
 def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
     p: PrefDataParams = node.params
     cfg = p.prefdata
@@ -136,8 +173,10 @@ def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
         info["prompts"] = len(prompts)
         info["samples"] = len(samples)
     if not pairs:
-        raise RuntimeError(f"prefdata for task {task.name!r}: no preference pair survived (source={source}, "
-                           f"min_margin={cfg.min_margin}); lower prefdata.min_margin or add prompts")
+        from tasks.errors import TaskError
+
+        raise TaskError(no_pairs_message(task, source, cfg, samples if source != "dataset" else None,
+                                         rewards if source == "sample_and_judge" else None))
     atomic_write_jsonl(out / "pairs.jsonl", [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen,
                                        "rejected": p.rejected, "meta": p.meta} for p in pairs])
     info["pairs"] = len(pairs)

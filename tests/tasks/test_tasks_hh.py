@@ -3,17 +3,49 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 
 import tasks
+import tasks.hh as hh_module
 from tasks.base import DataError, PairLogps, shared_data_dir
 from tasks.hh import dialogue_turns, split_transcript
 from tests.fixtures.tasks_support import tiny_samples
 
 HH_FILE = shared_data_dir() / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 needs_hh = pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} not found (set POBENCH_SHARED_DATA)")
+
+
+@pytest.fixture(autouse=True)
+def fresh_reports(monkeypatch):
+    """A process warns about each malformed record once (not once per stage): each test starts afresh."""
+    monkeypatch.setattr(hh_module, "_REPORTED", set())
+
+
+def test_each_malformed_record_is_reported_once_per_process_and_counted_in_the_record(tmp_path):
+    folder = tmp_path / "hh-rlhf" / "tiny"
+    folder.mkdir(parents=True)
+    good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    lines = [json.dumps(good), "{not json", json.dumps({"chosen": "x"}), json.dumps(good), json.dumps(good)]
+    (folder / "test.jsonl").write_text("\n".join(lines) + "\n")  # > 200 bytes: not taken for a Git LFS pointer
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        records = []
+        for _ in range(3):  # three stages, three task objects, one file
+            task = tasks.get("hh", data_dir=tmp_path, eval_fraction=1.0)
+            task.eval_prompts(), task.eval_pairs()
+            records.append(task.record())
+    assert [str(w.message).split(":")[0] for w in seen] == ["hh"]  # one warning, not one per stage or split
+    assert "skipped 2 malformed record(s)" in str(seen[0].message) and "strict=true" in str(seen[0].message)
+    assert all(r["skipped_records"] == 2 for r in records)  # every stage's record still counts them
+    assert [(e["line"], e["reason"]) for e in records[0]["skipped_examples"]] == [
+        (2, "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        (3, "record needs fields 'chosen' and 'rejected'")]
+    with pytest.raises(DataError, match=r"test.jsonl:2: invalid JSON .*; fix or delete this record, or set "
+                                        r"task_options.hh.strict=false"):
+        tasks.get("hh", data_dir=tmp_path, eval_fraction=1.0, strict=True).eval_pairs()
 
 
 def _real_records(n: int) -> list[dict]:
