@@ -211,7 +211,8 @@ class MethodSpec(Schema):
 
 
 class SuiteConfig(Schema):
-    name: str = Field(description="suite name: results go to results/<name>/")
+    name: str = Field(description="suite name: a run writes its leaderboard to <work_dir>/results/<name>/ "
+                      "(committed ones: results/<name>/)")
     description: str = ""
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     tasks: list[str] = Field(default_factory=lambda: ["imdb"])
