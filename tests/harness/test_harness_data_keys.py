@@ -103,3 +103,16 @@ def test_a_builtin_file_inside_another_package_is_fingerprinted():
     planned = task.planned_source()
     task.problems()
     assert planned["fingerprint"] == task.source_used.fingerprint != ""
+
+
+def test_a_run_on_builtin_material_says_so_and_why(offline):
+    from bench.runner import builtin_data_note
+
+    fallback = builtin_data_note(build_plan(suite()))
+    assert fallback == (f"[pobench] built-in material, not the task's dataset: imdb (tasks/data/imdb_openings.txt; "
+                        f"fallback: offline and no local files under {offline}; point POBENCH_SHARED_DATA or "
+                        "task_options.imdb.data_dir at them)")
+    pinned = builtin_data_note(build_plan(suite(source="builtin")))
+    assert pinned.endswith("imdb (tasks/data/imdb_openings.txt; task_options.imdb.source: builtin)")
+    imdb_folder(offline, b"the real reviews")
+    assert builtin_data_note(build_plan(suite())) is None
