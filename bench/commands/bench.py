@@ -1,4 +1,4 @@
-"""``pobench bench train``: performance benchmarks (a command, never a test); JSON under results/perf/."""
+"""``pobench bench train|suite``: performance benchmarks (commands, never tests); JSON under results/perf/."""
 from __future__ import annotations
 
 import json
@@ -9,18 +9,55 @@ from pathlib import Path
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="performance benchmarks (print and write results/perf/*.json)",
                                    description=__doc__)
-    parser.add_argument("target", choices=["train"], help="train: our DPO vs TRL DPOTrainer, token-level vs DPO")
-    parser.add_argument("--model", default="tiny", help="model id (tiny, smollm2-135m, a directory)")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=3, help="steps excluded from the timing")
-    parser.add_argument("--prompt-words", type=int, default=24)
-    parser.add_argument("--response-words", type=int, default=40)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every configuration")
-    parser.add_argument("--methods", default="tdpo2,sparsepo", help="token-level methods compared with DPO")
-    parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
-    parser.add_argument("--out", default="results/perf", help="output folder")
-    parser.set_defaults(func=run)
+    targets = parser.add_subparsers(dest="target", metavar="{train,suite}", required=True)
+
+    train = targets.add_parser("train", help="training step: our DPO vs TRL DPOTrainer, token-level methods vs DPO")
+    train.add_argument("--model", default="tiny", help="model id (tiny, smollm2-135m, a directory)")
+    train.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    train.add_argument("--steps", type=int, default=8)
+    train.add_argument("--warmup", type=int, default=3, help="steps excluded from the timing")
+    train.add_argument("--prompt-words", type=int, default=24)
+    train.add_argument("--response-words", type=int, default=40)
+    train.add_argument("--bf16", action="store_true", help="bf16 autocast for every configuration")
+    train.add_argument("--methods", default="tdpo2,sparsepo", help="token-level methods compared with DPO")
+    train.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
+    train.add_argument("--out", default="results/perf", help="output folder")
+    train.set_defaults(func=run)
+
+    from bench.commands._suite_args import add_suite_arguments
+
+    suite = targets.add_parser(
+        "suite", help="a suite's time and peak memory per stage kind",
+        description="Run SUITE (finished stages are cached as with `pobench run`), then report from the stage "
+                    "records of its plan: per stage kind the count, seconds, share of all stage time and the "
+                    "largest peak resident memory, and the cost of one evaluated point (generate + score). "
+                    "Writes results/perf/suite-<name>.json. Seconds are those of the run that computed each "
+                    "stage: run on an idle machine from an empty work dir for figures worth comparing.")
+    add_suite_arguments(suite, results_default="<work dir>/results/<suite name>")
+    suite.add_argument("--no-run", action="store_true",
+                       help="do not run: report what the work dir already has (unfinished stages are counted)")
+    suite.add_argument("--out", default="results/perf", help="output folder")
+    suite.set_defaults(func=run_suite_profile)
+
+
+def run_suite_profile(args) -> int:
+    from bench.commands._suite_args import config_error, suite_from_args
+    from bench.config import ConfigError
+    from bench.perf_suite import format_profile, profile_suite
+    from bench.stages import ensure_threads
+    from bench.store import atomic_write_text
+
+    try:
+        suite = suite_from_args(args)
+    except ConfigError as exc:
+        return config_error(exc)
+    ensure_threads()
+    report = profile_suite(suite, run=not args.no_run, mode="plain")
+    out = Path(args.out) / f"suite-{suite.name}.json"
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    print(format_profile(report))
+    print(f"written: {out}")
+    return 0
 
 
 def run(args) -> int:

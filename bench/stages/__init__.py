@@ -201,8 +201,12 @@ def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutp
     run = stage(node.stage).run
 
     def compute(out: Path) -> dict[str, Any]:
+        from bench.resources import PeakRSS
+
         inputs = {name: finished_input(ctx, store, dep) for name, dep in node.deps.items()}
-        return run(ctx, node, inputs, out)
+        with PeakRSS() as peak:  # in the record for `pobench bench suite` and the memory targets
+            fields = run(ctx, node, inputs, out) or {}
+        return {**fields, "peak_rss_mb": peak.peak_mb, "rss_before_mb": peak.start_mb}
 
     try:
         return store.run(node.stage, node.key, compute, owned=[ctx.trainer_dir(node)], label=node.label,

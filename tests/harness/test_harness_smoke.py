@@ -159,3 +159,23 @@ def test_check_against_the_real_leaderboard(smoke, tmp_path):
     proc = pobench("check", "--baseline", str(baseline), "--current", str(current))
     assert proc.returncode == 1, proc.stdout
     assert "imdb/tiny/dpo(beta=0.1)" in proc.stdout and "REGRESSED" in proc.stdout
+
+
+def test_bench_suite_reports_every_stage_with_its_time_and_peak_memory(smoke, tmp_path):
+    """`pobench bench suite --no-run` reads the finished smoke run: every node of the plan has its
+    seconds and peak resident memory, the shares add up, and one evaluated point is costed."""
+    work, _, _ = smoke
+    proc = pobench("bench", "suite", "smoke", "--no-run", "--work-dir", str(work), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "suite-smoke.json").read_text())
+    assert report["finished"] == report["stages"] == report["timed"] == len(report["nodes"]) > 0
+    counts: dict[str, int] = {}
+    for node in report["nodes"]:
+        counts[node["stage"]] = counts.get(node["stage"], 0) + 1
+        assert node["seconds"] >= 0 and node["peak_rss_mb"] >= node["rss_before_mb"] > 20, node
+    assert {name: s["count"] for name, s in report["by_stage"].items()} == counts
+    assert sum(s["share"] for s in report["by_stage"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(s["seconds"] for s in report["by_stage"].values()) == pytest.approx(report["stage_seconds"], abs=0.5)
+    assert report["evaluated_point"]["total_s"] > 0
+    assert report["peak_rss_mb"] == max(n["peak_rss_mb"] for n in report["nodes"])
+    assert "one evaluated point" in proc.stdout and "generate" in proc.stdout
