@@ -71,6 +71,16 @@ def summary(board: dict[str, Any]) -> str:
                 lines.append(f"| {c['label']} | {c.get('baseline_label', '')} | {c['kl']:g} | {_ci(c, signed=True)} | "
                              f"{'-' if p is None else f'{p:.3g}'} | {c['verdict']} |")
             lines.append("")
+    compute = board.get("compute") or {}
+    if compute.get("stages"):
+        hardware = (board.get("manifest") or {}).get("hardware") or {}
+        machine = ", ".join(str(v) for v in (f"{hardware.get('cpu_count')} CPUs" if hardware.get("cpu_count") else None,
+                                            hardware.get("cpu_model")) if v)
+        peak = compute.get("peak_rss_mb")
+        lines.append(f"Compute: {compute['stages']} stages, {compute['stage_seconds'] / 60:.1f} min of stage time "
+                     f"(each stage once, as recorded when it ran{'; ' + machine if machine else ''})"
+                     + (f"; largest peak resident memory of a stage {peak / 1024:.1f} GiB" if peak else "") + ".")
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -87,7 +87,9 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
         for node in _chain(cell.score):
             done = store.get(node.stage, node.key, full=False)  # reads its record only (not the weights)
             record = done.record if done else {}
-            stages[f"{node.stage}:{node.label}"] = {"key": node.key, "seconds": record.get("seconds")}
+            stages[f"{node.stage}:{node.label}"] = {"key": node.key, "seconds": record.get("seconds"),
+                                                    **({"peak_rss_mb": record["peak_rss_mb"]}
+                                                       if record.get("peak_rss_mb") is not None else {})}
             source = (record.get("task_record") or {}).get("data_source")
             if source and node.stage in ("sft", "prefdata", "generate"):
                 sources[node.stage] = source
@@ -153,7 +155,30 @@ def leaderboard_from_runs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dic
                               metric_info=info, paper_rows=paper, kl_budget=suite.score.kl_budget,
                               kl_levels=suite.report.kl_levels, baseline_method=suite.report.baseline_method,
                               n_boot=suite.report.bootstrap_resamples)
+    board["compute"] = compute_summary(runs)
     return portable(board)
+
+
+def compute_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What producing the board cost: every stage of the runs counted once (by key; a stage shared by
+    several rows, like the preference data, is one stage), with the seconds its record kept and the
+    largest peak resident memory, in total and per stage kind. A re-run that found stages cached keeps
+    the seconds of the run that computed them."""
+    seen: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for name, stage in (run.get("stages") or {}).items():
+            if stage.get("seconds") is not None:
+                seen.setdefault(f"{name.split(':', 1)[0]}/{stage['key']}", stage)
+    by_stage: dict[str, dict[str, Any]] = {}
+    for ident, stage in seen.items():
+        kind = by_stage.setdefault(ident.split("/", 1)[0], {"count": 0, "seconds": 0.0})
+        kind["count"] += 1
+        kind["seconds"] = round(kind["seconds"] + stage["seconds"], 1)
+        if stage.get("peak_rss_mb") is not None:
+            kind["peak_rss_mb"] = max(kind.get("peak_rss_mb", 0.0), stage["peak_rss_mb"])
+    peaks = [k["peak_rss_mb"] for k in by_stage.values() if "peak_rss_mb" in k]
+    return {"stages": len(seen), "stage_seconds": round(sum(s["seconds"] for s in seen.values()), 1),
+            "peak_rss_mb": max(peaks) if peaks else None, "by_stage": dict(sorted(by_stage.items()))}
 
 
 def train_of_config(suite: SuiteConfig, run: dict[str, Any]) -> dict[str, Any]:
@@ -255,9 +280,10 @@ def evidence_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_run_records(runs: list[dict[str, Any]], out_dir: Path, manifest: dict[str, Any]) -> None:
     """Per leaderboard run under ``<out_dir>/runs/``: ``<name>.json`` (its record: identity, metrics,
-    stage keys, data sources) and ``<name>.samples.jsonl.gz`` (the evidence: every completion with its
-    per-sample scores and KL). Files of runs no longer in the suite are deleted so the folder matches
-    the board. No absolute path of this machine goes in (``pobench leaderboard`` rebuilds from these)."""
+    stage keys, data sources, ``per_pair`` values of the metrics computed on held-out pairs) and
+    ``<name>.samples.jsonl.gz`` (the evidence: every completion with its per-sample scores and KL).
+    Files of runs no longer in the suite are deleted so the folder matches the board. No absolute
+    path of this machine goes in (``pobench leaderboard`` rebuilds from these)."""
     short_manifest = {k: v for k, v in manifest.items() if k != "suite"}
     written = set()
     for run in runs:
@@ -267,6 +293,8 @@ def write_run_records(runs: list[dict[str, Any]], out_dir: Path, manifest: dict[
         record["stderr"] = run["scores"].get("stderr", {})
         record["notes"] = run["scores"].get("notes", {})
         record["task_record"] = run["scores"].get("task_record")
+        if run["scores"].get("per_pair"):  # per held-out pair values (alignment_accuracy): not per sample
+            record["per_pair"] = run["scores"]["per_pair"]
         record["manifest"] = short_manifest
         name = run_name(run)
         atomic_write_json(out_dir / "runs" / f"{name}.json", portable(record))
@@ -293,6 +321,8 @@ def read_run_records(out_dir: Path) -> list[dict[str, Any]]:
         scores = {"metrics": record.pop("metrics"), "directions": record.pop("directions", {}),
                   "stderr": record.pop("stderr", {}), "notes": record.pop("notes", {}),
                   "task_record": record.pop("task_record", None), "per_sample": per_sample}
+        if record.get("per_pair"):
+            scores["per_pair"] = record.pop("per_pair")
         record.pop("manifest", None)
         runs.append({**record, "scores": scores, "samples": samples})
     return runs
