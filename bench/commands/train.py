@@ -82,7 +82,9 @@ def build_config(args, cls):
     if args.lr is not None:
         updates["lr"] = args.lr
     elif args.lora:
-        updates["lr"] = 5e-4  # calibration.md: LoRA needs a ~100x larger lr than full fine-tuning
+        # LoRA adapters need a far larger lr than full fine-tuning: on SmolLM2-135M IMDB DPO, LoRA r16 at 5e-4
+        # gained as much in 20 steps as full fine-tuning at 2e-5 in 30 (full at 1e-6 / 5e-6: no gain)
+        updates["lr"] = 5e-4
     known = set(cls.model_fields) | {"peft"}
     for item in args.set:
         key, _, value = item.partition("=")

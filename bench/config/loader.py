@@ -183,8 +183,12 @@ def _check_preparation(suite: SuiteConfig) -> None:
                                            prefix=f"preparation.{name}")) from None
 
 
-def validate(data: dict[str, Any], source: str = "<dict>", check_registries: bool = True) -> SuiteConfig:
-    """Validate a raw suite mapping; returns a :class:`SuiteConfig` or raises :class:`ConfigError`."""
+def validate(data: dict[str, Any], source: str = "<dict>", check_registries: bool = True,
+             check_recipe: bool = True) -> SuiteConfig:
+    """Validate a raw suite mapping; returns a :class:`SuiteConfig` or raises :class:`ConfigError`.
+
+    ``check_recipe``: check a ``recipe:`` section against the suite's values (off for a suite changed by
+    overrides: the recipe describes the file, which :func:`load_suite` checks on its own)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a suite file must be a YAML mapping, got {type(data).__name__}")
     try:
@@ -210,6 +214,12 @@ def validate(data: dict[str, Any], source: str = "<dict>", check_registries: boo
             _check_eval_task_options(suite)
             _check_preparation(suite)
         suite._method_specs = _method_specs(suite, check_registries)
+        if check_registries and check_recipe and suite.recipe is not None:
+            from bench.recipes import recipe_problems
+
+            problems = recipe_problems(suite)
+            if problems:
+                raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     suite._source = source
@@ -372,7 +382,10 @@ def load_suite(path: str | os.PathLike[str], overrides: list[str] | None = None,
         except ConfigError as exc:
             raise ConfigError(f"{resolved}: {exc}") from None
     try:
-        return validate(data, source=str(resolved), check_registries=check_registries)
+        suite = validate(data, source=str(resolved), check_registries=check_registries, check_recipe=not overrides)
+        if overrides and suite.recipe is not None:  # the recipe describes the file, not the overridden run
+            validate(pristine, source=str(resolved), check_registries=check_registries)
+        return suite
     except ConfigError as exc:
         if not overrides:
             raise
@@ -382,7 +395,7 @@ def load_suite(path: str | os.PathLike[str], overrides: list[str] | None = None,
         for text in overrides:
             apply_override(applied, *parse_override(text))
             try:
-                validate(applied, source=str(resolved), check_registries=check_registries)
+                validate(applied, source=str(resolved), check_registries=check_registries, check_recipe=False)
             except ConfigError as inner:
                 detail = str(inner).removeprefix(f"{resolved}: ")
                 raise ConfigError(f"override {text}: {detail}") from None

@@ -193,6 +193,37 @@ class PaperValue(Schema):
     note: str = Field("", description="e.g. 'GPT-2-large, not comparable in scale'")
 
 
+class RecipeValue(Schema):
+    """One setting of a published recipe: the paper's value, the official code's, where pobench's value is
+    read from, and why it differs. ``docs/paper_recipes.md`` is generated from these (``pobench recipes``)."""
+
+    setting: str = Field(description="what is set, e.g. 'learning rate'")
+    paper: Any = Field(None, description="the value the paper states (null: not stated, or not read here)")
+    code: Any = Field(None, description="the official code's value (null: no code, or not read here)")
+    field: str | list[str] | None = Field(None, description="dotted path(s) of pobench's value in this suite "
+                                          "(models.0.id, train.lr, methods.dpo.beta, methods.sparsepo.train.lr, "
+                                          "task_options.imdb.judge, ...); a list is multiplied (batch_size x "
+                                          "grad_accum)")
+    pobench: Any = Field(None, description="pobench's value in words, where no field holds it")
+    note: str = Field("", description="why pobench differs from the paper or the code (required when it does), "
+                      "or where a value comes from")
+
+    @model_validator(mode="after")
+    def _one_source_of_pobench_value(self) -> "RecipeValue":
+        if (self.field is None) == (self.pobench is None):
+            raise ValueError(f"{self.setting}: give exactly one of field (a dotted path into this suite) and pobench")
+        return self
+
+
+class Recipe(Schema):
+    """The published recipe a paper suite reproduces, setting by setting (validated against the suite)."""
+
+    paper: str = Field(description="citation with the arXiv id and the sections/tables read")
+    code: str = Field("", description="the official code: repository and what was read there ('' = none public)")
+    values: list[RecipeValue] = Field(description="model, data, optimizer, schedule, lr, batch, epochs, lengths, "
+                                      "method hyperparameters, LoRA, evaluation")
+
+
 class MethodSpec(Schema):
     """One method of the suite: hyperparameter grid plus optional per-method overrides (validated)."""
 
@@ -238,6 +269,9 @@ class SuiteConfig(Schema):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     paper_reference: list[PaperValue] = Field(default_factory=list)
+    recipe: Recipe | None = added_field(None, description="the published recipe this suite reproduces (paper suites): "
+                                        "paper, official code and pobench values per setting, with the reasons for "
+                                        "every difference; docs/paper_recipes.md is generated from it")
     work_dir: str | None = Field(None, description="cache of stage outputs (default: $POBENCH_WORK_DIR or ./runs)")
     results_dir: str | None = Field(None, description="where leaderboards go (default: <work_dir>/results/<name>, "
                                     "so a run never replaces the committed results/<name>/ it is checked against; "
@@ -267,9 +301,10 @@ class SuiteConfig(Schema):
             "train": set(SuiteTrainConfig.filled_by_suite), "sft": set(SuiteSFTConfig.filled_by_suite)}))
 
     def hash(self) -> str:
-        """What the results depend on: everything but where files go and which executor runs the stages."""
+        """What the results depend on: everything but where files go, which executor runs the stages and
+        the recipe (documentation of where the values come from)."""
         return stable_hash({k: v for k, v in self.to_dict().items()
-                            if k not in ("work_dir", "results_dir", "executor")})
+                            if k not in ("work_dir", "results_dir", "executor", "recipe")})
 
     def resolved_work_dir(self) -> Path:
         return Path(self.work_dir or os.environ.get("POBENCH_WORK_DIR") or "runs").expanduser()
