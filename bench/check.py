@@ -149,6 +149,10 @@ def load_samples(results_dir: str | Path) -> tuple[Samples, list[str]]:
             for metric, value in (row.get("scores") or {}).items():
                 if _numeric(value):
                     by_metric[metric][str(row["prompt_id"])].append((int(row.get("index", i)), float(value)))
+        for row in record.get("per_pair") or []:  # metrics computed on held-out pairs: a pair is their unit
+            for metric, value in row.items():
+                if metric != "prompt_id" and _numeric(value):
+                    by_metric[metric][str(row["prompt_id"])].append((0, float(value)))
         out.setdefault(point, {})[seed] = {
             m: {p: [v for _, v in sorted(vals)] for p, vals in prompts.items()} for m, prompts in by_metric.items()}
     return out, notes

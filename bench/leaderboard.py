@@ -2,7 +2,11 @@
 
 Statistics, per row (one configuration over its seeds) and metric. Per-prompt values are the unit:
 a metric "has per-prompt values" when the task's ``scores["per_sample"]`` carries it (mean over a
-prompt's samples); other metrics (distinct-n, pass@k, ...) are corpus-level, one value per seed.
+prompt's samples); a metric computed on held-out pairs (``alignment_accuracy``) has per-pair values
+(``scores["per_pair"]``), each pair its unit as a prompt is for the others (:func:`unit_values`); other
+metrics (distinct-n, ...) are corpus-level, one value per seed. A metric's ``note`` is what every seed's
+score stage noted about it (``scores["notes"]``, e.g. the reference row's alignment accuracy: 0.5 by
+construction).
 
 * ``mean``: mean over seeds of the per-seed metric (the task's own aggregate).
 * ``ci`` (95%), ``se``, ``ci_over`` (what was resampled), ``n``, ``per_seed``, and for bootstrap
@@ -109,6 +113,14 @@ def per_prompt_means(per_sample: Sequence[dict[str, Any]], metric: str) -> dict[
     return {k: sum(v) / len(v) for k, v in acc.items() if v}
 
 
+def unit_values(scores: Mapping[str, Any], metric: str) -> dict[str, float]:
+    """A run's values of ``metric`` per unit of its CI: per prompt (:func:`per_prompt_means` of the
+    samples), or, for a metric computed on held-out pairs (``alignment_accuracy``), per pair
+    (``scores["per_pair"]``, each pair's id as its unit)."""
+    return (per_prompt_means(scores.get("per_sample") or [], metric)
+            or per_prompt_means(scores.get("per_pair") or [], metric))
+
+
 def stderr_interval(mean: float, se: float, level: float = 0.95) -> dict[str, Any]:
     """A normal interval from a reported standard error (what lm-eval's stderr is meant for)."""
     from scipy import stats
@@ -158,7 +170,7 @@ def _metric_request(by_seed: ScoresBySeed, metric: str) -> _Request | None:
     values = _seed_values(by_seed, metric)
     if len(values) < 2 or _has_stderr(by_seed, metric):
         return None
-    prompts = {s: per_prompt_means(by_seed[s].get("per_sample", []), metric) for s in values}
+    prompts = {s: unit_values(by_seed[s], metric) for s in values}
     if all(prompts.values()):
         return _Request("prompts", (prompts,))
     return _Request("seeds", ({s: {CORPUS: v} for s, v in values.items()},))
@@ -173,8 +185,8 @@ def _difference_request(by_seed: ScoresBySeed, ref_by_seed: ScoresBySeed, metric
     policy: dict[Any, dict[str, float]] = {}
     reference: dict[Any, dict[str, float]] = {}
     for s in common:
-        a = per_prompt_means(by_seed[s].get("per_sample", []), metric)
-        b = per_prompt_means(ref_by_seed[s].get("per_sample", []), metric)
+        a = unit_values(by_seed[s], metric)
+        b = unit_values(ref_by_seed[s], metric)
         shared = sorted(a.keys() & b.keys())
         if not shared:
             break
@@ -284,7 +296,7 @@ def _metric_stats(seed_scores: ScoresBySeed | Sequence[Mapping[str, Any]], metri
         stats = t_interval(per_seed)
         stats["ci_over"] = "seeds (t-interval)"
     else:
-        prompts = per_prompt_means(next(iter(by_seed.values())).get("per_sample", []), metric)
+        prompts = unit_values(next(iter(by_seed.values())), metric)
         stats = t_interval(list(prompts.values())) if len(prompts) >= 2 else {"se": None, "ci": None}
         stats["mean"] = per_seed[0]  # the task's own aggregate (may weight samples, not prompts)
         stats["n"] = len(prompts) if prompts else 1
@@ -309,8 +321,8 @@ def paired_vs_reference(seed_scores: ScoresBySeed, ref_scores: ScoresBySeed, met
         ref = ref_scores.get(seed)
         if ref is None:
             continue
-        mine = per_prompt_means(scores.get("per_sample", []), metric)
-        theirs = per_prompt_means(ref.get("per_sample", []), metric)
+        mine = unit_values(scores, metric)
+        theirs = unit_values(ref, metric)
         for prompt_id in sorted(mine.keys() & theirs.keys()):  # fixed order: sums identical across processes
             diffs[prompt_id].append(mine[prompt_id] - theirs[prompt_id])
     if len(diffs) < 2:
@@ -327,6 +339,12 @@ def paired_vs_reference(seed_scores: ScoresBySeed, ref_scores: ScoresBySeed, met
         else:
             stats["p_value"] = 1.0 if stats["mean"] == 0 else 0.0
     return stats
+
+
+def _common_note(row_runs: Sequence[Mapping[str, Any]], metric: str) -> str | None:
+    """The note every run of a row carries about ``metric`` (``scores["notes"]``), None when they differ."""
+    notes = {(run["scores"].get("notes") or {}).get(metric) for run in row_runs}
+    return notes.pop() if len(notes) == 1 else None
 
 
 def run_facts(row_runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -423,6 +441,9 @@ def build_leaderboard(suite_name: str, runs: list[dict[str, Any]], *, manifest: 
             stats = _metric_stats(by_seed, name, bootstrap=boots.stats(("metric", row_id, step, name)),
                                   n_boot=n_boot, boot_seed=boot_seed)
             if stats is not None:
+                note = _common_note(row_runs, name)
+                if note:
+                    stats["note"] = note
                 metrics[name] = stats
         row: dict[str, Any] = {
             "id": point_id(row_id, step), "row_id": row_id, "step": step,
@@ -567,7 +588,7 @@ def matched_kl(runs: list[dict[str, Any]], *, primary: Mapping[str, str], metric
             mine: dict[Hashable, dict[Any, dict[str, float]]] = defaultdict(dict)
             for run in c.runs:
                 per_sample = run["scores"].get("per_sample", [])
-                value = per_prompt_means(per_sample, metric)
+                value = unit_values(run["scores"], metric)
                 kl = per_prompt_means(per_sample, "kl")
                 if not value:
                     c.reason = f"{metric} has no per-prompt values (a corpus-level metric?)"
@@ -580,7 +601,7 @@ def matched_kl(runs: list[dict[str, Any]], *, primary: Mapping[str, str], metric
             if c.reason:
                 continue
             ref = references.get(c.model, {})
-            ref_values = {s: per_prompt_means(ref[s].get("per_sample", []), metric) for s in c.seeds if s in ref}
+            ref_values = {s: unit_values(ref[s], metric) for s in c.seeds if s in ref}
             ref_values = {s: v for s, v in ref_values.items() if v}
             if ref_values:  # the reference evaluated with this configuration's seeds (paired on them)
                 c.has_reference = True

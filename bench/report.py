@@ -79,6 +79,7 @@ def table_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             flags.append(f"KL > {board.get('kl_budget')}")
         if row["kind"] == "paper":
             flags.append(f"paper: {row.get('source', '')}" + (f" ({row['note']})" if row.get("note") else ""))
+        flags += [f"{m}: {row['metrics'][m]['note']}" for m in metrics if (row["metrics"].get(m) or {}).get("note")]
         out = [row["task"], row["model"], row["label"], _fmt(row.get("step")), row["kind"],
                ",".join(map(str, row["seeds"]))]
         out += [_cell(row["metrics"].get(m)) for m in metrics]

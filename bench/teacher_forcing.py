@@ -146,12 +146,17 @@ def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batc
     prompts encoded with ``prompt_format`` as in :func:`sequence_kl`."""
     from tasks.base import PairLogps
 
-    policy, reference, tokenizer = _load_pair(policy_path, reference_path, dtype)
+    same = policy_path == reference_path  # the reference row: its margins are 0 by construction
+    if same:
+        policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
+        reference = policy
+    else:
+        policy, reference, tokenizer = _load_pair(policy_path, reference_path, dtype)
     prompts = [p.prompt for p in pairs] * 2
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     rows = _encode(tokenizer, prompts, completions, prompt_format)
     lp = [sum(x) for x in completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)]
-    lr = [sum(x) for x in completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)]
+    lr = lp if same else [sum(x) for x in completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)]
     n = len(pairs)
     return [PairLogps(pair_id=p.id or str(i), policy_chosen=lp[i], policy_rejected=lp[n + i],
                       ref_chosen=lr[i], ref_rejected=lr[n + i]) for i, p in enumerate(pairs)]

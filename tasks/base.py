@@ -178,12 +178,17 @@ class Scores:
     ``metrics``: aggregate numbers (names from the task's ``metrics`` table; NaN never appears, a
     metric that cannot be computed is left out and ``details["missing"]`` says why).
     ``per_sample``: one dict per sample, in input order, with ``prompt_id``/``index`` and per-sample
-    values (for confidence intervals over prompts). ``details``: judges' identities, notes.
+    values (for confidence intervals over prompts). ``details``: judges' identities, notes
+    (``details["notes"]``: metric -> what a reader must know about its value, e.g. that it holds by
+    construction). ``per_pair``: one dict per held-out pair scored (``eval_pairs``) with its unit id
+    under ``prompt_id`` (the pair's id) and the per-pair values of the metrics computed on pairs
+    (``alignment_accuracy``): the unit of their confidence intervals, as prompts are for the others.
     """
 
     metrics: dict[str, float]
     per_sample: list[dict[str, Any]]
     details: dict[str, Any] = field(default_factory=dict)
+    per_pair: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------

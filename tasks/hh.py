@@ -25,7 +25,8 @@ from typing import Any, Iterator, Sequence
 from tasks.base import (DataError, DataSource, Metric, PairLogps, PreferencePair, Prompt, Sample, Sampling,
                         Scores, SFTExample, SourceUsed, Task, TaskError, file_fingerprint, limit_list, mean,
                         read_jsonl)
-from tasks.metrics import alignment_accuracy, distinct_n, judge_against_reference, mean_token_entropy
+from tasks.metrics import (alignment_scores, distinct_n, judge_against_reference, mean_token_entropy,
+                           token_entropy_per_sample)
 
 HUB_ID = "Anthropic/hh-rlhf"
 ASSISTANT = "\n\nAssistant:"
@@ -70,7 +71,9 @@ def stable_fraction(key: str) -> float:
 
 class HH(Task):
     name = "hh"
-    version = "1"
+    # 2: alignment_accuracy counts ties 1/2 (the reference row: 0.5, was 0) and has per-pair values;
+    #    token_entropy has per-sample values
+    version = "2"
     description = "single/multi-turn dialogue from Anthropic HH-RLHF: respond to the last Human turn"
     paper = "Bai et al. 2022; DPO sec. 6.2; TDPO table 2"
     sources = (
@@ -82,7 +85,8 @@ class HH(Task):
     # alignment_accuracy first: the harness takes a task's first "higher" metric as its primary one,
     # and it is the only quality metric present with every judge (win_rate needs an LLM/reward judge)
     metrics = (
-        Metric("alignment_accuracy", True, "held-out pairs where the implicit reward log pi/ref ranks chosen first"),
+        Metric("alignment_accuracy", True, "held-out pairs where the implicit reward log pi/ref ranks chosen first "
+               "(ties = 1/2; per pair: the CI's unit)"),
         Metric("win_rate", True, "judge win rate of samples vs the chosen response (ties = 1/2); needs a "
                "pairwise LLM or pointwise judge"),
         Metric("similarity_to_chosen", True, "offline fallback: MiniLM cosine similarity to the chosen response"),
@@ -240,16 +244,16 @@ class HH(Task):
             metrics["closer_to_chosen"] = mean(closer)
             for row, value in zip(per_sample, closer):
                 row["closer_to_chosen"] = value
-        accuracy = alignment_accuracy(pair_logps)
-        if accuracy is None:
-            missing["alignment_accuracy"] = "no PairLogps for the held-out pairs (task.eval_pairs())"
-        else:
-            metrics["alignment_accuracy"] = accuracy
+        notes: dict[str, str] = {}
+        per_pair = alignment_scores(pair_logps, metrics, missing, notes)
         entropy, how = mean_token_entropy(samples)
         if entropy is None:
             missing["token_entropy"] = how
         else:
             metrics["token_entropy"] = entropy
+            for row, value in zip(per_sample, token_entropy_per_sample(samples, how)):
+                if value is not None:
+                    row["token_entropy"] = value
         for n in (1, 2):
             value = distinct_n(completions, n)
             if value is not None:
@@ -259,6 +263,8 @@ class HH(Task):
                                    "n_pairs": len(pair_logps or [])}
         if missing:
             details["missing"] = missing
+        if notes:
+            details["notes"] = notes
         if self.problems:
             details["malformed_records"] = len(self.problems)
-        return Scores(metrics=metrics, per_sample=per_sample, details=details)
+        return Scores(metrics=metrics, per_sample=per_sample, details=details, per_pair=per_pair)

@@ -40,6 +40,17 @@ def mean_token_entropy(samples: Sequence[Sample]) -> tuple[float | None, str]:
     return None, "unavailable (no token log-probs in samples)"
 
 
+def token_entropy_per_sample(samples: Sequence[Sample], estimator: str) -> list[float | None]:
+    """Each sample's mean per-token entropy (nats) with the estimator :func:`mean_token_entropy` chose
+    for the set ("exact" or "sampled-token surprisal"); None for a sample without those values. These
+    are the per-prompt unit of the metric's confidence interval (the set's value weights tokens)."""
+    out: list[float | None] = []
+    for s in samples:
+        values = s.entropies if estimator == "exact" else [-lp for lp in s.logprobs or []]
+        out.append(sum(values) / len(values) if values else None)
+    return out
+
+
 def rouge(predictions: Sequence[str], references: Sequence[str],
           types: Sequence[str] = ("rouge1", "rouge2", "rougeL")) -> tuple[dict[str, float], list[dict[str, float]]]:
     """ROUGE F-measures with Porter stemming (the TL;DR papers' setting) via ``rouge-score``.
@@ -78,12 +89,42 @@ def self_bleu_by_prompt(samples: Sequence[Sample]) -> tuple[float | None, str]:
     return self_bleu([s.completion for s in samples]), "across prompts"
 
 
+def pair_alignment(pair: PairLogps) -> float:
+    """One held-out pair's alignment value: 1 when the implicit reward log pi/ref ranks the chosen
+    response first (margin > 0), 0 when it ranks the rejected one first, 1/2 for a tie (margin exactly
+    0: the reference against itself, whose implicit reward is 0 for every response)."""
+    margin = pair.implicit_margin
+    return 1.0 if margin > 0 else 0.0 if margin < 0 else 0.5
+
+
 def alignment_accuracy(pair_logps: Sequence[PairLogps] | None) -> float | None:
     """Share of held-out pairs whose implicit reward log pi/ref ranks the chosen response first
-    (TDPO's "alignment accuracy"); None without pairs."""
+    (TDPO's "alignment accuracy", Table 1), ties counted 1/2 (:func:`pair_alignment`); None without pairs."""
     if not pair_logps:
         return None
-    return mean(float(p.implicit_margin > 0) for p in pair_logps)
+    return mean(pair_alignment(p) for p in pair_logps)
+
+
+ALL_TIES_NOTE = ("all {n} held-out pairs tie (implicit reward log pi/ref equal for chosen and rejected, as for the "
+                 "reference policy, whose implicit reward is 0 for every response): 0.5 by construction, ties "
+                 "counting 1/2")
+
+
+def alignment_scores(pair_logps: Sequence[PairLogps] | None, metrics: dict[str, float], missing: dict[str, str],
+                     notes: dict[str, str]) -> list[dict[str, Any]]:
+    """``alignment_accuracy`` of held-out pairs into ``metrics`` (or the reason into ``missing``), a note
+    when it holds by construction (every pair ties), and the per-pair rows (``Scores.per_pair``): the
+    pair's id as its unit (``prompt_id``), its value (1, 1/2, 0) and its implicit-reward margin."""
+    accuracy = alignment_accuracy(pair_logps)
+    if accuracy is None:
+        missing["alignment_accuracy"] = "no PairLogps for the held-out pairs (task.eval_pairs())"
+        return []
+    metrics["alignment_accuracy"] = accuracy
+    rows = [{"prompt_id": p.pair_id, "alignment_accuracy": pair_alignment(p), "implicit_margin": p.implicit_margin}
+            for p in pair_logps]
+    if all(p.implicit_margin == 0 for p in pair_logps):
+        notes["alignment_accuracy"] = ALL_TIES_NOTE.format(n=len(rows))
+    return rows
 
 
 def judge_against_reference(judge: Judge, prompts: Sequence[str], completions: Sequence[str],

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from tasks.base import (DataError, DataSource, Metric, PairLogps, PreferencePair, Prompt, Sample, Sampling,
                         Scores, SFTExample, SourceUsed, Task, TaskError, file_fingerprint, limit_list, read_jsonl)
-from tasks.metrics import alignment_accuracy, judge_against_reference, rouge, self_bleu_by_prompt
+from tasks.metrics import alignment_scores, judge_against_reference, rouge, self_bleu_by_prompt
 
 SFT_HUB_ID = "trl-lib/tldr"
 PREF_HUB_ID = "trl-lib/tldr-preference"
@@ -42,7 +42,7 @@ def read_rows(path: Path, fields: Sequence[str]) -> list[dict[str, str]]:
 
 class TLDR(Task):
     name = "tldr"
-    version = "1"
+    version = "2"  # 2: alignment_accuracy counts ties 1/2 and has per-pair values
     description = "summarize a Reddit post in one TL;DR line"
     paper = "Stiennon et al. 2020; DPO sec. 6.2"
     sources = (
@@ -58,7 +58,8 @@ class TLDR(Task):
         Metric("self_bleu", False, "self-BLEU among samples (0-100; lower = more diverse)"),
         Metric("win_rate", True, "judge win rate vs the reference summary (ties = 1/2)"),
         Metric("similarity_to_reference", True, "offline fallback: MiniLM cosine similarity to the reference"),
-        Metric("alignment_accuracy", True, "held-out comparisons where the implicit reward log pi/ref ranks chosen first"),
+        Metric("alignment_accuracy", True, "held-out comparisons where the implicit reward log pi/ref ranks chosen "
+               "first (ties = 1/2; per pair: the CI's unit)"),
     )
     sampling = Sampling(max_new_tokens=64, temperature=1.0, top_p=1.0, n=1, stop=("\n",))
     preference_mode = "dataset"
@@ -139,11 +140,13 @@ class TLDR(Task):
         judge = self.judge
         judge_against_reference(judge, [s.prompt for s in samples], completions, refs, per_sample, metrics, missing,
                                 similarity_metric="similarity_to_reference", reference_name="the reference")
-        accuracy = alignment_accuracy(pair_logps)
-        if accuracy is not None:
-            metrics["alignment_accuracy"] = accuracy
+        notes: dict[str, str] = {}
+        per_pair = alignment_scores(pair_logps, metrics, missing, notes)
         details: dict[str, Any] = {"judge": judge.identity(), "judge_stats": judge.stats(),
-                                   "self_bleu_scope": scope, "n_samples": len(samples)}
+                                   "self_bleu_scope": scope, "n_samples": len(samples),
+                                   "n_pairs": len(pair_logps or [])}
         if missing:
             details["missing"] = missing
-        return Scores(metrics=metrics, per_sample=per_sample, details=details)
+        if notes:
+            details["notes"] = notes
+        return Scores(metrics=metrics, per_sample=per_sample, details=details, per_pair=per_pair)

@@ -137,6 +137,7 @@ def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
         pair_logps = teacher_forcing.pair_logps(policy, reference, eval_pairs, batch_size=cfg.kl_batch_size,
                                                 dtype=cfg.kl_dtype, prompt_format=p.prompt_format)
     scores = task.score(samples, pair_logps=pair_logps)
+    notes.update(scores.details.get("notes") or {})  # the task's notes on its metrics (e.g. "by construction")
     metrics = dict(scores.metrics)
     per_sample = scores.per_sample
     for row, s in zip(per_sample, samples):
@@ -149,8 +150,11 @@ def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
         task_record["data_source"] = inputs["samples"].record.get("task_record", {}).get("data_source")
     directions = {m.name: m.higher_is_better for m in task.metrics}
     directions.setdefault("kl", False)
-    atomic_write_json(out / "scores.json", {"metrics": metrics, "per_sample": per_sample, "details": scores.details,
-                                            "directions": directions, "task_record": task_record, "notes": notes})
+    written = {"metrics": metrics, "per_sample": per_sample, "details": scores.details, "directions": directions,
+               "task_record": task_record, "notes": notes}
+    if scores.per_pair:  # per held-out pair values (alignment_accuracy): the unit of their CIs
+        written["per_pair"] = scores.per_pair
+    atomic_write_json(out / "scores.json", written)
     return {"metrics": metrics, "notes": notes, "kl_budget_exceeded": bool(metrics.get("kl", 0.0) > cfg.kl_budget)}
 
 
