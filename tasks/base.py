@@ -560,6 +560,13 @@ class Task:
         margin = getattr(self, "margin", 0.0) if margin is None else margin
         return pairs_from_scores(samples, rewards, margin=margin, judge=self.judge.label, pairs=pairs)
 
+    def no_pairs_advice(self, samples: Sequence[Sample], rewards: Sequence[float],
+                        settings: dict[str, Any]) -> str | None:
+        """When :meth:`pairs_from_samples` gave no pair: what it saw and what to change, in words (``settings``:
+        the preference-data settings ``samples_per_prompt``, ``temperature``, ``prompts``). None: the
+        harness reads the rewards itself (a task with its own pairing rules says better)."""
+        return None
+
     # -- scoring ------------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample], pair_logps: Sequence[PairLogps] | None = None) -> Scores:
         raise TaskError(f"task {self.name!r} does not score samples (evaluation={self.evaluation!r})")

@@ -339,12 +339,25 @@ class CodeTask(Task):
         return evaluate(self.problems(), self._code_samples(samples), self.sandbox())
 
     def score(self, samples: Sequence[Sample], pair_logps: Sequence[PairLogps] | None = None) -> Scores:
+        """pass@k, and per sample its verdict plus each reported ``pass@k`` of its problem, so that every
+        problem is a unit of the metrics' CIs: ``pass@1`` per sample is 1.0 / 0.0 (a problem's mean over
+        its samples is its unbiased pass@1, c / n), ``pass@k`` (k > 1) is the problem's own estimate
+        1 - C(n-c, k) / C(n, k), repeated on each of its samples. The means over problems are the metrics."""
         if not samples:
             raise TaskError(f"{self.name}: no samples to score")
         result = self.evaluate_samples(samples)
         per_sample = [{"prompt_id": s.prompt_id, "index": s.index, "passed": row["passed"], "status": row["status"],
                        "message": row["message"], "isolation": row["isolation"]}
                       for s, row in zip(samples, result.per_sample)]
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # problem -> [n, c]
+        for s, row in zip(samples, result.per_sample):
+            counts[s.prompt_id][0] += 1
+            counts[s.prompt_id][1] += int(bool(row["passed"]))
+        for row in per_sample:
+            n, c = counts[row["prompt_id"]]
+            for name in result.metrics:
+                k = int(name.split("@", 1)[1])
+                row[name] = float(row["passed"]) if k == 1 else pass_at_k([n], [c], k)
         return Scores(metrics=result.metrics, per_sample=per_sample, details=result.details)
 
     def reward(self, samples: Sequence[Sample]) -> list[float]:

@@ -12,8 +12,10 @@ description and the first test, so the model sees the function name; a completio
 program. The sandbox runs the completion, then ``test_setup_code`` (full) or ``test_imports``
 (sanitized) and the asserts, in a namespace holding the completion's names.
 
-Metrics: unbiased pass@k. Preference pairs: passing vs failing samples of the same problem.
-Tags: code, functional-correctness, generated-preferences.
+Metrics: unbiased pass@k. Preference pairs: passing vs failing samples of the same problem; a problem
+none of whose samples passes gets its reference solution as the chosen program (``reference_fallback``,
+the reference first run against the same tests), so a model that cannot solve the train problems yet
+still gets pairs. Tags: code, functional-correctness, generated-preferences.
 """
 from __future__ import annotations
 
@@ -22,15 +24,19 @@ import builtins
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from tasks.base import (DataError, DataSource, Sampling, SFTExample, SourceUsed, TaskError, file_fingerprint,
-                        limit_list, read_jsonl)
-from tasks.code_eval import CodeProblem, CodeTask, normalise_task_id
+from tasks.base import (DataError, DataSource, PreferencePair, Sample, Sampling, SFTExample, SourceUsed, TaskError,
+                        file_fingerprint, limit_list, read_jsonl)
+from tasks.code_eval import CodeProblem, CodeSample, CodeTask, evaluate, normalise_task_id, preference_pairs
 
 HUB_ID = "google-research-datasets/mbpp"
 LOCAL_FILES = {"full": "mbpp/mbpp.jsonl", "sanitized": "mbpp/sanitized-mbpp.json"}
 SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+
+
+def _id_order(task_id: str) -> tuple:
+    return (0, int(task_id), "") if task_id.isdigit() else (1, 0, task_id)
 
 
 def split_of(task_id: int) -> str:
@@ -116,7 +122,8 @@ def read_problem_file(path: Path, variant: str) -> dict[str, CodeProblem]:
 
 class MBPP(CodeTask):
     name = "mbpp"
-    version = "1"
+    # 2: pairs fall back on the reference solution when no sample passes; per-sample pass@k values
+    version = "2"
     description = "MBPP (974 basic Python problems; test split 11-510), pass@k in the pobench sandbox"
     paper = "Austin et al. 2021, Program Synthesis with Large Language Models (arXiv:2108.07732)"
     sources = (
@@ -126,12 +133,72 @@ class MBPP(CodeTask):
     sampling = Sampling(max_new_tokens=512, temperature=0.2, top_p=0.95, n=1,
                         stop=("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```"))
     preference_mode = "generated"
-    options = {**CodeTask.options, "variant": ("full", "full (974 problems) or sanitized (427 hand-verified)")}
+    options = {**CodeTask.options, "variant": ("full", "full (974 problems) or sanitized (427 hand-verified)"),
+               "reference_fallback": (True, "preference pairs: when no sample of a problem passes, its reference "
+                                      "solution (run against the same tests first) is the chosen program against "
+                                      "the failing samples")}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.variant not in LOCAL_FILES:
             raise TaskError(f"mbpp: variant must be one of {sorted(LOCAL_FILES)}, got {self.variant!r}")
+        #: what the last pairs_from_samples saw per outcome (problem ids), for no_pairs_advice
+        self._pairing: dict[str, list[str]] = {}
+
+    def pairs_from_samples(self, samples: Sequence[Sample], margin: float | None = None,
+                           rewards: Sequence[float] | None = None, pairs: str = "best_worst") -> list[PreferencePair]:
+        """Per problem, passing (chosen) vs failing (rejected) samples, at most ``max_pairs_per_problem``.
+        With ``reference_fallback`` a problem whose samples all fail pairs its reference solution (chosen,
+        ``meta["chosen_source"] = "reference"``) with them, once the reference has passed the problem's tests
+        in the sandbox (a reference that fails gives no pair and is reported by :meth:`no_pairs_advice`)."""
+        if pairs != "best_worst":
+            return super().pairs_from_samples(samples, margin, rewards, pairs)  # refuses it, naming the option
+        rewards = list(rewards) if rewards is not None else self.reward(samples)
+        problems = self.problems()
+        rows = [{"task_id": self.alias(s.prompt_id), "completion": s.completion, "passed": r > 0.5}
+                for s, r in zip(samples, rewards)]
+        passing = {row["task_id"] for row in rows if row["passed"]}
+        failing = {row["task_id"] for row in rows if not row["passed"]}
+        self._pairing = {"all_pass": sorted(passing - failing, key=_id_order),
+                         "none_pass": sorted(failing - passing, key=_id_order), "reference_fails": []}
+        fallback: set[str] = set()
+        if self.reference_fallback and self._pairing["none_pass"]:
+            need = self._pairing["none_pass"]
+            checked = evaluate(problems, [CodeSample(t, problems[t].reference, 0) for t in need], self.sandbox(),
+                               ks=(1,))
+            for task_id, row in zip(need, checked.per_sample):
+                if row["passed"]:
+                    fallback.add(task_id)
+                    rows.append({"task_id": task_id, "completion": problems[task_id].reference, "passed": True})
+                else:
+                    self._pairing["reference_fails"].append(f"{task_id} ({row['result']})")
+        out = preference_pairs(problems, rows, int(self.max_pairs_per_problem))
+        for pair in out:
+            fell_back = pair.meta["task_id"] in fallback
+            pair.meta["chosen_source"] = "reference" if fell_back else "sample"
+        return out
+
+    def no_pairs_advice(self, samples: Sequence[Sample], rewards: Sequence[float], settings: dict[str, Any]) -> str:
+        """Why :meth:`pairs_from_samples` gave no pair, from what it saw (a pair needs a failing sample: with
+        ``reference_fallback`` the reference solution stands in for a passing one)."""
+        seen = self._pairing
+        problems = len({s.prompt_id for s in samples})
+        parts = [f"{len(samples)} samples of {problems} MBPP train problem(s) run against their tests"]
+        if seen.get("all_pass"):
+            parts.append(f"every sample of {len(seen['all_pass'])} problem(s) passed, leaving nothing to reject "
+                         f"(e.g. {', '.join(seen['all_pass'][:5])})")
+        if seen.get("reference_fails"):
+            parts.append(f"in {len(seen['reference_fails'])} problem(s) no sample passed and the reference solution "
+                         f"fails its own tests too, so it cannot be the chosen program: "
+                         f"{', '.join(seen['reference_fails'][:3])} (check the data file)")
+        if seen.get("none_pass") and not self.reference_fallback:
+            parts.append(f"in {len(seen['none_pass'])} problem(s) no sample passed; set "
+                         "task_options.mbpp.reference_fallback: true to pair their reference solutions with the "
+                         "failing samples")
+        advice = (f"more failing samples: raise prefdata.samples_per_prompt (now {settings.get('samples_per_prompt')}) "
+                  f"or prefdata.temperature (now {settings.get('temperature')}), or add problems (prefdata.prompts: "
+                  f"{settings.get('prompts')})") if seen.get("all_pass") else ""
+        return "; ".join(parts) + (f"; {advice}" if advice else "")
 
     def local_root(self) -> Path | None:
         # the task needs the variant's file, not just the folder

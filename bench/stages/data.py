@@ -110,6 +110,11 @@ def no_pairs_message(task: Any, source: str, cfg: PrefDataConfig, samples: Seque
             ).format(cfg.samples_per_prompt, cfg.temperature, cfg.prompts)
     if rewards is None:  # pairwise ranking
         return f"{head}: the pairwise judge told none of {len(samples)} samples apart; {more}"
+    explain = getattr(task, "no_pairs_advice", None)  # a plugin task may predate the hook
+    settings = {"samples_per_prompt": cfg.samples_per_prompt, "temperature": cfg.temperature, "prompts": cfg.prompts}
+    advice = explain(samples, rewards, settings) if callable(explain) else None
+    if advice:  # the task's own pairing rules (code tasks: passing vs failing programs, reference fallback)
+        return f"{head}: {advice}"
     by_prompt: dict[str, list[float]] = {}
     for sample, reward in zip(samples, rewards):
         by_prompt.setdefault(sample.prompt_id, []).append(reward)
