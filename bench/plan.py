@@ -9,7 +9,9 @@ cells of one suite) that share an input compute it once, and a change upstream r
 downstream. The planner names no method: preparation steps say what they need.
 
 A *cell* is one leaderboard entry for one seed: (task, model, method, hyperparameter point, seed),
-or the reference policy (method ``reference``) for that seed.
+or the reference policy (method ``reference``) for that seed. A suite's ``transfer_tasks`` add cells of
+their own task on the policies trained on the training task (their own ``generate`` and ``score``
+nodes on the same ``train`` nodes, and the reference's).
 """
 from __future__ import annotations
 
@@ -157,15 +159,20 @@ def build_plan(suite: SuiteConfig) -> Plan:
                                                         suite.generation.backend_options),
                              dict(reference_deps), label=f"prefdata {task}")
 
+            transfer = [task_ref_of(name) for name in suite.transfer_tasks]
+
             def generate_and_score(policy_deps: dict[str, Node], seed: int, gen: GenerationConfig,
-                                   prompt_format: PromptFormat, label: str, step: int | None = None) -> Node:
-                """Sample and score one policy; ``step``: a saved intermediate policy (None = final)."""
-                at = f"@{step}" if step is not None else ""
-                generate = b.add("generate", GenerateParams(model, tref, gen, prompt_format, seed, step),
+                                   prompt_format: PromptFormat, label: str, step: int | None = None,
+                                   on: TaskRef | None = None) -> Node:
+                """Sample and score one policy; ``step``: a saved intermediate policy (None = final); ``on``:
+                a transfer task to sample and score it on (None = the training task)."""
+                on = on or tref
+                at = (f"@{step}" if step is not None else "") + (f" on {on.name}" if on is not tref else "")
+                generate = b.add("generate", GenerateParams(model, on, gen, prompt_format, seed, step),
                                  policy_deps, label=f"generate {label}{at} s{seed}")
-                prompts = gen.prompts if gen.prompts is not None else tref.prompt_counts.get("eval")
+                prompts = gen.prompts if gen.prompts is not None else on.prompt_counts.get("eval")
                 sequences = None if prompts is None else prompts * gen.samples_per_prompt
-                return b.add("score", ScoreParams(model, tref, suite.score, prompt_format, seed, step, sequences),
+                return b.add("score", ScoreParams(model, on, suite.score, prompt_format, seed, step, sequences),
                              {"samples": generate, **policy_deps}, label=f"score {label}{at} s{seed}")
 
             def evaluate(policy_deps: dict[str, Node], label: str) -> dict[str, Node]:
@@ -189,6 +196,10 @@ def build_plan(suite: SuiteConfig) -> Plan:
                     score = generate_and_score(dict(reference_deps), seed, suite.generation, suite_format, REFERENCE)
                     cells.append(Cell(task, model.id, REFERENCE, {}, seed, REFERENCE, score, None,
                                       evaluate(dict(reference_deps), REFERENCE)))
+                    for on in transfer:
+                        score = generate_and_score(dict(reference_deps), seed, suite.generation, suite_format,
+                                                   REFERENCE, on=on)
+                        cells.append(Cell(on.name, model.id, REFERENCE, {}, seed, REFERENCE, score, None))
 
             # methods without a preparation step first, so a step that asks for a training run
             # the suite also has (e.g. TIS-DPO's pi_plus = the suite's DPO) finds it already planned
@@ -196,7 +207,7 @@ def build_plan(suite: SuiteConfig) -> Plan:
             for spec in specs:
                 for point in spec.hyperparameter_points():
                     label = method_label(spec, point)
-                    for seed in suite.seeds:
+                    for seed in spec.seeds or suite.seeds:
                         deps = {"prefdata": prefdata, **reference_deps}
                         step = _preparation(spec, point)
                         if step is not None:
@@ -209,12 +220,19 @@ def build_plan(suite: SuiteConfig) -> Plan:
                         policy = {"policy": train, **reference_deps}
                         final = spec.train.steps or None
                         for step in [s for s in spec.train.eval_at_steps if s != final]:  # frontier points
-                            score = generate_and_score(policy, seed, spec.generation, spec.train.prompt_format(),
-                                                       label, step)
-                            cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train, {}, step))
+                            for on in [tref, *transfer]:
+                                score = generate_and_score(policy, seed, spec.generation, spec.train.prompt_format(),
+                                                           label, step, on=on)
+                                cells.append(Cell(on.name, model.id, spec.name, point, seed, label, score, train, {},
+                                                  step))
                         score = generate_and_score(policy, seed, spec.generation, spec.train.prompt_format(), label)
                         cells.append(Cell(task, model.id, spec.name, point, seed, label, score, train,
                                           evaluate(policy, f"{label} s{seed}"), final))
+                        for on in transfer:
+                            score = generate_and_score(policy, seed, spec.generation, spec.train.prompt_format(),
+                                                       label, on=on)
+                            cells.append(Cell(on.name, model.id, spec.name, point, seed, label, score, train, {},
+                                              final))
     return Plan(suite=suite, cells=cells, nodes=b.order)
 
 

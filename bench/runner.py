@@ -32,7 +32,7 @@ def primary_metrics(suite: SuiteConfig) -> tuple[dict[str, str], dict[str, dict[
 
     primary: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}
-    for name in suite.tasks:
+    for name in suite.scored_tasks:
         cls = tasks.task_class(name)
         for metric in cls.metrics:
             info.setdefault(metric.name, {"higher_is_better": metric.higher_is_better,
@@ -400,7 +400,7 @@ def rescore_records(results_dir: Path, judge: str, out_dir: Path) -> tuple[dict[
     data = suite.to_dict()
     data["name"] = out_dir.name
     data["results_dir"] = str(out_dir)
-    data["task_options"] = {name: {**data["task_options"].get(name, {}), "judge": judge} for name in suite.tasks}
+    data["task_options"] = {name: {**data["task_options"].get(name, {}), "judge": judge} for name in suite.scored_tasks}
     from bench.config import validate
 
     rescored_suite = validate(data, source=f"{suite.source} rescored with judge {judge}")

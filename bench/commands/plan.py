@@ -31,8 +31,11 @@ def main(args: argparse.Namespace, suite: SuiteConfig) -> int:
         return 0
     print(f"suite {suite.name} ({suite.source}), config hash {suite.hash()}")
     print(f"work dir {report['work_dir']}; results -> {suite.resolved_results_dir()}")
-    print(f"{len(plan.cells)} runs = {len(suite.tasks)} task(s) x {len(suite.models)} model(s) x "
+    print(f"{len(plan.cells)} runs = {len(suite.scored_tasks)} task(s) x {len(suite.models)} model(s) x "
           f"{report['configurations']} configuration(s) x {len(suite.seeds)} seed(s)")
+    if suite.transfer_tasks:
+        print(f"transfer: the policies trained on {suite.tasks[0]} are also scored on "
+              f"{', '.join(suite.transfer_tasks)}")
     for task, source in report["data_sources"].items():
         print(f"data {task}: {describe_source(source)}")
     if suite.eval_tasks:

@@ -142,7 +142,19 @@ def _method_specs(suite: SuiteConfig, check_registry: bool) -> list[MethodSpec]:
                            f"{path}.train")
         generation = _validated(GenerationConfig, deep_update(suite.generation.model_dump(),
                                                               entry.get("generation") or {}), f"{path}.generation")
-        spec = MethodSpec(name=name, grid=grid, train=train, generation=generation, label=entry.get("label"))
+        seeds = entry.get("seeds")
+        if seeds is not None:
+            seeds = seeds if isinstance(seeds, list) else [seeds]
+            if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+                raise ConfigError(f"{path}.seeds: give a list of integer seeds, got {entry['seeds']!r}")
+            if len(set(seeds)) != len(seeds):
+                raise ConfigError(f"{path}.seeds: duplicate seeds in {seeds}")
+            outside = [s for s in seeds if s not in suite.seeds]
+            if outside:
+                raise ConfigError(f"{path}.seeds: {outside} not among the suite's seeds {suite.seeds} (the reference "
+                                  "row is evaluated on those, and each method pairs with it seed by seed)")
+        spec = MethodSpec(name=name, grid=grid, train=train, generation=generation, label=entry.get("label"),
+                          seeds=seeds)
         if check_registry:
             _check_hyperparameters(spec, path)
         specs.append(spec)
@@ -206,9 +218,11 @@ def validate(data: dict[str, Any], source: str = "<dict>", check_registries: boo
             _check_eval_tasks(suite)
         elif len(set(suite.eval_tasks)) != len(suite.eval_tasks):
             raise ConfigError(f"eval_tasks: duplicate tasks in {suite.eval_tasks}")
+        _check_transfer_tasks(suite, check_registries)
         for name in suite.task_options:
-            if name not in suite.tasks and name not in suite.eval_tasks:
+            if name not in suite.scored_tasks and name not in suite.eval_tasks:
                 raise ConfigError(f"task_options.{name}: not one of this suite's tasks {suite.tasks}"
+                                  + (f" or transfer_tasks {suite.transfer_tasks}" if suite.transfer_tasks else "")
                                   + (f" or eval_tasks {suite.eval_tasks}" if suite.eval_tasks else ""))
         if check_registries:
             _check_eval_task_options(suite)
@@ -295,6 +309,36 @@ def _check_eval_tasks(suite: SuiteConfig) -> None:
             seen[metric.name] = name
 
 
+def _check_transfer_tasks(suite: SuiteConfig, check_registry: bool) -> None:
+    """``transfer_tasks``: sample-scored tasks, each once, none a training task, with exactly one training
+    task (a transfer task's rows are the policies of that task; two would give two rows one label)."""
+    if not suite.transfer_tasks:
+        return
+    if len(suite.tasks) != 1:
+        raise ConfigError(f"transfer_tasks: the policies of one training task are scored on them; tasks has "
+                          f"{len(suite.tasks)} ({suite.tasks}): keep one, or run a suite per training task")
+    import tasks as tasks_registry
+
+    available = list(tasks_registry.available()) if check_registry else None
+    for i, name in enumerate(suite.transfer_tasks):
+        where = f"transfer_tasks[{i}]"
+        if name in suite.transfer_tasks[:i]:
+            raise ConfigError(f"{where}: {name!r} is listed twice")
+        if name in suite.tasks:
+            raise ConfigError(f"{where}: {name!r} is the training task; its rows are there already")
+        if available is None:
+            continue
+        if name not in available:
+            raise ConfigError(f"{where}: unknown task {name!r}; available: {available}")
+        try:
+            cls = tasks_registry.task_class(name)
+        except Exception:  # an unloadable task names itself when a stage uses it
+            continue
+        if getattr(cls, "evaluation", "samples") != "samples":
+            raise ConfigError(f"{where}: task {name!r} evaluates checkpoints (evaluation="
+                              f"{getattr(cls, 'evaluation', '?')!r}); list it under eval_tasks instead")
+
+
 def _check_eval_task_options(suite: SuiteConfig) -> None:
     """Every task's options are checked now, before any work: an eval task first runs after training,
     and even a training task's first stage may follow minutes of sampling (a judge spec is used once
@@ -302,7 +346,7 @@ def _check_eval_task_options(suite: SuiteConfig) -> None:
     no judge registers."""
     import tasks as tasks_registry
 
-    for name in [*suite.tasks, *suite.eval_tasks]:
+    for name in [*suite.scored_tasks, *suite.eval_tasks]:
         try:
             cls = tasks_registry.task_class(name)
         except Exception:  # an unloadable task names itself when a stage uses it

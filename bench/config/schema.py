@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_valid
 from bench.hashing import plain, stable_hash
 from bench.train.config import PreferenceTrainConfig, Schema, SFTConfig, added_field
 
-RESERVED_METHOD_KEYS = ("train", "generation", "label")
+RESERVED_METHOD_KEYS = ("train", "generation", "label", "seeds")
 
 
 class ModelConfig(Schema):
@@ -232,6 +232,8 @@ class MethodSpec(Schema):
     train: SuiteTrainConfig
     generation: GenerationConfig
     label: str | None = None
+    #: the suite's seeds this method runs with (None: all of them); a subset, so the reference pairs with it
+    seeds: list[int] | None = None
 
     def hyperparameter_points(self) -> list[dict[str, Any]]:
         """The Cartesian product of the grid, in file order (one dict per training run)."""
@@ -253,8 +255,13 @@ class SuiteConfig(Schema):
     eval_tasks: list[str] = Field(default_factory=list, description="model-evaluation tasks (evaluation = model, "
                                   "e.g. reasoning) run on every trained policy and the reference; their metrics "
                                   "are extra columns")
+    transfer_tasks: list[str] = added_field([], description="sample-scored tasks every policy trained on the "
+                                            "suite's one training task (and the reference) is also sampled and "
+                                            "scored on, as rows of their own (e.g. trained on MBPP pairs, scored "
+                                            "on HumanEval); generation and score settings as for the training task")
     methods: dict[str, Any] = Field(default_factory=dict, description="method name -> {hyperparameter: value | "
-                                    "[values], train: {...}, generation: {...}, label: ...}")
+                                    "[values], train: {...}, generation: {...}, label: ..., seeds: [a subset of "
+                                    "the suite's seeds]}")
     reference_row: bool = Field(True, description="add the reference policy as a leaderboard row")
     seeds: list[int] = Field(default_factory=lambda: [0])
     sft: SuiteSFTConfig = Field(default_factory=SuiteSFTConfig)
@@ -281,7 +288,7 @@ class SuiteConfig(Schema):
     _source: str = PrivateAttr("<dict>")
     _method_specs: list[MethodSpec] = PrivateAttr(default_factory=list)
 
-    @field_validator("models", "seeds", "tasks", "eval_tasks", mode="before")
+    @field_validator("models", "seeds", "tasks", "eval_tasks", "transfer_tasks", mode="before")
     @classmethod
     def _one_is_a_list(cls, value: Any) -> Any:
         """``models: {id: ...}``, ``seeds: 0`` and ``tasks: imdb`` are lists of one."""
@@ -294,6 +301,11 @@ class SuiteConfig(Schema):
     @property
     def method_specs(self) -> list[MethodSpec]:
         return self._method_specs
+
+    @property
+    def scored_tasks(self) -> list[str]:
+        """Every task whose samples make leaderboard rows: the training tasks, then the transfer tasks."""
+        return [*self.tasks, *self.transfer_tasks]
 
     def to_dict(self) -> dict[str, Any]:
         """The validated configuration as plain data (what is hashed and stored in manifests)."""
