@@ -232,20 +232,23 @@ def test_unreachable_hub_is_detected_at_once_instead_of_retried(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "mbpp" / "mbpp.jsonl").is_file(), reason="needs ../shared/data/mbpp")
 def test_no_pairs_when_every_sample_fails_does_not_advise_lowering_a_zero_margin(capsys, tmp_path, monkeypatch):
+    """With the reference-solution fallback off (on by default: then these samples pair with the references,
+    tests/harness/test_harness_suite_code.py), the task names the option instead of a margin or sample count."""
     monkeypatch.setenv("POBENCH_SHARED_DATA", str(SHARED))
     suite = tmp_path / "mbpp.yaml"
     suite.write_text(json.dumps({
         "name": "mbpp-nopairs", "models": [{"id": "tiny"}], "tasks": ["mbpp"],
-        "task_options": {"mbpp": {"source": "local"}}, "methods": {"dpo": {}}, "reference_row": False,
+        "task_options": {"mbpp": {"source": "local", "reference_fallback": False}}, "methods": {"dpo": {}},
+        "reference_row": False,
         "prefdata": {"source": "sample_and_judge", "prompts": 2, "samples_per_prompt": 2, "max_new_tokens": 4,
                      "min_margin": 0.0},
         "train": {"steps": 1, "batch_size": 2, "peft": "full", "chat_template": False, "checkpoint_every": 0},
         "generation": {"backend": "hf", "prompts": 2, "max_new_tokens": 4}}))
     code, _, err = pobench(capsys, *run_args(tmp_path, suite))
     line = one_error(code, err, "pobench: error in prefdata mbpp: prefdata for task 'mbpp': no usable preference pair",
-                     "4 samples of 2 prompts", "every prompt's samples got the same score (all 0)",
-                     "raise prefdata.samples_per_prompt (now 2) or prefdata.temperature")
-    assert "min_margin" not in line
+                     "4 samples of 2 MBPP train problem(s) run against their tests",
+                     "in 2 problem(s) no sample passed; set task_options.mbpp.reference_fallback: true")
+    assert "min_margin" not in line and "samples_per_prompt to 2" not in line
 
 
 def test_no_pairs_below_the_margin_advises_the_margin_with_the_gap_seen(capsys, tmp_path):
