@@ -231,6 +231,8 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
     optimizer = build_optimizer(config, param_groups)
     scheduler = build_scheduler(config, optimizer, steps)
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    # FSDP replaces the parameters by sharded ones (the prepared optimizer holds those): clip the live ones
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
 
     position = DataPosition()
     accelerator.register_for_checkpointing(position)
@@ -251,7 +253,6 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
     B, K = config.batch_size, config.grad_accum
     global_batch = B * K * world
     last: dict[str, float] = {}
-    trainable = [p for group in param_groups for p in group["params"]]
     try:
         for step in range(start, steps):
             t0, cpu0 = time.perf_counter(), time.process_time()
@@ -383,13 +384,15 @@ def policy_saver(run: "OpenRun", config: TrainConfig, module: nn.Module,
                  extra_modules: Callable[[nn.Module], list[nn.Module]] = lambda unwrapped: []) -> Callable[[int], None]:
     """``save_policy(step)`` for :func:`run_loop`: the policy at that step as ``policies/step-<step>``
     (saved like the final model: LoRA merged, method modules beside it)."""
-    from bench.train.policy import save_final
+    from bench.train.policy import full_states, save_final
 
     def save(step: int) -> None:
+        unwrapped = run.accelerator.unwrap_model(module)
+        extras = extra_modules(unwrapped)
+        states = full_states(run.accelerator, module, [unwrapped.policy, *extras])  # FSDP: every process gathers
         if run.accelerator.is_main_process:
-            unwrapped = run.accelerator.unwrap_model(module)
-            save_final(unwrapped.policy, run.tokenizer, extra_modules(unwrapped), run.output_dir,
-                       config.lora is not None, config, name=f"policies/step-{step}")
+            save_final(unwrapped.policy, run.tokenizer, extras, run.output_dir,
+                       config.lora is not None, config, name=f"policies/step-{step}", states=states)
         run.accelerator.wait_for_everyone()
 
     return save
@@ -400,13 +403,15 @@ def close_run(run: OpenRun, config: TrainConfig, module: nn.Module, *, steps: in
               extra_modules: Callable[[nn.Module], list[nn.Module]] = lambda unwrapped: []) -> "TrainResult":
     """The shared end of every trainer: save the final model (LoRA merged) and ``result.json`` on
     the main process, drop the checkpoints, and return the stored result on every process."""
-    from bench.train.policy import save_final
+    from bench.train.policy import full_states, save_final
 
     accelerator = run.accelerator
+    unwrapped = accelerator.unwrap_model(module)
+    extras = extra_modules(unwrapped)
+    states = full_states(accelerator, module, [unwrapped.policy, *extras])  # FSDP: every process gathers
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(module)
-        model_path = save_final(unwrapped.policy, run.tokenizer, extra_modules(unwrapped), run.output_dir,
-                                config.lora is not None, config)
+        model_path = save_final(unwrapped.policy, run.tokenizer, extras, run.output_dir,
+                                config.lora is not None, config, states=states)
         result = TrainResult(
             output_dir=str(run.output_dir), model_path=str(model_path), steps=steps,
             final_loss=float(last.get("loss", float("nan"))), metrics=last, data=data_report,

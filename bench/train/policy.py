@@ -75,6 +75,33 @@ class FrozenReference:
                 self.model.train(was_training)
 
 
+class PolicyModule(nn.Module):
+    """Base of the modules a trainer hands to ``accelerator.prepare`` (``self.policy`` + method modules).
+
+    accelerate's FSDP preparation asks the prepared module what only the policy knows: the transformer
+    block classes to shard one by one (``_no_split_modules``, for ``TRANSFORMER_BASED_WRAP``), the
+    embeddings (their own FSDP unit) and ``tie_weights``, which re-ties the input and output embeddings
+    after it loads the weights into the sharded model (``fsdp_cpu_ram_efficient_loading``). Without it a
+    tied ``lm_head`` silently became a separate parameter that no optimizer trains."""
+
+    policy: nn.Module
+
+    @property
+    def _no_split_modules(self):
+        return getattr(self.policy, "_no_split_modules", None)
+
+    def get_input_embeddings(self):
+        return self.policy.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.policy.get_output_embeddings()
+
+    def tie_weights(self, *args, **kwargs):
+        tie = getattr(self.policy, "tie_weights", None)
+        if tie is not None:
+            tie(*args, **kwargs)
+
+
 class _nullcontext:
     def __enter__(self):
         return None
@@ -88,10 +115,41 @@ def model_shape(policy: nn.Module) -> tuple[int, int]:
     return int(config.hidden_size), int(config.num_hidden_layers)
 
 
+def full_states(accelerator, module: nn.Module, parts: list[nn.Module]) -> list[dict[str, torch.Tensor]] | None:
+    """Under FSDP the parameters of the prepared ``module`` are shards (DTensors) that no process can save as
+    they are: gather its full state dict onto the main process (CPU) and split it into the state dicts of
+    ``parts`` (submodules of the unwrapped module), keyed as each part's own ``state_dict()`` would be.
+
+    A collective under FSDP: every process must call it. Returns None on the other processes, and
+    everywhere without FSDP (DDP or one process: the unwrapped parts hold whole tensors)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    full = accelerator.get_state_dict(module)  # FSDP2: full_state_dict + cpu_offload, on the main process only
+    if not accelerator.is_main_process:
+        return None
+    unwrapped = accelerator.unwrap_model(module)
+    seen: dict[int, str] = {}
+    for key, value in unwrapped.state_dict(keep_vars=True).items():
+        if key in full:  # tied weights (embeddings / lm_head) stay one tensor, saved once as without FSDP
+            full[key] = full[seen.setdefault(id(value), key)]
+    names = {id(m): name for name, m in unwrapped.named_modules()}
+    states = []
+    for part in parts:
+        prefix = names[id(part)] + "."
+        states.append({key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix)})
+    return states
+
+
 def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], output_dir: Path,
-               lora: bool, config: TrainConfig | None = None, name: str = "model") -> Path:
+               lora: bool, config: TrainConfig | None = None, name: str = "model",
+               states: list[dict[str, torch.Tensor]] | None = None) -> Path:
     """Write ``<output_dir>/<name>`` (default ``model``) atomically: full safetensors weights (LoRA merged) + tokenizer,
     and ``method_modules.pt`` with the method's trainable extras (SparsePO mask heads).
+
+    ``states``: the full state dicts of ``[policy, *extra_modules]`` when the modules themselves hold
+    shards (FSDP, from :func:`full_states`); their tensors are saved instead of the modules' own.
 
     A LoRA policy trained over a bf16 base is merged into the fp32 base weights: merging a small
     adapter delta into bf16 weights would round most of it away, and the saved policy would also
@@ -100,13 +158,15 @@ def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], out
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        to_save = policy
+        policy_state, extra_states = (states[0], states[1:]) if states is not None else (None, None)
         if lora:
-            to_save = merged_fp32(policy, config)
-        to_save.save_pretrained(tmp, safe_serialization=True)
+            merged_fp32(policy, config, policy_state).save_pretrained(tmp, safe_serialization=True)
+        else:
+            policy.save_pretrained(tmp, safe_serialization=True, state_dict=policy_state)
         tokenizer.save_pretrained(tmp)
         if extra_modules:
-            torch.save([m.state_dict() for m in extra_modules], tmp / "method_modules.pt")
+            torch.save(extra_states if extra_states is not None else [m.state_dict() for m in extra_modules],
+                       tmp / "method_modules.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:
@@ -114,14 +174,16 @@ def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], out
     return final
 
 
-def merged_fp32(policy: nn.Module, config: TrainConfig | None) -> nn.Module:
-    """The LoRA policy with its adapters merged into float32 base weights."""
+def merged_fp32(policy: nn.Module, config: TrainConfig | None,
+                state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The LoRA policy with its adapters merged into float32 base weights. ``state``: the policy's full
+    state dict when the policy itself holds shards (FSDP); the adapters are then taken from it."""
     base_is_fp32 = all(p.dtype == torch.float32 for p in policy.base_model.model.parameters())
-    if base_is_fp32 or config is None:
+    if state is None and (base_is_fp32 or config is None):
         return copy.deepcopy(policy).merge_and_unload().float()
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     base, _ = load_model(resolve_model(config.model).path, dtype=torch.float32)
     fresh = get_peft_model(base, lora_config(config))
-    set_peft_model_state_dict(fresh, get_peft_model_state_dict(policy))
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(policy, state_dict=state))
     return fresh.merge_and_unload()

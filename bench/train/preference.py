@@ -32,7 +32,7 @@ from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerpr
 from bench.train.data import Batch, Tokenized, collate, tokenize_rows
 from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, close_run, open_run, policy_saver,
                                 run_loop, say)
-from bench.train.policy import FrozenReference, model_shape
+from bench.train.policy import FrozenReference, PolicyModule, model_shape
 
 ONLINE_REFERENCE_NEEDS = frozenset({"fkl", "rkl", "ref_hidden"})
 WEIGHT_KEYS = ("weights_chosen", "weights_rejected")
@@ -183,7 +183,7 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
 
 
 # --------------------------------------------------------------------------- the trainable module
-class PreferenceModule(nn.Module):
+class PreferenceModule(PolicyModule):
     """Policy + method (whose ``modules()`` are trainable extras); ``forward`` returns the loss.
 
     Everything trainable runs inside this forward so DDP/FSDP see one module.

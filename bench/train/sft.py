@@ -13,10 +13,11 @@ from torch import nn
 from bench.train.config import SFTConfig
 from bench.train.data import Batch, tokenize_rows
 from bench.train.engine import StepOutput, TrainResult, autocast, close_run, open_run, run_loop, say
+from bench.train.policy import PolicyModule
 from bench.train.preference import completion_forward, completion_window, flat_token_stats, window
 
 
-class SFTModule(nn.Module):
+class SFTModule(PolicyModule):
     def __init__(self, policy: nn.Module, config: SFTConfig) -> None:
         super().__init__()
         self.policy = policy

@@ -48,12 +48,12 @@ def worker(tmp_path, monkeypatch, tmp_path_factory):
     return path, env
 
 
-def run(cmd, env, check=True):
+def run(cmd, env, check=True, timeout=240):
     # own session, so a hung launcher and its workers can be killed together
     popen = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
     try:
-        stdout, stderr = popen.communicate(timeout=240)
+        stdout, stderr = popen.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(popen.pid, signal.SIGKILL)
         stdout, stderr = popen.communicate()
