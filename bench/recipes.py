@@ -197,7 +197,7 @@ def render(paths: list[Path] | None = None) -> str:
     """The generated block: one table per paper suite (sorted by file name)."""
     from bench.config import load_suite
 
-    paths = sorted(paths if paths is not None else PAPER_CONFIGS.glob("*.yaml"))
+    paths = sorted(Path(p).resolve() for p in (paths if paths is not None else PAPER_CONFIGS.glob("*.yaml")))
     parts = [render_suite(path, load_suite(path)) for path in paths]
     return "\n".join(parts).rstrip() + "\n"
 
