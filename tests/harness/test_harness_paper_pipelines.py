@@ -53,7 +53,7 @@ def records(work: Path, stage: str) -> list[dict]:
 @pytest.mark.parametrize("path", PAPER_SUITES, ids=[p.stem for p in PAPER_SUITES])
 def test_paper_suite_runs_end_to_end_at_tiny_scale(path, tmp_path, capsys):
     overrides = tiny_overrides(path)
-    if load_suite(path).tasks == ["mbpp"]:  # a random model never writes a program that runs: see the fixture
+    if load_suite(path).tasks == ["mbpp"]:  # sampled programs that pass, not only the reference fallback
         overrides.append(f"models.0.id={python_token_model(tmp_path / 'python-token-model')}")
     work, results = tmp_path / "work", tmp_path / "results"
     started, cpu = time.perf_counter(), time.process_time()
@@ -84,6 +84,8 @@ def test_paper_suite_runs_end_to_end_at_tiny_scale(path, tmp_path, capsys):
         recipe = next((s.train for s in suite.method_specs if s.name == record["method"]), suite.train)
         assert config.get("optimizer", "adamw") == recipe.optimizer
         assert (config["lr_schedule"], config["max_grad_norm"]) == (recipe.lr_schedule, recipe.max_grad_norm)
+    if suite.tasks == ["mbpp"]:  # sampled programs passed the sandbox's tests, not only reference solutions
+        assert any(p["meta"].get("chosen_source") == "sample" for p in pairs)
     if suite.prefdata.pairs == "all":  # several pairs per prompt, ids <prompt>/<chosen>><rejected>
         assert all(">" in p["id"] for p in pairs)
     if suite.eval_tasks:  # the lm-eval metrics are columns of every row
