@@ -423,7 +423,11 @@ def rescore_records(results_dir: Path, judge: str, out_dir: Path) -> tuple[dict[
         directions = {**old.get("directions", {}), **{m.name: m.higher_is_better for m in task.metrics}}
         directions.setdefault("kl", False)
         run["scores"] = {**old, "metrics": metrics, "per_sample": per_sample, "directions": directions,
-                         "task_record": {**task.record(), "rescored_from": str(results_dir)}}
+                         # the samples' data source is the stored run's (re-judging reads no data)
+                         "task_record": {**task.record(), "rescored_from": str(results_dir),
+                                         **({"data_source": (old.get("task_record") or {}).get("data_source")}
+                                            if (old.get("task_record") or {}).get("data_source")
+                                            and not task.record().get("data_source") else {})}}
     board = leaderboard_from_runs(rescored_suite, runs)
     write_run_records(runs, out_dir, board["manifest"])
     return board, runs
