@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench.commands._suite_args import add_suite_arguments, suite_command
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="performance benchmarks (print and write results/perf/*.json)",
@@ -24,8 +26,6 @@ def register(subparsers) -> None:
     train.add_argument("--out", default="results/perf", help="output folder")
     train.set_defaults(func=run)
 
-    from bench.commands._suite_args import add_suite_arguments
-
     suite = targets.add_parser(
         "suite", help="a suite's time and peak memory per stage kind",
         description="Run SUITE (finished stages are cached as with `pobench run`), then report from the stage "
@@ -40,17 +40,12 @@ def register(subparsers) -> None:
     suite.set_defaults(func=run_suite_profile)
 
 
-def run_suite_profile(args) -> int:
-    from bench.commands._suite_args import config_error, suite_from_args
-    from bench.config import ConfigError
+@suite_command
+def run_suite_profile(args, suite) -> int:
     from bench.perf_suite import format_profile, profile_suite
     from bench.stages import ensure_threads
     from bench.store import atomic_write_text
 
-    try:
-        suite = suite_from_args(args)
-    except ConfigError as exc:
-        return config_error(exc)
     ensure_threads()
     report = profile_suite(suite, run=not args.no_run, mode="plain")
     out = Path(args.out) / f"suite-{suite.name}.json"

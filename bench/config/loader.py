@@ -240,16 +240,26 @@ def validate(data: dict[str, Any], source: str = "<dict>", check_registries: boo
     return suite
 
 
+def _registered_task_class(name: str, where: str, available: list[str]):
+    """The class of task ``name`` (None when it cannot be loaded now: an unloadable task names itself
+    when a stage uses it); a ConfigError at ``where`` when no such task is registered."""
+    import tasks as tasks_registry
+
+    if name not in available:
+        raise ConfigError(f"{where}: unknown task {name!r}; available: {available}")
+    try:
+        return tasks_registry.task_class(name)
+    except Exception:
+        return None
+
+
 def _check_tasks(names: list[str]) -> None:
     import tasks as tasks_registry
 
     available = list(tasks_registry.available())
     for i, name in enumerate(names):
-        if name not in available:
-            raise ConfigError(f"tasks[{i}]: unknown task {name!r}; available: {available}")
-        try:
-            cls = tasks_registry.task_class(name)
-        except Exception:  # an unloadable task names itself when a stage uses it
+        cls = _registered_task_class(name, f"tasks[{i}]", available)
+        if cls is None:
             continue
         if getattr(cls, "evaluation", "samples") != "samples" or getattr(cls, "preference_mode", "") == "none":
             hint = (f"list it under `eval_tasks: [{name}]` to evaluate every trained policy and the reference, "
@@ -328,11 +338,8 @@ def _check_transfer_tasks(suite: SuiteConfig, check_registry: bool) -> None:
             raise ConfigError(f"{where}: {name!r} is the training task; its rows are there already")
         if available is None:
             continue
-        if name not in available:
-            raise ConfigError(f"{where}: unknown task {name!r}; available: {available}")
-        try:
-            cls = tasks_registry.task_class(name)
-        except Exception:  # an unloadable task names itself when a stage uses it
+        cls = _registered_task_class(name, where, available)
+        if cls is None:
             continue
         if getattr(cls, "evaluation", "samples") != "samples":
             raise ConfigError(f"{where}: task {name!r} evaluates checkpoints (evaluation="

@@ -11,7 +11,6 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,54 +18,35 @@ import torch
 import yaml
 
 from bench.cli import main
+from tests.fixtures.tasks_support import RESPONSE, LoopbackChatServer
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-RESPONSES = re.compile(r"\[Response A\]\n(.*?)\n\n\[Response B\]\n(.*?)\n\nWhich response", re.S)
 
 
-class TinyModelServer:
+class TinyModelServer(LoopbackChatServer):
     """``POST /v1/chat/completions`` answered by the tiny random Llama (greedy, ``max_tokens`` new tokens) on the
     system and user messages joined as plain text (its GPT-2 tokenizer has no chat template). Every request's
     (first response, second response, reply) goes to ``log``."""
 
+    finish_reason = "length"
+
     def __init__(self) -> None:
         from bench.models import tiny_model
 
+        super().__init__()
         self.model, self.tokenizer = tiny_model(0)
         self.model.eval()
         self.log: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                if self.path != "/v1/chat/completions":
-                    self.send_error(404)
-                    return
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text = "\n\n".join(m["content"] for m in body["messages"])
-                reply = server.complete(text, int(body.get("max_tokens") or 8))
-                first, second = RESPONSES.search(body["messages"][-1]["content"]).groups()
-                with server.lock:
-                    server.log.append((first, second, reply))
-                payload = json.dumps({
-                    "id": "cmpl-tiny", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "length",
-                                 "message": {"role": "assistant", "content": reply}}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+    def reply(self, body: dict) -> str:
+        text = "\n\n".join(m["content"] for m in body["messages"])
+        reply = self.complete(text, int(body.get("max_tokens") or 8))
+        first, second = RESPONSE.search(body["messages"][-1]["content"]).groups()
+        with self.lock:
+            self.log.append((first, second, reply))
+        return reply
 
     def complete(self, text: str, max_tokens: int) -> str:
         ids = self.tokenizer(text, return_tensors="pt").input_ids[:, -400:]  # the model's 512 positions
@@ -74,14 +54,6 @@ class TinyModelServer:
             out = self.model.generate(ids, do_sample=False, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
                                       pad_token_id=self.tokenizer.pad_token_id)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-    def __enter__(self) -> "TinyModelServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def verdict(reply: str) -> str | None:
