@@ -92,12 +92,21 @@ class LossOutput:
 class Hyperparameter:
     """``omit_at_default``: the hyperparameter was added after results were recorded; while it holds its
     default it is left out of :meth:`Method.hparams` (what keys training runs and caches), so runs
-    that do not set it keep their keys."""
+    that do not set it keep their keys. ``earlier_default``: the default was flipped after results were
+    recorded, and those results had this value without naming it; it is left out of ``hparams()`` at
+    that value instead, so the new default is keyed (never served from the earlier cache) and a config
+    that pins the earlier value keeps its earlier keys."""
 
     default: Any
     help: str
     choices: tuple | None = None
     omit_at_default: bool = False
+    earlier_default: Any = None
+
+    def left_out_of_keys(self, value: Any) -> bool:
+        if self.earlier_default is not None:
+            return value == self.earlier_default
+        return self.omit_at_default and value == self.default
 
 
 class Method(nn.Module):
@@ -198,9 +207,10 @@ class Method(nn.Module):
 
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters that identify this instance (what keys its training runs): every one,
-        except those declared ``omit_at_default`` while they hold their default."""
+        except those added or flipped later while they hold the value earlier results had
+        (:class:`Hyperparameter`)."""
         return {k: getattr(self, k) for k, spec in self.hyperparameters.items()
-                if not (spec.omit_at_default and getattr(self, k) == spec.default)}
+                if not spec.left_out_of_keys(getattr(self, k))}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())

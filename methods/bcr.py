@@ -36,7 +36,9 @@ class BCR(Method):
     hyperparameters = {
         "beta": Hyperparameter(0.1, "inverse temperature of the implicit reward"),
         "lam": Hyperparameter(1.0, "weight of the over-budget likelihood-drop penalty"),
-        "delta": Hyperparameter(0.0, "budget: allowed drop of log pi(y_w) below the reference (nats)"),
+        # non-zero by default: a bounded free drop is BCR's point (delta = 0 is the likelihood hinge the
+        # paper argues against); 1 nat of the summed log-likelihood is pobench's choice, no paper value read
+        "delta": Hyperparameter(1.0, "budget: allowed drop of log pi(y_w) below the reference (nats)"),
         "normalize": Hyperparameter("sum", "measure the drop as a token sum or a per-token mean", ("sum", "mean")),
         "placement": Hyperparameter("additive", "add the penalty to the loss or inside the sigmoid",
                                     ("additive", "inside_sigmoid")),

@@ -10,10 +10,10 @@ With all masks = 1 this is exactly TDPO1. Because the masks depend only on the r
 precomputed once per dataset (the ``masks`` field) from forward hooks on the reference model.
 
 ``activation_grouping`` says which activations are averaged (``methods.activations``):
-``seven_hook_types`` (default, pobench's first reading: MLP block output, attention q, k, v and output
-projections, residual stream, logits, each its own type) or ``official_four_types`` (the official
-code: MLP post-activation; attention q, k, v incl. rotary and the value output; residual-stream
-points; logits - four types of equal weight).
+``official_four_types`` (default, the official code: MLP post-activation; attention q, k, v incl.
+rotary and the value output; residual-stream points; logits - four types of equal weight) or
+``seven_hook_types`` (pobench's first reading: MLP block output, attention q, k, v and output
+projections, residual stream, logits, each its own type, so attention got 4/7 of the weight).
 """
 from __future__ import annotations
 
@@ -83,10 +83,12 @@ class SparsePOMaPO(Method):
     arxiv = "2410.05102"
     hyperparameters = {
         "beta": Hyperparameter(0.1, "inverse temperature of the implicit reward"),
+        # official default since issue 12: keyed, so results cached under the earlier seven-type default
+        # are never taken for it; seven_hook_types, pinned, keeps the earlier keys
         "activation_grouping": Hyperparameter(
-            "seven_hook_types", "which reference activations make the masks: seven_hook_types (pobench's "
-            "first reading) or official_four_types (the official code's four types)",
-            tuple(ACTIVATION_LAYOUTS), omit_at_default=True),
+            "official_four_types", "which reference activations make the masks: official_four_types (the "
+            "official code's four types, equal weight) or seven_hook_types (pobench's first reading)",
+            tuple(ACTIVATION_LAYOUTS), earlier_default="seven_hook_types"),
     }
     needs = frozenset({"fkl", "masks"})
     logistic_antisymmetric = True

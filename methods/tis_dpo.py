@@ -17,12 +17,12 @@ response is mapped into [0.7, 1.3] by rank (``rank``, what the official README r
 and linear scale (``clip``); the paper's own form k * exp(mu * clamp(raw, L, U)) is ``exp``.
 The EOS token gets weight 0.
 
-Two details of the official transforms are options (the defaults are this module's first reading,
-kept so committed results keep their meaning; :data:`OFFICIAL_TRANSFORM_OPTIONS` holds the official
-values, which ``preparation.tis_weights.official_transform: true`` applies):
+Two details of the official transforms are options of the functions below, whose own defaults are
+pobench's first reading; the suite's ``preparation.tis_weights.official_transform`` (default true)
+applies the official values, :data:`OFFICIAL_TRANSFORM_OPTIONS`:
 ``rank``: the official code rounds the scores to 2 decimals and breaks ties by position
-(``decimals=2, ties="position"``; default: no rounding, tied tokens share their average rank);
-``clip``: the official code clips at +-1.5 nats (``clip_low=-1.5, clip_high=1.5``; default +-1).
+(``decimals=2, ties="position"``; first reading: no rounding, tied tokens share their average rank);
+``clip``: the official code clips at +-1.5 nats (``clip_low=-1.5, clip_high=1.5``; first reading +-1).
 """
 from __future__ import annotations
 

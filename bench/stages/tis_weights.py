@@ -36,10 +36,12 @@ class TISWeightOptions(Schema):
     transform_options: dict[str, Any] = Field(default_factory=dict, description="e.g. {low: 0.7, high: 1.3}; "
                                               "rank: decimals, ties (average | position); clip: clip_low, "
                                               "clip_high")
+    # Default flipped to the official details (issue 12): true is keyed, so results cached under the
+    # earlier default (no rounding, averaged ties, clip +-1) are never reused; false keeps earlier keys.
     official_transform: bool = added_field(
-        False, description="the official code's transform details under transform_options: rank - scores "
-        "rounded to 2 decimals, ties broken by position; clip - clipped at +-1.5 (default off: no rounding, "
-        "tied ranks averaged, clip at +-1)")
+        True, earlier=False, description="the official code's transform details under transform_options: rank - scores "
+        "rounded to 2 decimals, ties broken by position; clip - clipped at +-1.5 (false: pobench's first "
+        "reading - no rounding, tied ranks averaged, clip at +-1)")
 
     def effective_transform_options(self) -> dict[str, Any]:
         """``transform_options`` over the official code's values when ``official_transform`` is set."""

@@ -22,21 +22,26 @@ class TrainConfigError(ValueError):
     """A training configuration field is invalid; the message names the field."""
 
 
-#: marks a field declared with :func:`added_field`
+#: marks a field declared with :func:`added_field`; ``EARLIER`` holds the value it is left out at
 OMIT_AT_DEFAULT = "omit_at_default"
+EARLIER = "earlier"
+_DEFAULT = object()
 
 
-def added_field(default: Any, **kwargs: Any) -> Any:
-    """A field added after results were recorded: while it holds ``default`` it is left out of every
-    dump (``model_dump``, hence run fingerprints, stage keys and the suite hash), so a config that
-    does not set it keeps the keys, and so the cached and committed results, it had before the field
-    existed. Set to another value, it is dumped and keyed like any field."""
-    return Field(default, json_schema_extra={OMIT_AT_DEFAULT: True}, **kwargs)
+def added_field(default: Any, *, earlier: Any = _DEFAULT, **kwargs: Any) -> Any:
+    """A field added after results were recorded: while it holds the value every earlier result had
+    (``earlier``, by default ``default``) it is left out of every dump (``model_dump``, hence run
+    fingerprints, stage keys and the suite hash), so a config that does not set it keeps the keys, and
+    so the cached and committed results, it had before the field existed. Any other value is dumped and
+    keyed like any field. A default flipped later (``earlier`` != ``default``) is therefore keyed, while
+    a config that pins the earlier value keeps its earlier keys."""
+    marker = {OMIT_AT_DEFAULT: True} if earlier is _DEFAULT else {OMIT_AT_DEFAULT: True, EARLIER: earlier}
+    return Field(default, json_schema_extra=marker, **kwargs)
 
 
 class Schema(BaseModel):
     """Base of every config model: unknown fields are errors and assignments are validated; fields
-    declared with :func:`added_field` are dumped only when they differ from their default."""
+    declared with :func:`added_field` are dumped only when they differ from their earlier value."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -46,8 +51,8 @@ class Schema(BaseModel):
         if isinstance(data, dict):
             for name, info in type(self).model_fields.items():
                 extra = info.json_schema_extra
-                if (isinstance(extra, dict) and extra.get(OMIT_AT_DEFAULT) and name in data
-                        and getattr(self, name) == info.default):
+                if isinstance(extra, dict) and extra.get(OMIT_AT_DEFAULT) and name in data \
+                        and getattr(self, name) == extra.get(EARLIER, info.default):
                     del data[name]
         return data
 

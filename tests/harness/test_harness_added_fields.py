@@ -2,7 +2,9 @@
 SimPO's ``sft_weight`` or MaPO's ``activation_grouping``, TIS-DPO's ``official_transform``) leave the keys of
 configs that do not set them exactly as they were, so cached and committed results stay valid.
 
-The hashes below were computed from the shipped suites before these options existed."""
+The hashes below were computed from the shipped suites before these options existed. Three defaults were
+then flipped on purpose to the official code's (BCR's budget delta, MaPO's activation grouping, TIS-DPO's
+official transform): those must re-key, so no result computed under the earlier default is reused."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +24,9 @@ SECTIONS = {"default": ("ee99e0c34cc58460", "194870b3358d856b"),
             "baselines": ("ee99e0c34cc58460", "194870b3358d856b")}
 # method -> hash of its full hyperparameters (defaults filled in) at the suites' points
 HPARAMS = {"dpo": "d2a04f85cbe94d62", "tdpo2": "821ebd08f953e483", "tis_dpo": "a39b24231105ff60",
-           "bcr": "4602aa75ec7a8bfa", "sparsepo_mapo": "d2a04f85cbe94d62", "sparsepo": "ac884cafbcfc34b0",
-           "cdpo": "2bab15e98fa8c569", "dpop": "5298aa9852407c78"}
+           "sparsepo": "ac884cafbcfc34b0", "cdpo": "2bab15e98fa8c569", "dpop": "5298aa9852407c78"}
+# the same hashes of the methods whose defaults were flipped to the official code's (issue 12)
+FLIPPED = {"bcr": "4602aa75ec7a8bfa", "sparsepo_mapo": "d2a04f85cbe94d62"}
 
 
 @pytest.mark.parametrize("name", sorted(SECTIONS))
@@ -36,6 +39,25 @@ def test_shipped_suites_keep_their_train_and_prefdata_keys(name):
     for spec in suite.method_specs:
         if spec.name in HPARAMS:
             assert stable_hash(full_hparams(spec.name, {})) == HPARAMS[spec.name], spec.name
+
+
+@pytest.mark.parametrize("name", sorted(FLIPPED))
+def test_flipped_defaults_rekey_the_method(name):
+    assert stable_hash(full_hparams(name, {})) != FLIPPED[name]
+
+
+def test_the_official_tis_transform_rekeys_the_preparation():
+    from bench.stages.tis_weights import TISWeightOptions
+
+    # before the flip the default options dumped without the field; the same dump must not come back
+    assert "official_transform" in plain(TISWeightOptions())
+    assert plain(TISWeightOptions()) != plain(TISWeightOptions(official_transform=False))
+
+
+@pytest.mark.parametrize("name, pinned", [("bcr", {"delta": 0.0}),
+                                          ("sparsepo_mapo", {"activation_grouping": "seven_hook_types"})])
+def test_pinning_the_earlier_default_keeps_the_earlier_key(name, pinned):
+    assert stable_hash(full_hparams(name, pinned)) == FLIPPED[name]
 
 
 def test_a_trainer_config_at_its_defaults_keeps_its_fingerprint():

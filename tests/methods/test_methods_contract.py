@@ -45,8 +45,8 @@ def test_defaults_are_the_documented_ones():
     expected = {
         "dpo": {"beta": 0.1}, "tdpo1": {"beta": 0.1}, "tdpo2": {"beta": 0.1, "alpha": 0.5},
         "tis_dpo": {"beta": 0.1, "alpha": 0.5, "token_level": False},
-        "bcr": {"beta": 0.1, "lam": 1.0, "delta": 0.0, "normalize": "sum", "placement": "additive"},
-        "sparsepo_mapo": {"beta": 0.1}, "sparsepo": {"beta": 0.1, "mode": "common", "l1_u": 0.0, "l1_d": 0.0},
+        "bcr": {"beta": 0.1, "lam": 1.0, "delta": 1.0, "normalize": "sum", "placement": "additive"},
+        "sparsepo_mapo": {"beta": 0.1, "activation_grouping": "official_four_types"}, "sparsepo": {"beta": 0.1, "mode": "common", "l1_u": 0.0, "l1_d": 0.0},
         "ipo": {"beta": 0.1}, "simpo": {"beta": 2.0, "gamma": 0.5}, "cdpo": {"beta": 0.1, "label_smoothing": 0.1},
         "dpop": {"beta": 0.1, "lam": 50.0},
     }

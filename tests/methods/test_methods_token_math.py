@@ -190,15 +190,18 @@ def test_official_four_types_record_mlp_post_activation_attention_residual_and_l
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-def test_mapo_activation_grouping_is_an_option_off_by_default():
+def test_mapo_uses_the_official_four_types_by_default_and_keys_the_grouping():
     import methods
     from methods.activations import OFFICIAL_FOUR_TYPES, SEVEN_HOOK_TYPES
 
     default = methods.get("sparsepo_mapo")
-    assert default.activation_points() == SEVEN_HOOK_TYPES and default.hparams() == {"beta": 0.1}
-    official = methods.get("sparsepo_mapo", activation_grouping="official_four_types")
-    assert official.activation_points() == OFFICIAL_FOUR_TYPES
-    assert official.hparams() == {"beta": 0.1, "activation_grouping": "official_four_types"}
+    assert default.activation_points() == OFFICIAL_FOUR_TYPES
+    # always keyed: the earlier default ({"beta": 0.1} alone) must never match the new default's key
+    assert default.hparams() == {"beta": 0.1, "activation_grouping": "official_four_types"}
+    first_reading = methods.get("sparsepo_mapo", activation_grouping="seven_hook_types")
+    assert first_reading.activation_points() == SEVEN_HOOK_TYPES
+    # pinned, the earlier default keeps the earlier key
+    assert first_reading.hparams() == {"beta": 0.1}
     with pytest.raises(methods.MethodError, match="activation_grouping='four' is not one of"):
         methods.get("sparsepo_mapo", activation_grouping="four")
 
@@ -269,17 +272,18 @@ def test_clip_weights_at_the_official_bound_by_hand():
     assert clip_weights(raw, mask)[0].tolist() == pytest.approx([0.7, 0.7, 1.0, 1.225, 1.3])
 
 
-def test_official_transform_option_fills_in_the_official_details():
+def test_official_transform_is_the_default_and_fills_in_the_official_details():
     from bench.stages.tis_weights import TISWeightOptions
 
-    assert TISWeightOptions().effective_transform_options() == {}
-    assert TISWeightOptions(official_transform=True).effective_transform_options() == {"decimals": 2,
-                                                                                      "ties": "position"}
-    clip = TISWeightOptions(transform="clip", official_transform=True, transform_options={"low": 0.5})
+    # the official details are the default; pobench's first reading is official_transform: false
+    assert TISWeightOptions().effective_transform_options() == {"decimals": 2, "ties": "position"}
+    assert TISWeightOptions(official_transform=False).effective_transform_options() == {}
+    clip = TISWeightOptions(transform="clip", transform_options={"low": 0.5})
     assert clip.effective_transform_options() == {"clip_low": -1.5, "clip_high": 1.5, "low": 0.5}
-    # off by default and then absent from the options that key the preparation stage
-    assert "official_transform" not in TISWeightOptions().model_dump()
-    assert TISWeightOptions(official_transform=True).model_dump()["official_transform"] is True
+    # the new default is keyed, so a preparation cached under the earlier default (dumped without the
+    # field) never matches it; the earlier value, pinned, dumps as before
+    assert TISWeightOptions().model_dump()["official_transform"] is True
+    assert "official_transform" not in TISWeightOptions(official_transform=False).model_dump()
 
 
 def test_clip_and_exp_weights_by_hand():
