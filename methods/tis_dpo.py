@@ -37,7 +37,7 @@ WEIGHT_RANGE = (0.7, 1.3)
 #: the official code's transform details (the defaults of the functions below differ, see the docstring)
 OFFICIAL_TRANSFORM_OPTIONS = {"rank": {"decimals": 2, "ties": "position"},
                               "clip": {"clip_low": -1.5, "clip_high": 1.5},
-                              "exp": {}}
+                              "exp": {}, "uniform": {}}
 TIE_RULES = ("average", "position")
 
 
@@ -103,7 +103,14 @@ def exp_weights(raw: Tensor, mask: Tensor, eos_mask: Tensor | None = None, k: fl
     return torch.where(valid, k * torch.exp(mu * raw.clamp(clip_low, clip_high)), torch.zeros_like(raw))
 
 
-TRANSFORMS = {"rank": rank_weights, "clip": clip_weights, "exp": exp_weights}
+def uniform_weights(raw: Tensor, mask: Tensor, eos_mask: Tensor | None = None) -> Tensor:
+    """Weight 1 on every completion token, EOS included: TIS-DPO is then DPO exactly. The pipeline
+    check (tests/harness/test_harness_tis_check.py): any difference from DPO's run is plumbing, not
+    the method (weights misaligned to tokens, pairs reordered, a token left out)."""
+    return (mask > 0).to(raw.dtype)
+
+
+TRANSFORMS = {"rank": rank_weights, "clip": clip_weights, "exp": exp_weights, "uniform": uniform_weights}
 
 
 def token_weights(logps_plus: Tensor, logps_minus: Tensor, mask: Tensor, *, rejected: bool,

@@ -32,7 +32,9 @@ class TISWeightOptions(Schema):
         "dpo_contrastive", description="DPO vs reverse-DPO models (official code) or good/bad system prompts")
     beta: float = Field(0.1, gt=0, description="DPO beta of the contrastive pair (shared with the suite's DPO "
                         "run when equal)")
-    transform: Literal["rank", "clip", "exp"] = Field("rank", description="raw scores -> weights")
+    transform: Literal["rank", "clip", "exp", "uniform"] = Field(
+        "rank", description="raw scores -> weights (uniform: every weight 1, EOS included - TIS-DPO is then "
+        "DPO; the pipeline check)")
     transform_options: dict[str, Any] = Field(default_factory=dict, description="e.g. {low: 0.7, high: 1.3}; "
                                               "rank: decimals, ties (average | position); clip: clip_low, "
                                               "clip_high")
