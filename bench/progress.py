@@ -15,7 +15,8 @@ The ETA (:class:`WorkClock`) is the plan's work estimate (``Stage.work``: optimi
 and teacher-forced sequences, model evaluations) of the nodes still to compute, priced at the
 seconds per unit measured on this run's finished stages: the same stage's rate, else the rate of
 another stage with the same unit, else a prior (the default suite's rates on a 2-core CPU). The ETA
-says ``(prior)`` while any of it rests on a prior. Cached nodes cost nothing.
+says ``(prior)`` while more than a tenth of it rests on priors (a 2-second preparation step still
+unmeasured near the end does not make a measured ETA a guess). Cached nodes cost nothing.
 
 While a run display is active, model and dataset libraries' own progress bars (transformers'
 "Loading weights", hub downloads, datasets) are switched off; they come back afterwards.
@@ -93,18 +94,19 @@ class WorkClock:
             return sum(v[0] for v in same_unit) / sum(v[1] for v in same_unit), False
         return PRIOR_SECONDS.get(unit, PRIOR_NODE_SECONDS), True
 
-    def predict(self, key: tuple[str, str]) -> tuple[float, bool]:
-        """Seconds node ``key`` should take, and whether a prior went into it."""
-        seconds, prior = 0.0, False
+    def predict(self, key: tuple[str, str]) -> tuple[float, float]:
+        """Seconds node ``key`` should take, and how many of them are priced at a prior."""
+        seconds, prior = 0.0, 0.0
         for unit, amount in self.work[key].items():
             if amount is None:  # size unknown before its data is loaded: a node's worth of its stage
                 own = self.measured.get((key[0], NODE))
-                seconds += own[0] / own[1] if own and own[1] else PRIOR_NODE_SECONDS
-                prior = prior or not own
+                part = own[0] / own[1] if own and own[1] else PRIOR_NODE_SECONDS
+                seconds += part
+                prior += 0.0 if own else part
                 continue
             rate, is_prior = self.rate(key[0], unit)
             seconds += rate * amount
-            prior = prior or is_prior
+            prior += rate * amount if is_prior else 0.0
         return seconds, prior
 
     def observe(self, key: tuple[str, str], seconds: float) -> None:
@@ -127,17 +129,18 @@ class WorkClock:
         self.finished.add(key)
 
     def remaining(self, running: tuple[str, str] | None = None, running_for: float = 0.0) -> tuple[float, bool]:
-        """Seconds left for every node not finished (the running one less what it has run)."""
-        seconds, prior = 0.0, False
+        """Seconds left for every node not finished (the running one less what it has run), and
+        whether more than a tenth of them is priced at priors."""
+        seconds, prior = 0.0, 0.0
         for key in self.todo:
             if key in self.finished:
                 continue
             s, p = self.predict(key)
             if key == running:
-                s = max(0.0, s - running_for)
+                s, p = max(0.0, s - running_for), min(p, max(0.0, s - running_for))
             seconds += s
-            prior = prior or p
-        return seconds, prior
+            prior += p
+        return seconds, prior > 0.1 * seconds
 
     def total_units(self) -> dict[str, int | None]:
         units: dict[str, int | None] = {}

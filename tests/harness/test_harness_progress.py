@@ -13,6 +13,7 @@ import pytest
 
 from bench.config import load_suite
 from bench.plan import build_plan
+from bench.stages import stage
 from bench.progress import PRIOR_SECONDS, RunDisplay, WorkClock, choose_mode, duration, node_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +56,18 @@ def test_eta_prices_the_plans_work_at_priors_then_at_measured_rates():
     # the running node counts what it has left
     running = [k for k in clock.todo if k not in clock.finished][0]
     assert clock.remaining(running, 1.0)[0] == pytest.approx(left - 1.0)
+    # "(prior)" only while more than a tenth of the estimate rests on priors: the reference's score node
+    # (no units, 2 s at the prior) is most of what is left here ...
+    score = next(n for n in plan.nodes if n.stage == "score" and stage("score").work(n).get("kl_sequences"))
+    clock.observe(node_id(score), 1.6)
+    clock.finish(node_id(score))
+    assert clock.remaining() == (pytest.approx((48 + 16) * 0.1 + 2.0), True)
+    # ... but only a sliver once the measured rates are slow: 10 s per sampled and teacher-forced sequence
+    slow = WorkClock(plan, done=set())
+    for node, seconds in ((nodes["generate"], 160.0), (score, 160.0)):
+        slow.observe(node_id(node), seconds)
+        slow.finish(node_id(node))
+    assert slow.remaining() == (pytest.approx((48 + 16) * 10.0 + 2 * PRIOR_SECONDS["train_steps"] + 2.0), False)
 
 
 def test_cached_nodes_cost_nothing_and_unknown_sizes_are_a_node_of_their_stage(tmp_path):
