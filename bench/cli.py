@@ -5,7 +5,7 @@ override, task data that is missing offline or malformed, a model that cannot be
 disk, ...) ends with one line on stderr, ``pobench: error: <message>`` (``pobench: error in <stage>
 <label>: ...`` when a stage raised it), and exit code 2. The message names the file/line/field and
 what to do. ``--debug`` (or ``POBENCH_DEBUG=1``) shows the traceback instead. Anything else is a bug
-and keeps its traceback.
+and keeps its traceback. Ctrl-C ends with one line and exit code 130; finished stages are kept.
 
 Before a command that may reach the Hugging Face hub runs, :func:`tasks.errors.go_offline_if_unreachable`
 checks in about a second that the hub answers when no offline switch is set; when it does not, the
@@ -19,7 +19,6 @@ import importlib
 import os
 import pkgutil
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
@@ -118,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
             if note:
                 print(f"pobench: {note}", file=sys.stderr, flush=True)
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # finished stages are complete entries of the store; the interrupted one left nothing it would reuse
+        print("pobench: interrupted; finished stages are kept: run the same command again to resume",
+              file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:
         if debug or not user_error(exc):
             raise

@@ -308,12 +308,14 @@ class RunDisplay:
             self.bar.set_postfix_str(self.times(), refresh=True)
 
     def stage_failed(self, error: BaseException) -> None:
-        """The running node raised: one line naming it (also in quiet mode)."""
+        """The running node raised: one line naming it (also in quiet mode) and the error's kind; the
+        message itself is the command's last line (or its traceback), so it is not printed twice."""
         if self.running is None:
             return
         node, since = self.running
+        kind = "interrupted" if isinstance(error, KeyboardInterrupt) else type(error).__name__
         self.line(f"{self._tag(node)} failed {node.stage:<9} {node.label} after {time.monotonic() - since:.1f}s: "
-                  f"{type(error).__name__}: {error}".splitlines()[0], always=True)
+                  f"{kind}", always=True)
 
     def training(self, total: int, initial: int, desc: str) -> StepProgress:
         desc = self.running[0].label if self.running else desc

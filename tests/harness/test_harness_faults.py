@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import random
 import signal
@@ -133,7 +132,7 @@ def test_full_disk_while_a_stage_writes_says_so_and_nothing_looks_finished(capsy
     code, err = cli(capsys, work, tmp_path / "a", *MINI)
     lines = err.strip().splitlines()
     assert code == 2 and "Traceback" not in err, err[-3000:]
-    assert lines[-1].startswith(f"pobench: error in generate ") and ": disk full: no space left on the device of " \
+    assert lines[-1].startswith("pobench: error in generate ") and ": disk full: no space left on the device of " \
         f"the work dir {work}" in lines[-1] and "samples.jsonl" in lines[-1] and "--work-dir" in lines[-1]
     assert entries(work)["generate"] == [] and list((work / "generate").glob("*.partial"))
     kept = sum(len(found) for found in entries(work).values())
@@ -262,3 +261,31 @@ def test_sigkill_at_20_random_moments_then_resume_gives_the_same_leaderboard(tmp
     assert set(KINDS) <= {running for _, _, running in kills}, kills  # every stage kind was killed mid-way
     assert not list(work.glob("*/*.corrupt-*"))  # a kill never damages a finished entry
     assert_same_board(tmp_path / "ref" / "leaderboard.json", results / "leaderboard.json")
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_with_one_line_and_the_next_run_resumes(tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    args = [sys.executable, "-m", "bench.cli", "run", *MINI, "--plain", "--work-dir", str(work),
+            "--results-dir", str(results)]
+    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in proc.stderr:  # interrupt while the training stage runs, after the preference data finished
+        seen.append(line)
+        if "start  train" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest[-3000:]
+    lines = rest.splitlines()
+    assert lines[-1] == "pobench: interrupted; finished stages are kept: run the same command again to resume"
+    assert any(" failed train " in line and line.endswith(": interrupted") for line in lines), rest[-3000:]
+    assert len(entries(work)["prefdata"]) == 1 and not entries(work)["train"]
+    resumed = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(5 stages computed, 1 cached)" in resumed.stderr, resumed.stderr[-3000:]

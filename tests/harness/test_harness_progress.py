@@ -190,8 +190,11 @@ def test_quiet_prints_the_final_line_alone_and_errors(plain_run, tmp_path):
     failed = pobench("run", "smoke", "methods=dpo", "task_options.imdb.source=local", "--quiet", "--work-dir",
                      str(tmp_path / "work"), env={"POBENCH_SHARED_DATA": str(empty)})
     assert failed.returncode != 0 and failed.stdout == ""
-    assert re.search(r"^\[pobench\] \[1/\d+\] failed prefdata  prefdata imdb after \d+\.\ds: TaskError: ",
+    assert re.search(r"^\[pobench\] \[1/\d+\] failed prefdata  prefdata imdb after \d+\.\ds: TaskError$",
                      failed.stderr, re.M), failed.stderr[-2000:]
+    # the message once, on the last line
+    assert failed.stderr.count("no data available offline") == 1, failed.stderr[-2000:]
+    assert failed.stderr.splitlines()[-1].startswith("pobench: ")
 
 
 @pytest.mark.slow
