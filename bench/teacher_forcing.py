@@ -140,23 +140,47 @@ def reference_logps(reference_path: str, prompts: Sequence[str], token_ids: Sequ
     return completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)
 
 
+#: the reference's summed log-probs of held-out pairs, per (reference, dtype, prompt format, pairs): every
+#: score stage of a suite teacher-forces the same held-out pairs under the same reference, so one run
+#: computes them once (measured on the HH suite: the pair passes were ~2/3 of a ~140 s score stage).
+#: In-process only: the reference model is a finished, immutable store entry and the rows are encoded
+#: and batched identically, so a hit returns exactly what the pass would compute.
+_REFERENCE_PAIR_LOGPS: dict[tuple, list[float]] = {}
+
+
+def _pairs_key(reference_path: str, dtype: str, prompt_format: PromptFormat | None, batch_size: int,
+               pairs: Sequence[Any]) -> tuple:
+    return (str(reference_path), dtype, repr(prompt_format), batch_size,
+            tuple((p.prompt, p.chosen, p.rejected) for p in pairs))
+
+
 def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32,
                dtype: str = "float32", prompt_format: PromptFormat | None = None) -> list[Any]:
     """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps);
-    prompts encoded with ``prompt_format`` as in :func:`sequence_kl`."""
+    prompts encoded with ``prompt_format`` as in :func:`sequence_kl`. The reference's pass is done once
+    per process for the same pairs (:data:`_REFERENCE_PAIR_LOGPS`)."""
     from tasks.base import PairLogps
 
     same = policy_path == reference_path  # the reference row: its margins are 0 by construction
-    if same:
-        policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
-        reference = policy
-    else:
-        policy, reference, tokenizer = _load_pair(policy_path, reference_path, dtype)
+    key = _pairs_key(reference_path, dtype, prompt_format, batch_size, pairs)
+    lr = _REFERENCE_PAIR_LOGPS.get(key)
+    policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
     prompts = [p.prompt for p in pairs] * 2
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     rows = _encode(tokenizer, prompts, completions, prompt_format)
     lp = [sum(x) for x in completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)]
-    lr = lp if same else [sum(x) for x in completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)]
+    del policy
+    if same:
+        lr = lp
+    elif lr is None:
+        reference, ref_tokenizer = load_for_inference(reference_path, parse_dtype(dtype))
+        if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
+            raise ValueError(f"policy {policy_path} and reference {reference_path} use different tokenizers; "
+                             "KL by teacher forcing needs the same vocabulary")
+        lr = [sum(x) for x in completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)]
+    if len(_REFERENCE_PAIR_LOGPS) >= 4:  # a suite has one reference per model; keep a few
+        _REFERENCE_PAIR_LOGPS.pop(next(iter(_REFERENCE_PAIR_LOGPS)))
+    _REFERENCE_PAIR_LOGPS[key] = list(lr)
     n = len(pairs)
     return [PairLogps(pair_id=p.id or str(i), policy_chosen=lp[i], policy_rejected=lp[n + i],
                       ref_chosen=lr[i], ref_rejected=lr[n + i]) for i, p in enumerate(pairs)]

@@ -69,3 +69,33 @@ def test_peak_logits_do_not_grow_with_the_number_of_samples(tiny_dirs, monkeypat
     for a, b in zip(big[:60], single):
         assert a == pytest.approx(b, abs=1e-4)
         assert len(a) > 0
+
+
+def test_the_references_pair_logps_are_computed_once_per_process_and_equal_a_fresh_pass(tiny_dirs, monkeypatch):
+    from bench.models import tiny_model
+    from tasks.base import PreferencePair
+
+    policy, reference = tiny_dirs
+    other = tiny_model(2, save=True)
+    pairs = [PreferencePair(f"Review {i}:", " a fine film", " dull and long" * (i + 1), id=str(i)) for i in range(5)]
+    monkeypatch.setattr(teacher_forcing, "_REFERENCE_PAIR_LOGPS", {})
+    loads: list[str] = []
+    real = teacher_forcing.load_for_inference
+
+    def spy(path, *args, **kwargs):
+        loads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(teacher_forcing, "load_for_inference", spy)
+    first = teacher_forcing.pair_logps(policy, reference, pairs)
+    second = teacher_forcing.pair_logps(other, reference, pairs)
+    assert loads == [str(policy), str(reference), str(other)]  # the reference once
+    teacher_forcing._REFERENCE_PAIR_LOGPS.clear()
+    fresh = teacher_forcing.pair_logps(other, reference, pairs)
+    assert loads[3:] == [str(other), str(reference)]
+    assert [(p.ref_chosen, p.ref_rejected) for p in second] == [(p.ref_chosen, p.ref_rejected) for p in fresh]
+    assert [(p.ref_chosen, p.ref_rejected) for p in first] == [(p.ref_chosen, p.ref_rejected) for p in fresh]
+    assert [p.policy_chosen for p in first] != [p.policy_chosen for p in second]  # other policies, other values
+    # other pairs, or another prompt format, are another entry
+    teacher_forcing.pair_logps(other, reference, pairs[:3])
+    assert loads[5:] == [str(other), str(reference)]
