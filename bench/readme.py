@@ -71,6 +71,7 @@ def summary(board: dict[str, Any]) -> str:
                 lines.append(f"| {c['label']} | {c.get('baseline_label', '')} | {c['kl']:g} | {_ci(c, signed=True)} | "
                              f"{'-' if p is None else f'{p:.3g}'} | {c['verdict']} |")
             lines.append("")
+    lines.extend(paper_orderings(board))
     compute = board.get("compute") or {}
     if compute.get("stages"):
         hardware = (board.get("manifest") or {}).get("hardware") or {}
@@ -82,6 +83,51 @@ def summary(board: dict[str, Any]) -> str:
                      + (f"; largest peak resident memory of a stage {peak / 1024:.1f} GiB" if peak else "") + ".")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _mean_ci(stats: dict[str, Any]) -> str:
+    return _ci({"value": stats.get("mean"), "ci": stats.get("ci")})
+
+
+def _paper_method(label: str) -> str:
+    """``"tdpo2 (paper)"`` -> ``"tdpo2"``."""
+    return label.split(" (")[0].strip()
+
+
+def paper_orderings(board: dict[str, Any]) -> list[str]:
+    """Per task and metric with published values for two or more methods: the paper's ordering of those
+    methods beside this suite's (each method's last evaluated step, mean and CI), and whether it agrees.
+    An ordering counts as established only when the CIs of neighbouring methods do not overlap."""
+    rows = board["rows"]
+    lines: list[str] = []
+    for task in sorted({r["task"] for r in rows if r["kind"] == "paper"}):
+        paper: dict[str, dict[str, float]] = {}
+        for row in (r for r in rows if r["kind"] == "paper" and r["task"] == task):
+            for metric, stats in row["metrics"].items():
+                paper.setdefault(metric, {})[_paper_method(row["method"])] = stats["mean"]
+        last: dict[str, dict[str, Any]] = {}
+        for row in (r for r in rows if r["kind"] == "measured" and r["task"] == task):
+            if row["label"] not in last or (row.get("step") or 0) > (last[row["label"]].get("step") or 0):
+                last[row["label"]] = row
+        table = []
+        for metric, published in sorted(paper.items()):
+            methods = [m for m in published if m in last and last[m]["metrics"].get(metric, {}).get("mean") is not None]
+            if len(methods) < 2:
+                continue
+            theirs = sorted(methods, key=lambda m: -published[m])
+            ours = sorted(methods, key=lambda m: -last[m]["metrics"][metric]["mean"])
+            stats = {m: last[m]["metrics"][metric] for m in methods}
+            overlap = any(stats[a].get("ci") is None or stats[b].get("ci") is None
+                          or stats[a]["ci"][0] <= stats[b]["ci"][1] for a, b in zip(ours, ours[1:]))
+            verdict = ("yes" if theirs == ours else "no") + (
+                "; CIs overlap: not established at this scale" if overlap else "; CIs apart")
+            table.append(f"| {metric} | {' > '.join(f'{m} {published[m]:.3f}' for m in theirs)} | "
+                         f"{' > '.join(f'{m} {_mean_ci(stats[m])}' for m in ours)} | {verdict} |")
+        if table:
+            lines += [f"Published values (`paper` rows; another model and budget) against this suite's last step, "
+                      f"{task}:", "", "| metric | paper | this suite [95% CI] | same ordering? |",
+                      "|---|---|---|---|", *table, ""]
+    return lines
 
 
 def blocks(text: str) -> list[str]:

@@ -29,3 +29,22 @@ def test_update_rewrites_only_the_marked_block(tmp_path):
     assert readme.update(doc, {"s": board})
     assert doc.read_text() == f"intro\n<!-- pobench:results s -->\n{readme.summary(board)}<!-- /pobench:results -->\noutro\n"
     assert not readme.update(doc, {"s": board})  # idempotent
+
+
+def _row(kind, method, metrics, step=None, task="hh"):
+    return {"kind": kind, "task": task, "method": method, "label": method, "step": step, "metrics": metrics}
+
+
+def test_paper_orderings_compare_published_and_measured_orders_and_say_when_cis_overlap():
+    paper = [_row("paper", "dpo (paper)", {"acc": {"mean": 0.59}, "ent": {"mean": 3.2}}),
+             _row("paper", "tdpo2 (paper)", {"acc": {"mean": 0.67}, "ent": {"mean": 4.9}})]
+    measured = [_row("measured", "dpo", {"acc": {"mean": 0.40, "ci": [0.3, 0.5]}, "ent": {"mean": 2.0, "ci": [1.9, 2.1]}}, 6),
+                _row("measured", "dpo", {"acc": {"mean": 0.70, "ci": [0.65, 0.75]}, "ent": {"mean": 2.5, "ci": [2.4, 2.6]}}, 12),
+                _row("measured", "tdpo2", {"acc": {"mean": 0.60, "ci": [0.55, 0.72]}, "ent": {"mean": 3.0, "ci": [2.7, 3.3]}}, 12)]
+    lines = readme.paper_orderings({"rows": paper + measured})
+    # the last step counts: dpo@12 beats tdpo2 on accuracy (against the paper), CIs overlap; entropy agrees, CIs apart
+    assert lines[4] == ("| acc | tdpo2 0.670 > dpo 0.590 | dpo 0.700 [0.650, 0.750] > tdpo2 0.600 [0.550, 0.720] | "
+                        "no; CIs overlap: not established at this scale |")
+    assert lines[5] == ("| ent | tdpo2 4.900 > dpo 3.200 | tdpo2 3.000 [2.700, 3.300] > dpo 2.500 [2.400, 2.600] | "
+                        "yes; CIs apart |")
+    assert readme.paper_orderings({"rows": measured}) == []  # no published values, no section
