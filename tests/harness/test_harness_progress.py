@@ -193,7 +193,7 @@ def test_quiet_prints_the_final_line_alone_and_errors(plain_run, tmp_path):
     assert re.search(r"^\[pobench\] \[1/\d+\] failed prefdata  prefdata imdb after \d+\.\ds: TaskError$",
                      failed.stderr, re.M), failed.stderr[-2000:]
     # the message once, on the last line
-    assert failed.stderr.count("no data available offline") == 1, failed.stderr[-2000:]
+    assert failed.stderr.count("not found under") == 1, failed.stderr[-2000:]
     assert failed.stderr.splitlines()[-1].startswith("pobench: ")
 
 
