@@ -41,6 +41,7 @@ def summary(board: dict[str, Any]) -> str:
         if not levels:
             lines.append(f"No matched-KL comparison: {ranking.get('reason') or 'no KL levels'}.")
             lines.append("")
+            lines.extend(_raw_table(board, task))
             continue
         header = ["rank", "configuration"] + [f"{metric}@KL={k:g}" for k in levels] + [f"{metric} (last step)",
                                                                                       "KL (last step)"]
@@ -83,6 +84,29 @@ def summary(board: dict[str, Any]) -> str:
                      + (f"; largest peak resident memory of a stage {peak / 1024:.1f} GiB" if peak else "") + ".")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _raw_table(board: dict[str, Any], task: str) -> list[str]:
+    """Without KL, each configuration's metrics at its last step with CIs and the paired difference to
+    the reference (its CI says whether the row is distinguishable from the policy it started from)."""
+    names = [name for name, info in (board.get("metrics") or {}).items() if info.get("higher_is_better")
+             and any(r["task"] == task and name in r["metrics"] for r in board["rows"] if r["kind"] == "measured")]
+    last: dict[str, dict[str, Any]] = {}
+    for row in (r for r in board["rows"] if r["kind"] in ("measured", "reference") and r["task"] == task):
+        if row["label"] not in last or (row.get("step") or 0) > (last[row["label"]].get("step") or 0):
+            last[row["label"]] = row
+    if not names or not last:
+        return []
+    first = names[0]
+    order = sorted(last.values(), key=lambda r: -(r["metrics"].get(first, {}).get("mean") or 0.0))
+    header = ["configuration", *names, *[f"{n} vs reference" for n in names]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in order:
+        values = [_mean_ci(row["metrics"].get(n, {})) for n in names]
+        diffs = [_mean_ci((row.get("vs_reference") or {}).get(n, {})) if row["kind"] != "reference" else "-"
+                 for n in names]
+        lines.append("| " + " | ".join([row["label"], *values, *diffs]) + " |")
+    return lines + [""]
 
 
 def _mean_ci(stats: dict[str, Any]) -> str:

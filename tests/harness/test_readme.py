@@ -48,3 +48,19 @@ def test_paper_orderings_compare_published_and_measured_orders_and_say_when_cis_
     assert lines[5] == ("| ent | tdpo2 4.900 > dpo 3.200 | tdpo2 3.000 [2.700, 3.300] > dpo 2.500 [2.400, 2.600] | "
                         "yes; CIs apart |")
     assert readme.paper_orderings({"rows": measured}) == []  # no published values, no section
+
+
+def test_without_kl_the_block_shows_each_configurations_metrics_and_its_difference_to_the_reference():
+    rows = [dict(_row("reference", "reference", {"pass@1": {"mean": 0.1, "ci": [0.0, 0.2]}}), vs_reference=None),
+            dict(_row("measured", "dpo", {"pass@1": {"mean": 0.05, "ci": [0.0, 0.1]}}, 8), vs_reference={}),
+            dict(_row("measured", "dpo", {"pass@1": {"mean": 0.15, "ci": [0.05, 0.25]}}, 16),
+                 vs_reference={"pass@1": {"mean": 0.05, "ci": [-0.02, 0.12]}})]
+    board = {"suite": "code", "rows": rows, "frontiers": [], "contrasts": [],
+             "metrics": {"pass@1": {"higher_is_better": True}, "kl": {"higher_is_better": False}},
+             "ranking": {"hh": {"metric": "pass@1", "reason": "no KL (sampled at temperature 0.8)", "order": []}}}
+    text = readme.summary(board)
+    assert "No matched-KL comparison: no KL (sampled at temperature 0.8)." in text
+    assert "| configuration | pass@1 | pass@1 vs reference |" in text
+    # the last step, best first; the reference has no difference to itself
+    assert text.index("| dpo | 0.150 [0.050, 0.250] | 0.050 [-0.020, 0.120] |") < text.index(
+        "| reference | 0.100 [0.000, 0.200] | - |")
