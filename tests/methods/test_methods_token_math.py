@@ -190,6 +190,48 @@ def test_official_four_types_record_mlp_post_activation_attention_residual_and_l
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+def test_official_four_types_on_a_gpt_neox_record_the_same_points():
+    """GPT-NeoX (Pythia, the TDPO paper's model): fused q/k/v, parallel residual, ``embed_out``."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from methods.activations import OFFICIAL_FOUR_TYPES
+
+    config = GPTNeoXConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2)
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 5))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):  # returns None: the module's output is left as it is
+            seen[name] = args[0]
+        return hook
+
+    layer = model.gpt_neox.layers[0]
+    handles = [layer.mlp.dense_4h_to_h.register_forward_hook(keep("mlp_in")),
+               layer.attention.dense.register_forward_hook(keep("attn_dense_in"))]
+    with record_activations(model, OFFICIAL_FOUR_TYPES) as acts, torch.no_grad():
+        out = model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    assert sorted(acts) == ["attention", "logits", "mlp_post", "residual"]
+    # MLP post-activation: the input of the output projection dense_4h_to_h, [B, T, intermediate]
+    assert len(acts["mlp_post"]) == 2
+    torch.testing.assert_close(acts["mlp_post"][0], seen["mlp_in"])
+    # attention per layer: rotary q and k (the fused query_key_value has no separate q/k/v modules) and the
+    # value output (the input of attention.dense)
+    assert len(acts["attention"]) == 6 and all(t.shape == (2, 5, 16) for t in acts["attention"])
+    assert any(torch.equal(t, seen["attn_dense_in"]) for t in acts["attention"][:3])
+    # residual per layer: input, the MLP branch's layer-norm input, output; layer 0's output is layer 1's input
+    assert len(acts["residual"]) == 6
+    torch.testing.assert_close(acts["residual"][2], acts["residual"][3])
+    # logits: embed_out
+    assert len(acts["logits"]) == 1
+    torch.testing.assert_close(acts["logits"][0], out.logits)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 def test_mapo_uses_the_official_four_types_by_default_and_keys_the_grouping():
     import methods
     from methods.activations import OFFICIAL_FOUR_TYPES, SEVEN_HOOK_TYPES
