@@ -487,8 +487,8 @@ def build_leaderboard(suite_name: str, runs: list[dict[str, Any]], *, manifest: 
 # ----------------------------------------------------------------------------------------------
 # matched-KL frontiers, contrasts and ranking
 
-NO_KL = ("no per-sample KL (greedy sampling or score.kl off): matched-KL metrics need KL(policy || reference) "
-         "of each evaluated checkpoint")
+NO_KL = ("no per-sample KL (samples not drawn from the policy itself at temperature 1 and top-p 1, or score.kl "
+         "off): matched-KL metrics need KL(policy || reference) of each evaluated checkpoint")
 
 
 def _none_if_nan(value: float | None) -> float | None:

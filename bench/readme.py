@@ -34,7 +34,8 @@ def summary(board: dict[str, Any]) -> str:
         ref = reference.get(task)
         ref_value = ref["metrics"].get(metric, {}).get("mean") if ref else None
         seeds = sorted({s for r in board["rows"] if r["task"] == task for s in r.get("seeds", [])})
-        lines.append(f"**{board['suite']} / {task}** ({len(ranking.get('order', []))} configurations, seeds "
+        configurations = {r["label"] for r in board["rows"] if r["kind"] == "measured" and r["task"] == task}
+        lines.append(f"**{board['suite']} / {task}** ({len(configurations)} configurations, seeds "
                      f"{seeds}; reference {metric} {ref_value:.3f}):" if ref_value is not None else
                      f"**{board['suite']} / {task}**:")
         lines.append("")
