@@ -284,10 +284,12 @@ def test_ctrl_c_ends_with_one_line_and_the_next_run_resumes(tmp_path):
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest[-3000:]
     lines = rest.splitlines()
     assert lines[-1] == "pobench: interrupted; finished stages are kept: run the same command again to resume"
-    assert any(" failed train " in line and line.endswith(": interrupted") for line in lines), rest[-3000:]
-    assert len(entries(work)["prefdata"]) == 1 and not entries(work)["train"]
+    # the stage the signal landed in (the 2-step training, or a later stage when the test reads the log late
+    # on a loaded machine) says so; what finished before it is kept
+    assert any(" failed " in line and line.endswith(": interrupted") for line in lines), rest[-3000:]
+    assert len(entries(work)["prefdata"]) == 1
     resumed = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    finished = sum("] done   " in line for line in seen + lines)  # the stages before the training
-    assert finished >= 1
+    finished = sum("] done   " in line for line in seen + lines)  # the stages before the interrupt
+    assert 1 <= finished < 6
     assert f"({6 - finished} stages computed, {finished} cached)" in resumed.stderr, resumed.stderr[-3000:]
