@@ -270,7 +270,8 @@ def test_sigkill_at_20_random_moments_then_resume_gives_the_same_leaderboard(tmp
 @pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_and_the_next_run_resumes(tmp_path):
     work, results = tmp_path / "work", tmp_path / "results"
-    args = [sys.executable, "-m", "bench.cli", "run", *MINI, "--plain", "--work-dir", str(work),
+    # 200 optimizer steps (~40 s): the whole mini run takes 8 s otherwise and can finish before the signal lands
+    args = [sys.executable, "-m", "bench.cli", "run", *MINI, "train.steps=200", "--plain", "--work-dir", str(work),
             "--results-dir", str(results)]
     proc = subprocess.Popen(args, cwd=REPO, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     seen = []
