@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import bench.commands
+from bench import interrupts
 
 #: the project's error types a person can act on, as (module, class): looked up in ``sys.modules`` (a
 #: module that was never imported raised nothing), so reporting an error never imports torch
@@ -42,6 +43,8 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("bench.store", "StoreError"),  # a full disk (DiskFullError): the work dir or file
 )
 #: commands that never load a model or data (no hub check before them)
+# finished stages are complete entries of the store; the interrupted one left nothing it would reuse
+INTERRUPTED = "pobench: interrupted; finished stages are kept: run the same command again to resume"
 OFFLINE_COMMANDS = {"methods", "judges", "backends", "leaderboard", "check"}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("POBENCH_DEBUG", "") not in ("", "0")
     show_warning = warnings.showwarning
     warnings.showwarning = _show_warning
+    handler = interrupts.install()
     try:
         if args.command not in OFFLINE_COMMANDS:
             from tasks.errors import go_offline_if_unreachable
@@ -120,17 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        # finished stages are complete entries of the store; the interrupted one left nothing it would reuse
-        print("pobench: interrupted; finished stages are kept: run the same command again to resume",
-              file=sys.stderr, flush=True)
+        print(INTERRUPTED, file=sys.stderr, flush=True)
         return 130
     except Exception as exc:
+        if interrupts.requested(exc) and not debug:  # Ctrl-C that a library wrapped in its own error
+            print(INTERRUPTED, file=sys.stderr, flush=True)
+            return 130
         if debug or not user_error(exc):
             raise
         print(error_line(exc), file=sys.stderr, flush=True)
         return 2
     finally:
         warnings.showwarning = show_warning
+        interrupts.restore(handler)
 
 
 if __name__ == "__main__":

@@ -162,10 +162,7 @@ class InverseCDFSampler:
         logits = scores.float()
         probs = torch.softmax(logits / self.temperature, dim=-1)
         if self.top_p < 1:
-            # keep the smallest prefix of the sorted distribution whose mass reaches top_p
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
+            probs = nucleus(probs, self.top_p)
         cdf = probs.cumsum(-1)
         u = torch.rand((probs.shape[0], 1), generator=self.generator).to(cdf.device) * cdf[:, -1:]
         # right=True: the first entry whose cdf exceeds u, which always has positive probability
@@ -175,6 +172,26 @@ class InverseCDFSampler:
         # forward of the policy (the score stage then runs only the reference)
         self.logps.append((logits.gather(-1, token) - torch.logsumexp(logits, -1, keepdim=True)).squeeze(-1).cpu())
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+
+
+#: candidates per row for top-p: sorting the whole 49k vocabulary every step was 17% of CPU generation
+#: time (64 rows, SmolLM2, top_p 0.95); the nucleus is almost always inside the 1024 most likely tokens
+NUCLEUS_CANDIDATES = 1024
+
+
+def nucleus(probs: torch.Tensor, top_p: float, candidates: int = NUCLEUS_CANDIDATES) -> torch.Tensor:
+    """``probs`` [rows, vocab] with everything outside each row's nucleus set to 0: the smallest set of
+    most likely tokens whose mass reaches ``top_p`` (not renormalised). Rows whose nucleus is not
+    inside the ``candidates`` most likely tokens are sorted in full; either way the result is the
+    full sort's, since the top candidates are the sorted distribution's prefix."""
+    k = min(candidates, probs.shape[-1])
+    top, order = probs.topk(k, dim=-1)  # sorted, descending
+    cum = top.cumsum(-1)
+    out = torch.zeros_like(probs).scatter_(-1, order, top.masked_fill(cum - top >= top_p, 0.0))
+    wider = cum[:, -1] < top_p  # the nucleus reaches past the candidates
+    if k < probs.shape[-1] and bool(wider.any()):
+        out[wider] = nucleus(probs[wider], top_p, probs.shape[-1])
+    return out
 
 
 def _count_until_eos(tokens: Sequence[int], eos: Any, pad: int) -> int:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from bench import interrupts
 from bench.hashing import plain, stable_hash
 from bench.store import StageOutput
 
@@ -213,6 +214,8 @@ def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutp
                          inputs={"label": node.label, "params": plain(node.params),
                                  "deps": {k: f"{d.stage}/{d.key}" for k, d in node.deps.items()}})
     except Exception as exc:
+        if interrupts.requested(exc):  # Ctrl-C landed in a library callback that wrapped it in its own error
+            raise KeyboardInterrupt from exc
         if not hasattr(exc, "pobench_stage"):  # the innermost stage is where it happened
             try:
                 exc.pobench_stage = node.label

@@ -94,6 +94,25 @@ def test_inverse_cdf_sampler_draws_from_the_tempered_nucleus():
     assert (_draw([0.0, 0.0, 1.0, 0.0], 100) == 2).all()  # zero-probability tokens are never drawn
 
 
+def test_the_nucleus_from_candidates_equals_the_full_sort():
+    from bench.backends.hf import nucleus
+
+    def full_sort(probs, top_p):  # the definition: the smallest sorted prefix whose mass reaches top_p
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        return torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
+
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.softmax(torch.randn(6, 5000, generator=g) * 4, -1)  # nucleus of a few dozen tokens
+    flat = torch.softmax(torch.randn(6, 5000, generator=g) * 0.1, -1)  # nucleus of thousands: past 64 candidates
+    probs = torch.cat([peaked, flat])
+    for top_p in (0.5, 0.9, 0.95, 0.999):
+        expected = full_sort(probs, top_p)
+        got = nucleus(probs, top_p, candidates=64)
+        assert torch.equal(got, expected), top_p
+        assert ((expected > 0).sum(-1)[6:] > 64).all()  # the flat rows did take the fallback
+
+
 def test_inverse_cdf_sampler_rejects_bad_settings():
     from bench.backends import BackendError
     from bench.backends.hf import InverseCDFSampler

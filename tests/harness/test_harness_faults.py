@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import pydantic
 import pytest
 
 import bench.store as store_module
@@ -294,3 +295,40 @@ def test_ctrl_c_ends_with_one_line_and_the_next_run_resumes(tmp_path):
     finished = sum("] done   " in line for line in seen + lines)  # the stages before the interrupt
     assert 1 <= finished < 6
     assert f"({6 - finished} stages computed, {finished} cached)" in resumed.stderr, resumed.stderr[-3000:]
+
+
+class _InterruptedWhileSerialising(pydantic.BaseModel):
+    """Params whose serializer is where Ctrl-C lands (in CI it landed in `added_field`'s serializer while
+    the train node's params were hashed), so pydantic turns the KeyboardInterrupt into its own error."""
+    value: int = 0
+
+    @pydantic.model_serializer(mode="wrap")
+    def _interrupted(self, handler):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the signal is handled here, inside pydantic's call
+        return handler(self)
+
+
+def test_ctrl_c_inside_a_library_callback_still_ends_the_run_as_an_interrupt(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from bench import interrupts
+    from bench.stages import StageContext, execute_node
+
+    class Store:  # what execute_node calls: hashing the node's params is where the signal lands
+        root = tmp_path
+
+        def run(self, stage, key, compute, owned, label, inputs):
+            raise AssertionError("not reached")
+
+    node = SimpleNamespace(stage="train", key="k", label="train dpo s0", deps={}, params=_InterruptedWhileSerialising())
+    previous = interrupts.install()
+    try:
+        with pytest.raises(Exception) as wrapped:  # what pydantic makes of it
+            node.params.model_dump()
+        assert not isinstance(wrapped.value, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            execute_node(StageContext(tmp_path), Store(), node)
+    finally:
+        interrupts.restore(previous)
+    assert signal.getsignal(signal.SIGINT) is previous
