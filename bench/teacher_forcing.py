@@ -102,6 +102,71 @@ def completion_logps(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: 
     return out
 
 
+@torch.inference_mode()
+def shared_prompt_logps(model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]],
+                        pad_id: int, batch_size: int = 32) -> list[list[list[float]]]:
+    """Per-token log-probs of several completions of each prompt (``completions[i]`` continue
+    ``prompts[i]``), the prompt run once: its KV cache is copied to each of its completions, which
+    then run alone. For held-out preference pairs (two responses to one dialogue, whose prompt is
+    most of each sequence: HH with SmolLM2, prompts ~105 tokens, responses ~40) this is ~40% fewer
+    tokens through the model than :func:`completion_logps` over both full sequences, with the same
+    values up to float32 rounding of differently batched matmuls. Batches are cut by the same
+    budgets (completion rows count against them)."""
+    out: list[list[list[float]]] = [[[] for _ in cs] for cs in completions]
+    device = next(model.parameters()).device
+    k = max((len(cs) for cs in completions), default=1) or 1
+    # batched by the longest completion of each prompt (their padding is paid once per completion row);
+    # the longest prompt stands in for each prompt's length, so the token budget is an upper bound
+    longest_prompt = max((len(p) for p in prompts), default=0)
+    lengths = [(longest_prompt + max((len(c) for c in cs), default=0), sum(len(c) for c in cs))
+               for cs in completions]
+    from transformers import DynamicCache
+
+    for batch in token_budget_batches(lengths, max(1, batch_size // k), max_tokens=MAX_BATCH_TOKENS // k):
+        idx = [i for i in batch if any(completions[i])]
+        if not idx:
+            continue
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(idx), width), dtype=torch.long)
+        for j, i in enumerate(idx):  # left padding: every prompt ends at the last column
+            ids[j, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
+            attn[j, width - len(prompts[i]):] = 1
+        positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)
+        cache = DynamicCache()
+        # the last prompt position predicts each completion's first token
+        first = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
+                      cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        first = first - torch.logsumexp(first, dim=-1, keepdim=True)
+        rows = [(j, i, c) for j, i in enumerate(idx) for c, tokens in enumerate(completions[i]) if tokens]
+        cache.batch_select_indices(torch.tensor([j for j, _, _ in rows], device=device))
+        comp_width = max(len(completions[i][c]) for _, i, c in rows)
+        comp = torch.full((len(rows), comp_width), pad_id, dtype=torch.long)
+        comp_attn = torch.zeros((len(rows), comp_width), dtype=torch.long)
+        keep = torch.zeros((len(rows), comp_width), dtype=torch.bool)
+        targets = []
+        for r, (_, i, c) in enumerate(rows):
+            tokens = completions[i][c]
+            comp[r, :len(tokens)] = torch.tensor(list(tokens))
+            comp_attn[r, :len(tokens)] = 1
+            keep[r, :len(tokens) - 1] = True  # completion position t predicts token t+1
+            targets.extend(tokens[1:])
+        prompt_lens = torch.tensor([len(prompts[i]) for _, i, _ in rows])
+        comp_positions = prompt_lens[:, None] + torch.arange(comp_width)[None, :]
+        full_attn = torch.cat([attn[[j for j, _, _ in rows]], comp_attn], dim=1)
+        logits, _ = kept_logits(model, comp.to(device), full_attn.to(device), keep.to(device), cache=cache,
+                                position_ids=comp_positions.to(device), use_cache=True)
+        target = torch.tensor(targets, dtype=torch.long, device=logits.device)
+        rest = (logits.gather(-1, target[:, None]).squeeze(-1).float()
+                - torch.logsumexp(logits.float(), dim=-1)).tolist() if targets else []
+        offset = 0
+        for j, i, c in rows:
+            tokens = completions[i][c]
+            out[i][c] = [float(first[j, tokens[0]])] + rest[offset:offset + len(tokens) - 1]
+            offset += len(tokens) - 1
+    return out
+
+
 def _load_pair(policy_path: str, reference_path: str, dtype: str = "float32"):
     policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
     reference, ref_tokenizer = load_for_inference(reference_path, parse_dtype(dtype))
@@ -154,6 +219,20 @@ def _pairs_key(reference_path: str, dtype: str, prompt_format: PromptFormat | No
             tuple((p.prompt, p.chosen, p.rejected) for p in pairs))
 
 
+def _encode_pairs(tokenizer: Any, pairs: Sequence[Any], prompt_format: PromptFormat | None
+                  ) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Prompt ids (as :func:`_encode` makes them) and the [chosen, rejected] completion ids of each pair."""
+    prompts = [encode(tokenizer, p.prompt, prompt_format) for p in pairs]
+    completions = [[tokenizer(text, add_special_tokens=False)["input_ids"] if text else [] for text in (p.chosen, p.rejected)]
+                   for p in pairs]
+    return prompts, completions
+
+
+def _summed_pairs(logps: list[list[list[float]]]) -> list[float]:
+    """Summed log-probs in :func:`pair_logps`'s layout: every chosen, then every rejected."""
+    return [sum(x[0]) for x in logps] + [sum(x[1]) for x in logps]
+
+
 def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32,
                dtype: str = "float32", prompt_format: PromptFormat | None = None) -> list[Any]:
     """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps);
@@ -164,12 +243,13 @@ def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batc
     same = policy_path == reference_path  # the reference row: its margins are 0 by construction
     key = _pairs_key(reference_path, dtype, prompt_format, batch_size, pairs)
     lr = _REFERENCE_PAIR_LOGPS.get(key)
-    policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
-    prompts = [p.prompt for p in pairs] * 2
-    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    rows = _encode(tokenizer, prompts, completions, prompt_format)
-    lp = [sum(x) for x in completion_logps(policy, rows, tokenizer.pad_token_id, batch_size)]
-    del policy
+    if same and lr is not None:  # the reference row again (another seed): nothing to compute
+        lp = lr
+    else:
+        policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
+        prompts, completions = _encode_pairs(tokenizer, pairs, prompt_format)
+        lp = _summed_pairs(shared_prompt_logps(policy, prompts, completions, tokenizer.pad_token_id, batch_size))
+        del policy
     if same:
         lr = lp
     elif lr is None:
@@ -177,7 +257,7 @@ def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batc
         if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
             raise ValueError(f"policy {policy_path} and reference {reference_path} use different tokenizers; "
                              "KL by teacher forcing needs the same vocabulary")
-        lr = [sum(x) for x in completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)]
+        lr = _summed_pairs(shared_prompt_logps(reference, prompts, completions, tokenizer.pad_token_id, batch_size))
     if len(_REFERENCE_PAIR_LOGPS) >= 4:  # a suite has one reference per model; keep a few
         _REFERENCE_PAIR_LOGPS.pop(next(iter(_REFERENCE_PAIR_LOGPS)))
     _REFERENCE_PAIR_LOGPS[key] = list(lr)

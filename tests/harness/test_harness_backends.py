@@ -6,7 +6,6 @@ import torch
 
 from bench.backends import apply_stop, resolve_backend_name, vllm_available
 from bench.backends.hf import HFBackend
-from bench.models import tiny_model
 from bench.teacher_forcing import sequence_kl
 from tasks.base import Prompt, Sampling
 
@@ -28,6 +27,31 @@ def test_hf_backend_order_n_and_batch_invariance(tiny_dirs):
     assert [s.completion for s in x] == [s.completion for s in y]  # seeded
     assert len({s.completion for s in x if s.prompt_id == "c"}) > 1  # real sampling
     assert many.stats["generated_tokens"] > 0
+
+
+def test_samples_of_one_prompt_share_its_prefill(tiny_dirs, monkeypatch):
+    backend = HFBackend(tiny_dirs[0], dtype="float32", batch_size=5)  # batches cut through prompt groups
+    sampling = Sampling(max_new_tokens=8, temperature=1.0, n=3)
+    prefills = []
+    real = HFBackend._prefill_once_per_prompt
+
+    def counted(self, ids, rows, width):
+        cache = real(self, ids, rows, width)
+        prefills.append((len(set(rows)), len(rows), cache is not None))
+        return cache
+
+    monkeypatch.setattr(HFBackend, "_prefill_once_per_prompt", counted)
+    shared = backend.generate(PROMPTS, sampling, seed=2)
+    # batches of 5 rows: prompts a|a|a|c|c, c|b|b|b|d... sorted by length; the one-token prompt ("I") has nothing
+    # to prefill before its last token
+    assert [used for _, _, used in prefills] == [True, True, False], prefills
+    monkeypatch.setattr(HFBackend, "_prefill_once_per_prompt", lambda self, ids, rows, width: None)
+    plain = backend.generate(PROMPTS, sampling, seed=2)
+    # the same tokens drawn (one prompt pass per row instead: float32 rounding is far below the draws' gaps)
+    assert [s.completion for s in shared] == [s.completion for s in plain]
+    assert [s.meta["token_ids"] for s in shared] == [s.meta["token_ids"] for s in plain]
+    for a, b in zip(shared, plain):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
 def test_stop_strings():

@@ -99,3 +99,45 @@ def test_the_references_pair_logps_are_computed_once_per_process_and_equal_a_fre
     # other pairs, or another prompt format, are another entry
     teacher_forcing.pair_logps(other, reference, pairs[:3])
     assert loads[5:] == [str(other), str(reference)]
+
+
+def test_pairs_scored_with_their_prompt_run_once_equal_full_sequences(tiny_dirs):
+    """shared_prompt_logps (prompt once, its KV cache copied to each response) against completion_logps
+    over each full sequence, one row per forward: prompts and responses of different lengths, an empty
+    response, a one-token prompt and one-token responses, batches that cut through the pairs."""
+    from transformers import AutoTokenizer
+
+    from bench.backends.hf import load_for_inference
+
+    model, _ = load_for_inference(tiny_dirs[0], torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[0])
+    texts = [("A long opening line of a review, then", [" good", " bad and then some more words"]),
+             ("I", [" x", ""]),
+             ("Short", [" the same words", " the same words"]),
+             ("Another prompt that is a little longer than the short one", [" ok", " no"])]
+    prompts = [tok(p)["input_ids"] for p, _ in texts]
+    completions = [[tok(c, add_special_tokens=False)["input_ids"] if c else [] for c in cs] for _, cs in texts]
+    for batch_size in (2, 64):
+        shared = teacher_forcing.shared_prompt_logps(model, prompts, completions, tok.pad_token_id, batch_size)
+        for p, cs, got in zip(prompts, completions, shared):
+            for c, values in zip(cs, got):
+                full = teacher_forcing.completion_logps(model, [(p + c, len(p))], tok.pad_token_id, batch_size=1)[0]
+                assert len(values) == len(c)
+                assert values == pytest.approx(full, abs=1e-5)
+    assert shared[2][0] == shared[2][1]  # identical responses: identical values
+
+
+def test_the_reference_rows_pairs_come_from_the_memo_for_later_seeds(tiny_dirs, monkeypatch):
+    from tasks.base import PreferencePair
+
+    _, reference = tiny_dirs
+    pairs = [PreferencePair(f"Review {i}:", " fine", " dull" * (i + 1), id=str(i)) for i in range(3)]
+    monkeypatch.setattr(teacher_forcing, "_REFERENCE_PAIR_LOGPS", {})
+    loads: list[str] = []
+    real = teacher_forcing.load_for_inference
+    monkeypatch.setattr(teacher_forcing, "load_for_inference",
+                        lambda path, *a, **k: loads.append(str(path)) or real(path, *a, **k))
+    first = teacher_forcing.pair_logps(reference, reference, pairs)
+    again = teacher_forcing.pair_logps(reference, reference, pairs)
+    assert loads == [str(reference)]  # the second reference row loads nothing
+    assert first == again and all(p.policy_chosen == p.ref_chosen for p in first)

@@ -126,13 +126,22 @@ def scored_prompt_ids(model_dir: str, fmt: PromptFormat | None, monkeypatch) -> 
         calls.append([list(seq[:prompt_len]) for seq, prompt_len in rows])
         return real(model, rows, *args, **kwargs)
 
+    paired: list[list[list[int]]] = []
+    real_pairs = teacher_forcing.shared_prompt_logps
+
+    def spy_pairs(model, prompts, *args, **kwargs):  # held-out pairs: each prompt once, then its two responses
+        paired.append([list(p) for p in prompts])
+        return real_pairs(model, prompts, *args, **kwargs)
+
     monkeypatch.setattr(teacher_forcing, "completion_logps", spy)
+    monkeypatch.setattr(teacher_forcing, "shared_prompt_logps", spy_pairs)
+    monkeypatch.setattr(teacher_forcing, "_REFERENCE_PAIR_LOGPS", {})
     kl = teacher_forcing.sequence_kl(model_dir, model_dir, PROMPTS, [" fine"] * len(PROMPTS), prompt_format=fmt)
     assert kl == [0.0] * len(PROMPTS)
     pairs = [PreferencePair(p, " good", " bad", id=str(i)) for i, p in enumerate(PROMPTS)]
     teacher_forcing.pair_logps(model_dir, model_dir, pairs, prompt_format=fmt)
     assert calls[0] == calls[1]  # policy and reference see the same rows
-    return calls[0], calls[2][:len(PROMPTS)]
+    return calls[0], paired[0]
 
 
 def expected_ids(tokenizer, text: str, templated: bool, limit: int) -> list[int]:
