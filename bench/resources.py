@@ -24,6 +24,23 @@ def rss_mb() -> float | None:
         return None
 
 
+def release_memory() -> None:
+    """Give memory freed by the previous stage back to the system: collect cycles (models, caches), then
+    glibc's ``malloc_trim(0)``, without which the allocator keeps the freed arenas and every later stage
+    starts from the largest one before it (measured on the HH suite: stages started at 1.7-3.9 GB resident).
+    A no-op where glibc is not the allocator."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 

@@ -202,9 +202,10 @@ def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutp
     run = stage(node.stage).run
 
     def compute(out: Path) -> dict[str, Any]:
-        from bench.resources import PeakRSS
+        from bench.resources import PeakRSS, release_memory
 
         inputs = {name: finished_input(ctx, store, dep) for name, dep in node.deps.items()}
+        release_memory()  # what earlier stages freed is returned first, so the peak is this stage's
         with PeakRSS() as peak:  # in the record for `pobench bench suite` and the memory targets
             fields = run(ctx, node, inputs, out) or {}
         return {**fields, "peak_rss_mb": peak.peak_mb, "rss_before_mb": peak.start_mb}
