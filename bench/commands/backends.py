@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     rows = [_row(name) for name in available_backends()]
     print_listing(rows, args.json, _print_row, width=8, json_default=repr,
-                  footer=lambda: f"\nauto = {resolve_backend_name('auto')} here (vllm when importable, else hf); "
+                  footer=lambda: f"\nauto = {resolve_backend_name('auto')} here (vllm when importable, on a CPU only for stages "
+                                 "of >= 32k sampled tokens; else hf); "
                                  "options go in generation.backend_options")
     return 0
 

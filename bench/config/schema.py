@@ -104,7 +104,8 @@ class GenerationConfig(Schema):
     """Evaluation sampling on held-out prompts (shared by the reference row and every policy)."""
 
     backend: str = Field("auto", description="a generation backend (`pobench backends`), or auto = vllm when "
-                         "importable, else hf")
+                         "importable and, on a CPU, for stages of >= 32k sampled tokens (its ~29 s start-up is "
+                         "repaid there), else hf")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="the backend's own options, "
                                             "validated by it (hf: batch_size; openai: base_url, serve_python, "
                                             "api_key); they do not change what is sampled")

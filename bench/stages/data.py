@@ -56,21 +56,25 @@ def merge_adapter(adapter_dir: str, target: Path) -> str:
     return str(target)
 
 
-def make_backend(name: str, options: dict[str, Any], model_path: str, dtype: str, out_dir: Path):
-    """A backend for ``model_path`` with the node's own backend options. vLLM and servers need
-    full weights: a PEFT adapter is merged first (into ``out_dir/merged``, removed afterwards)."""
+def make_backend(name: str, options: dict[str, Any], model_path: str, dtype: str, out_dir: Path,
+                 sampled_tokens: int | None = None):
+    """A backend for ``model_path`` with the node's own backend options (``auto`` weighs
+    ``sampled_tokens``). vLLM and servers need full weights: a PEFT adapter is merged first (into
+    ``out_dir/merged``, removed afterwards)."""
     from bench.backends import get_backend, resolve_backend_name
 
-    resolved = resolve_backend_name(name)
+    resolved = resolve_backend_name(name, sampled_tokens)
     if resolved != "hf" and (Path(model_path) / "adapter_config.json").is_file():
         model_path = merge_adapter(model_path, out_dir / "merged")
-    return get_backend(name, model_path, dtype=dtype, options=options)  # auto keeps the picked one's options
+    # auto keeps the picked one's options
+    return get_backend(name, model_path, dtype=dtype, options=options, sampled_tokens=sampled_tokens)
 
 
 def sample(backend_name: str, options: dict[str, Any], model_path: str, dtype: str, out_dir: Path, prompts: Sequence[Any],
            sampling: Any, seed: int, prompt_format: PromptFormat) -> tuple[list[Any], dict[str, Any]]:
     """Sample ``prompts`` once with a fresh backend; returns the samples and what the backend reports."""
-    backend = make_backend(backend_name, options, model_path, dtype, out_dir)
+    tokens = len(prompts) * max(1, int(sampling.n)) * int(sampling.max_new_tokens)
+    backend = make_backend(backend_name, options, model_path, dtype, out_dir, sampled_tokens=tokens)
     try:
         samples = backend.generate(prompts, sampling, seed=seed, prompt_format=prompt_format)
         info = {"backend": backend.name, "generation_stats": dict(backend.stats)}

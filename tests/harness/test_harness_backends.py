@@ -82,8 +82,18 @@ def test_teacher_forced_kl(tiny_dirs):
     assert kl[1] == 0.0  # an empty completion has no tokens
 
 
-def test_auto_backend_choice():
+def test_auto_backend_choice(monkeypatch):
+    import bench.backends as backends
+
     assert resolve_backend_name("auto") == ("vllm" if vllm_available() else "hf")
+    # where vLLM is importable: on a CPU only a stage large enough to repay its engine start goes to it
+    monkeypatch.setattr(backends, "vllm_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_backend_name("auto", sampled_tokens=128 * 24) == "hf"  # the default suite's stages
+    assert resolve_backend_name("auto", sampled_tokens=backends.CPU_VLLM_MIN_TOKENS) == "vllm"
+    assert resolve_backend_name("auto") == "vllm"  # size unknown
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_backend_name("auto", sampled_tokens=100) == "vllm"
     with pytest.raises(RuntimeError, match="unknown generation backend"):
         resolve_backend_name("tgi")
 
