@@ -23,6 +23,12 @@ def register(subparsers) -> None:
     train.add_argument("--bf16", action="store_true", help="bf16 autocast for every configuration")
     train.add_argument("--methods", default="tdpo2,sparsepo", help="token-level methods compared with DPO")
     train.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
+    train.add_argument("--lora", action="store_true",
+                       help="the suites' recipe: a LoRA adapter (r=16, alpha=32, dropout 0, q/k/v/o_proj) for our "
+                            "runs and TRL's (peft_config); the reference is the base with adapters disabled")
+    train.add_argument("--rounds", type=int, default=1,
+                       help="run every configuration N times, alternating forward and reversed order; "
+                            "figures are medians over all rounds' timed steps")
     train.add_argument("--out", default="results/perf", help="output folder")
     train.set_defaults(func=run)
 
@@ -57,22 +63,16 @@ def run_suite_profile(args, suite) -> int:
 
 def run(args) -> int:
     from bench.perf_train import benchmark_train
-    from bench.store import atomic_write_text
 
     precision = "bf16" if args.bf16 else "fp32"
     try:
         report = benchmark_train(model=args.model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                                  prompt_words=args.prompt_words, response_words=args.response_words,
                                  precision=precision, token_methods=tuple(m for m in args.methods.split(",") if m),
-                                 trl=not args.no_trl)
+                                 trl=not args.no_trl, lora=args.lora, rounds=args.rounds, out_dir=args.out)
     except (RuntimeError, ValueError) as exc:
         print(f"pobench bench: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(args.model).name)
-    path = out_dir / f"train-{safe_model}-{precision}.json"
-    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True))
     print(json.dumps({"ratios": report["ratios"], "targets": report["targets"]}, indent=2))
-    print(f"written: {path}")
+    print(f"written: {report['output']}")
     return 0
