@@ -30,7 +30,8 @@ def test_hf_backend_order_n_and_batch_invariance(tiny_dirs):
 
 
 def test_samples_of_one_prompt_share_its_prefill(tiny_dirs, monkeypatch):
-    backend = HFBackend(tiny_dirs[0], dtype="float32", batch_size=5)  # batches cut through prompt groups
+    backend = HFBackend(tiny_dirs[0], dtype="float32", batch_size=5,  # batches cut through prompt groups
+                        prefill_once_per_prompt=True)
     sampling = Sampling(max_new_tokens=8, temperature=1.0, n=3)
     prefills = []
     real = HFBackend._prefill_once_per_prompt
@@ -45,8 +46,9 @@ def test_samples_of_one_prompt_share_its_prefill(tiny_dirs, monkeypatch):
     # batches of 5 rows: prompts a|a|a|c|c, c|b|b|b|d... sorted by length; the one-token prompt ("I") has nothing
     # to prefill before its last token
     assert [used for _, _, used in prefills] == [True, True, False], prefills
-    monkeypatch.setattr(HFBackend, "_prefill_once_per_prompt", lambda self, ids, rows, width: None)
+    backend.prefill_once_per_prompt = False  # the default: every row runs its prompt
     plain = backend.generate(PROMPTS, sampling, seed=2)
+    assert [used for _, _, used in prefills[3:]] == [False, False, False]
     # the same tokens drawn (one prompt pass per row instead: float32 rounding is far below the draws' gaps)
     assert [s.completion for s in shared] == [s.completion for s in plain]
     assert [s.meta["token_ids"] for s in shared] == [s.meta["token_ids"] for s in plain]
