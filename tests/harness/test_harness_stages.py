@@ -50,8 +50,9 @@ def test_a_methods_generation_override_reaches_its_generate_stage(tmp_path, monk
     dpo = next(c for c in plan.cells if c.method == "dpo")
     ref = next(c for c in plan.cells if c.method == "reference")
     generate = dpo.score.deps["samples"]
-    assert generate.params.generation.backend_options == {"batch_size": 3}
-    assert ref.score.deps["samples"].params.generation.backend_options == {"batch_size": 64}
+    assert generate.params.generation.backend_options == {"batch_size": 3, "prefill_once_per_prompt": False}
+    assert ref.score.deps["samples"].params.generation.backend_options == {"batch_size": 64,
+                                                                            "prefill_once_per_prompt": False}
     # backend options change how, not what: they are not part of the key
     other = build_plan(validate(minimal(methods={"dpo": {"generation": {"backend": "hf", "max_new_tokens": 5,
                                                                          "backend_options": {"batch_size": 9}}}},
@@ -72,16 +73,18 @@ def test_a_methods_generation_override_reaches_its_generate_stage(tmp_path, monk
         def close(self):
             pass
 
-    def fake_get_backend(name, model_path, *, dtype, options=None):
-        seen.update(name=name, options=dict(options or {}))
+    def fake_get_backend(name, model_path, *, dtype, options=None, sampled_tokens=None):
+        seen.update(name=name, options=dict(options or {}), sampled_tokens=sampled_tokens)
         return FakeBackend()
 
     monkeypatch.setattr("bench.backends.get_backend", fake_get_backend)
     monkeypatch.setattr("bench.stages.evaluate.policy_path", lambda model, inputs, step=None: "unused")
     record = run_generate(StageContext(tmp_path), generate, {}, tmp_path)
-    assert seen["options"] == {"batch_size": 3} and seen["max_new_tokens"] == 5 and seen["name"] == "hf"
+    options = {"batch_size": 3, "prefill_once_per_prompt": False}
+    assert seen["options"] == options and seen["max_new_tokens"] == 5 and seen["name"] == "hf"
+    assert seen["sampled_tokens"] == 2 * 1 * 5  # prompts x samples x max_new_tokens: what auto weighs
     assert seen["prompt_format"] == dpo.train.params.train.prompt_format()
-    assert record["backend_options"] == {"batch_size": 3} and record["samples"] == 2
+    assert record["backend_options"] == options and record["samples"] == 2
 
 
 def test_keys_ignore_bookkeeping_and_follow_what_is_trained():

@@ -301,8 +301,9 @@ def test_backend_registry_and_option_validation(monkeypatch):
 
     assert backends.available_backends() == ["hf", "vllm", "openai"]
     assert backends.REGISTRY.group == "pobench.backends"
-    assert validate_backend_options("hf", {}) == {"batch_size": 64}
-    assert validate_backend_options("hf", {"batch_size": 8}) == {"batch_size": 8}
+    hf_defaults = {"batch_size": 64, "prefill_once_per_prompt": False}
+    assert validate_backend_options("hf", {}) == hf_defaults
+    assert validate_backend_options("hf", {"batch_size": 8}) == {**hf_defaults, "batch_size": 8}
     assert validate_backend_options("openai", {"base_url": "http://127.0.0.1:8000/v1"})["api_key"] == "EMPTY"
     assert validate_backend_options("vllm", {"max_model_len": 2048})["enforce_eager"] is True
     cases = [
@@ -340,10 +341,12 @@ def test_get_backend_takes_its_options(monkeypatch):
     monkeypatch.setitem(backends.REGISTRY.registered, "hf", FakeHF)  # registered names shadow built-ins
     monkeypatch.setattr(backends, "vllm_available", lambda: False)
     built = get_backend("hf", "/m", dtype="float32", options={"batch_size": 3})
-    assert (built.model_path, built.dtype, built.options) == ("/m", "float32", {"batch_size": 3})
-    assert get_backend("hf", "/m").options == {"batch_size": 64}
+    assert (built.model_path, built.dtype, built.options) == ("/m", "float32", {"batch_size": 3,
+                                                                                "prefill_once_per_prompt": False})
+    assert get_backend("hf", "/m").options == {"batch_size": 64, "prefill_once_per_prompt": False}
     # auto: the options of the backend picked are used, the other candidate's are left out
-    assert get_backend("auto", "/m", options={"batch_size": 5, "enforce_eager": False}).options == {"batch_size": 5}
+    assert get_backend("auto", "/m", options={"batch_size": 5, "enforce_eager": False}).options == {
+        "batch_size": 5, "prefill_once_per_prompt": False}
     with pytest.raises(BackendError, match="colour: not an option of the hf backend"):
         get_backend("hf", "/m", options={"colour": 1})
     with pytest.raises(TypeError):
