@@ -4,8 +4,9 @@ Every stage record carries the seconds the stage took and its peak resident memo
 (``peak_rss_mb``, sampled while it ran: :mod:`bench.resources`); this module reads the records of a
 suite's plan from the work dir (running the suite first unless told not to) and reports, per stage
 kind, the count, the total and mean seconds, the share of all stage time and the largest peak, plus
-the cost of one evaluated point (generate + score). The seconds are those of the run that computed
-each stage: on a shared machine they carry its load at that time, which the report cannot remove.
+the cost of one evaluated point (generate + score, + pairs where the task scores held-out pairs). The
+seconds are those of the run that computed each stage: on a shared machine they carry its load at
+that time, which the report cannot remove.
 """
 from __future__ import annotations
 
@@ -51,12 +52,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                           "share": round(sum(seconds) / total, 4) if total else None,
                           "mean_s": round(sum(seconds) / len(seconds), 2), "median_s": round(median(seconds), 2),
                           "peak_rss_mb": max(peaks) if peaks else None}
-    gen, score = by_stage.get("generate"), by_stage.get("score")
+    gen, score, pairs = by_stage.get("generate"), by_stage.get("score"), by_stage.get("pairs")
     point = None
     if gen and score:
         point = {"generate_s": gen["median_s"], "score_s": score["median_s"],
-                 "total_s": round(gen["median_s"] + score["median_s"], 2),
-                 "note": "median seconds of the generate and of the score stages (one evaluated point each)"}
+                 "score_over_generate": round(score["median_s"] / gen["median_s"], 2) if gen["median_s"] else None,
+                 **({"pairs_s": pairs["median_s"]} if pairs else {}),
+                 "total_s": round(gen["median_s"] + score["median_s"] + (pairs["median_s"] if pairs else 0.0), 2),
+                 "note": "median seconds of the generate and of the score stages (one evaluated point each)"
+                         + (", plus the pairs stage (held-out pairs under the policy)" if pairs else "")}
     peaks = [r["peak_rss_mb"] for r in timed if r["peak_rss_mb"] is not None]
     return {"stages": len(rows), "finished": sum(r["done"] for r in rows), "timed": len(timed),
             "stage_seconds": round(total, 1), "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1]["seconds"])),
@@ -95,7 +99,10 @@ def format_profile(report: dict[str, Any]) -> str:
                      f"{s['mean_s']:>8.1f} {peak:>9}")
     point = report.get("evaluated_point")
     if point:
-        lines.append(f"one evaluated point: generate {point['generate_s']:.1f} s + score {point['score_s']:.1f} s")
+        lines.append(f"one evaluated point: generate {point['generate_s']:.1f} s + score {point['score_s']:.1f} s"
+                     + (f" + pairs {point['pairs_s']:.1f} s" if "pairs_s" in point else "")
+                     + (f" (score / generate {point['score_over_generate']:.2f})"
+                        if point.get("score_over_generate") is not None else ""))
     target = report["memory_target"]
     if target["met"] is not None:
         lines.append(f"peak resident memory {report['peak_rss_mb']:.0f} MiB over {target['stages_measured']} "

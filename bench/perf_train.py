@@ -412,8 +412,8 @@ def benchmark_train(model: str = "tiny", batch_size: int = 8, steps: int = 8, wa
 
         path = report_path(out_dir, model, precision, lora)
         path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True))  # no machine path inside: it is committed
         report["output"] = str(path)
-        atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True))
     return report
 
 

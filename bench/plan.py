@@ -22,7 +22,7 @@ from bench.config.schema import GenerationConfig, MethodSpec, ModelConfig, Suite
 from bench.prompts import PromptFormat
 from bench.stages import ModelRef, TaskRef, node_key, stage
 from bench.stages.data import PrefDataParams
-from bench.stages.evaluate import EvaluateParams, GenerateParams, ScoreParams
+from bench.stages.evaluate import EvaluateParams, GenerateParams, PairsParams, ScoreParams
 from bench.stages.prep import PrepParams, PrepRequest, preparation_step
 from bench.stages.train import SFTParams, TrainParams
 
@@ -109,7 +109,20 @@ def task_ref(suite: SuiteConfig, task: str) -> TaskRef:
     except tasks.TaskError:  # no source available: the stage that reads it fails with the task's message
         return TaskRef(task, version, options, {"kind": "unavailable"})
     counts = {split: n for split in ("train", "eval") if (n := instance.prompt_count(split)) is not None}
-    return TaskRef(task, version, options, data, counts)
+    return TaskRef(task, version, options, data, counts, held_out_pair_count(instance))
+
+
+def held_out_pair_count(instance: Any) -> int | None:
+    """How many held-out pairs the task scores (0: its class does not define ``eval_pairs``; None: it
+    does, but they cannot be loaded now, and the pairs stage will say why when it runs)."""
+    from tasks.base import Task
+
+    if type(instance).eval_pairs is Task.eval_pairs:
+        return 0
+    try:
+        return len(instance.eval_pairs())
+    except Exception:
+        return None
 
 
 def model_ref(model: ModelConfig) -> ModelRef:
@@ -172,8 +185,25 @@ def build_plan(suite: SuiteConfig) -> Plan:
                                  policy_deps, label=f"generate {label}{at} s{seed}")
                 prompts = gen.prompts if gen.prompts is not None else on.prompt_counts.get("eval")
                 sequences = None if prompts is None else prompts * gen.samples_per_prompt
+                score_deps = {"samples": generate, **policy_deps}
+                if on.held_out_pairs != 0:
+                    score_deps["pairs"] = held_out_pairs(policy_deps, prompt_format, label, at, step, on)
                 return b.add("score", ScoreParams(model, on, suite.score, prompt_format, seed, step, sequences),
-                             {"samples": generate, **policy_deps}, label=f"score {label}{at} s{seed}")
+                             score_deps, label=f"score {label}{at} s{seed}")
+
+            def held_out_pairs(policy_deps: dict[str, Node], prompt_format: PromptFormat, label: str, at: str,
+                               step: int | None, on: TaskRef) -> Node:
+                """The pairs node of a policy (no sampling seed in its key: one per policy and step); a
+                policy's reads the reference's, which is computed once."""
+                reference = b.add("pairs", PairsParams(model, on, prompt_format, suite.score.kl_dtype, None,
+                                                       suite.score.kl_batch_size),
+                                  dict(reference_deps), label=f"pairs {REFERENCE}" + at.replace(f"@{step}", ""))
+                if "policy" not in policy_deps:
+                    return reference
+                seed = policy_deps["policy"].params.seed
+                return b.add("pairs", PairsParams(model, on, prompt_format, suite.score.kl_dtype, step,
+                                                  suite.score.kl_batch_size),
+                             {**policy_deps, "reference_pairs": reference}, label=f"pairs {label}{at} s{seed}")
 
             def evaluate(policy_deps: dict[str, Node], label: str) -> dict[str, Node]:
                 """One node per eval task on this policy. No seed in the key: the evaluation of one
@@ -273,13 +303,16 @@ def estimate_work(plan: Plan) -> dict[str, int | None]:
 
 def stage_roles(node: Node) -> dict[tuple[str, str], str]:
     """(stage, key) -> role of the inputs a preparation step added to ``node``'s upstream (TIS-DPO's
-    ``pi_plus`` / ``pi_minus`` trainings), so a listing can tell them from the cell's own training."""
+    ``pi_plus`` / ``pi_minus`` trainings) and of the reference's held-out pairs, so a listing can tell
+    them from the cell's own stages."""
     roles: dict[tuple[str, str], str] = {}
 
     def visit(n: Node) -> None:
         for name, dep in n.deps.items():
             if n.stage == "prep" and name not in ("prefdata", "reference"):
                 roles.setdefault((dep.stage, dep.key), name)
+            elif name == "reference_pairs":  # the reference's held-out pairs a policy's are compared with
+                roles.setdefault((dep.stage, dep.key), REFERENCE)
             visit(dep)
 
     visit(node)

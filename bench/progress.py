@@ -39,9 +39,10 @@ PREFIX = "[pobench]"
 #: seconds per unit before this run measured one: the default suite (SmolLM2-135M, fp32, LoRA) on
 #: the 2-core AVX2 machine its results were produced on (results/default: 3-5 s per optimizer step
 #: with model loading, ~0.11 s per sampled and ~0.08 s per teacher-forced sequence, ~0.19 s per
-#: preference sample with its judge)
+#: preference sample with its judge; the HH suite: ~0.3 s per held-out pair response, prompts of
+#: ~105 tokens run once per pair)
 PRIOR_SECONDS = {"train_steps": 3.5, "sft_steps": 3.5, "sampled_sequences": 0.15, "kl_sequences": 0.08,
-                 "model_evaluations": 120.0}
+                 "pair_sequences": 0.3, "model_evaluations": 120.0}
 #: a node with no units (a preparation step, the reference scored against itself) or of unknown size
 PRIOR_NODE_SECONDS = 2.0
 NODE = "node"

@@ -205,20 +205,6 @@ def reference_logps(reference_path: str, prompts: Sequence[str], token_ids: Sequ
     return completion_logps(reference, rows, tokenizer.pad_token_id, batch_size)
 
 
-#: the reference's summed log-probs of held-out pairs, per (reference, dtype, prompt format, pairs): every
-#: score stage of a suite teacher-forces the same held-out pairs under the same reference, so one run
-#: computes them once (measured on the HH suite: the pair passes were ~2/3 of a ~140 s score stage).
-#: In-process only: the reference model is a finished, immutable store entry and the rows are encoded
-#: and batched identically, so a hit returns exactly what the pass would compute.
-_REFERENCE_PAIR_LOGPS: dict[tuple, list[float]] = {}
-
-
-def _pairs_key(reference_path: str, dtype: str, prompt_format: PromptFormat | None, batch_size: int,
-               pairs: Sequence[Any]) -> tuple:
-    return (str(reference_path), dtype, repr(prompt_format), batch_size,
-            tuple((p.prompt, p.chosen, p.rejected) for p in pairs))
-
-
 def _encode_pairs(tokenizer: Any, pairs: Sequence[Any], prompt_format: PromptFormat | None
                   ) -> tuple[list[list[int]], list[list[list[int]]]]:
     """Prompt ids (as :func:`_encode` makes them) and the [chosen, rejected] completion ids of each pair."""
@@ -228,39 +214,23 @@ def _encode_pairs(tokenizer: Any, pairs: Sequence[Any], prompt_format: PromptFor
     return prompts, completions
 
 
-def _summed_pairs(logps: list[list[list[float]]]) -> list[float]:
-    """Summed log-probs in :func:`pair_logps`'s layout: every chosen, then every rejected."""
-    return [sum(x[0]) for x in logps] + [sum(x[1]) for x in logps]
+def vocabulary_fingerprint(tokenizer: Any) -> str:
+    """A hash of the tokenizer's vocabulary: log-probs of two models are compared (margins, KL) only
+    over the same tokens."""
+    from bench.hashing import stable_hash
+
+    return stable_hash(sorted(tokenizer.get_vocab().items()))
 
 
-def pair_logps(policy_path: str, reference_path: str, pairs: Sequence[Any], batch_size: int = 32,
-               dtype: str = "float32", prompt_format: PromptFormat | None = None) -> list[Any]:
-    """Summed completion log-probs of held-out pairs under policy and reference (tasks.PairLogps);
-    prompts encoded with ``prompt_format`` as in :func:`sequence_kl`. The reference's pass is done once
-    per process for the same pairs (:data:`_REFERENCE_PAIR_LOGPS`)."""
-    from tasks.base import PairLogps
+def summed_pair_logps(model_path: str, pairs: Sequence[Any], batch_size: int = 32, dtype: str = "float32",
+                      prompt_format: PromptFormat | None = None) -> tuple[list[float], list[float], str]:
+    """Summed completion log-probs of every held-out pair's chosen and of its rejected response under
+    one model (prompts encoded with ``prompt_format`` as in :func:`sequence_kl`, each prompt run once:
+    :func:`shared_prompt_logps`), and the fingerprint of the model's vocabulary.
 
-    same = policy_path == reference_path  # the reference row: its margins are 0 by construction
-    key = _pairs_key(reference_path, dtype, prompt_format, batch_size, pairs)
-    lr = _REFERENCE_PAIR_LOGPS.get(key)
-    if same and lr is not None:  # the reference row again (another seed): nothing to compute
-        lp = lr
-    else:
-        policy, tokenizer = load_for_inference(policy_path, parse_dtype(dtype))
-        prompts, completions = _encode_pairs(tokenizer, pairs, prompt_format)
-        lp = _summed_pairs(shared_prompt_logps(policy, prompts, completions, tokenizer.pad_token_id, batch_size))
-        del policy
-    if same:
-        lr = lp
-    elif lr is None:
-        reference, ref_tokenizer = load_for_inference(reference_path, parse_dtype(dtype))
-        if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
-            raise ValueError(f"policy {policy_path} and reference {reference_path} use different tokenizers; "
-                             "KL by teacher forcing needs the same vocabulary")
-        lr = _summed_pairs(shared_prompt_logps(reference, prompts, completions, tokenizer.pad_token_id, batch_size))
-    if len(_REFERENCE_PAIR_LOGPS) >= 4:  # a suite has one reference per model; keep a few
-        _REFERENCE_PAIR_LOGPS.pop(next(iter(_REFERENCE_PAIR_LOGPS)))
-    _REFERENCE_PAIR_LOGPS[key] = list(lr)
-    n = len(pairs)
-    return [PairLogps(pair_id=p.id or str(i), policy_chosen=lp[i], policy_rejected=lp[n + i],
-                      ref_chosen=lr[i], ref_rejected=lr[n + i]) for i, p in enumerate(pairs)]
+    One model per call: the ``pairs`` stage computes the reference's values once per suite (a cached
+    stage of its own) and each policy's against them."""
+    model, tokenizer = load_for_inference(model_path, parse_dtype(dtype))
+    prompts, completions = _encode_pairs(tokenizer, pairs, prompt_format)
+    logps = shared_prompt_logps(model, prompts, completions, tokenizer.pad_token_id, batch_size)
+    return [sum(x[0]) for x in logps], [sum(x[1]) for x in logps], vocabulary_fingerprint(tokenizer)

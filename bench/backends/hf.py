@@ -1,6 +1,7 @@
 """transformers ``generate`` backend: batched, length-sorted, left-padded, bf16 where supported."""
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -172,8 +173,9 @@ class HFBackend:
         cache.batch_select_indices(torch.tensor([distinct.index(i) for i in rows], device=self.device))
         return cache
 
-    @property
+    @functools.cached_property
     def _takes_cache(self) -> bool:
+        """Whether the model's forward takes ``cache``, ``position_ids`` and ``logits_to_keep`` (asked once)."""
         import inspect
 
         params = inspect.signature(self.model.forward).parameters

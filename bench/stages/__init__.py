@@ -123,6 +123,10 @@ class TaskRef:
     data: dict[str, str] = dataclasses.field(default_factory=dict)
     #: prompts per split ("train", "eval") when the task knows them cheaply: the work estimate of ``prompts: null``
     prompt_counts: dict[str, int] = not_keyed(default_factory=dict)
+    #: held-out preference pairs the task scores (``Task.eval_pairs()``; alignment accuracy): 0 = the
+    #: task scores none, None = it does but the count is unknown when planning. The plan adds a
+    #: ``pairs`` stage per policy when it is not 0.
+    held_out_pairs: int | None = not_keyed(0)
 
     #: options that only say where data comes from; once resolved, ``data`` says what it is
     LOCATION_OPTIONS = ("source", "data_dir")

@@ -1,5 +1,6 @@
 """Evaluation stages: ``generate`` (sample held-out prompts from a policy or the reference),
-``score`` (the task's judges and metrics, KL to the reference by teacher forcing) and ``evaluate``
+``score`` (the task's judges and metrics, KL to the reference), ``pairs`` (held-out preference pairs
+teacher-forced for the implicit-reward metrics, which score reads) and ``evaluate``
 (a model-evaluation task such as lm-eval reasoning on a checkpoint)."""
 from __future__ import annotations
 
@@ -113,8 +114,6 @@ def kl_from_samples(samples: list[Any], policy: str, reference: str, cfg: ScoreC
 
 
 def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
-    from bench import teacher_forcing
-
     p: ScoreParams = node.params
     cfg = p.score
     task = ctx.task(p.task)
@@ -132,10 +131,8 @@ def run_score(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
                 s.kl = 0.0
         else:
             notes["kl_source"] = kl_from_samples(samples, policy, reference, cfg, p.prompt_format)
-    eval_pairs = task.eval_pairs()
-    if eval_pairs:
-        pair_logps = teacher_forcing.pair_logps(policy, reference, eval_pairs, batch_size=cfg.kl_batch_size,
-                                                dtype=cfg.kl_dtype, prompt_format=p.prompt_format)
+    if "pairs" in inputs:  # held-out pairs teacher-forced by the pairs stage (alignment accuracy)
+        pair_logps = read_pair_logps(inputs["pairs"])
     scores = task.score(samples, pair_logps=pair_logps)
     notes.update(scores.details.get("notes") or {})  # the task's notes on its metrics (e.g. "by construction")
     metrics = dict(scores.metrics)
@@ -164,6 +161,72 @@ def score_work(node: "Node") -> dict[str, int]:
             or kl_unavailable({"temperature": gen.temperature, "top_p": gen.top_p})):
         return {}
     return {"kl_sequences": node.params.sequences}
+
+
+# ----------------------------------------------------------------------------------------------
+# pairs
+
+@dataclass(frozen=True)
+class PairsParams:
+    """The held-out pairs of a task (``Task.eval_pairs()``) teacher-forced under one policy, for the
+    implicit-reward metrics (alignment accuracy). A stage of its own, not part of score: it reads no
+    samples, so it is computed once per policy (not per sampling seed or generation setting), the
+    reference's pass once per suite, and the score stage's time is that of scoring the samples."""
+
+    model: ModelRef
+    task: TaskRef
+    prompt_format: PromptFormat
+    dtype: str
+    step: int | None = None
+    #: pairs per forward (token budgets split further): how it runs, not what it computes
+    batch_size: int = not_keyed(32)
+
+
+PAIR_LOGPS_FILE = "pair_logps.jsonl"
+
+
+def run_pairs(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:
+    """Summed log-probs of each held-out pair's chosen and rejected response under the policy (the
+    reference when the node has no ``policy`` input), next to the reference's, which a policy's node
+    reads from the reference's own pairs stage (``reference_pairs``)."""
+    from bench import teacher_forcing
+
+    p: PairsParams = node.params
+    pairs = ctx.task(p.task).eval_pairs()
+    if not pairs:
+        raise RuntimeError(f"task {p.task.name!r} gave no held-out pairs to score (Task.eval_pairs() is empty)")
+    model = policy_path(p.model, inputs, p.step)
+    chosen, rejected, vocabulary = teacher_forcing.summed_pair_logps(
+        model, pairs, batch_size=p.batch_size, dtype=p.dtype, prompt_format=p.prompt_format)
+    ids = [pair.id or str(i) for i, pair in enumerate(pairs)]
+    if "reference_pairs" in inputs:
+        reference = inputs["reference_pairs"]
+        if reference.record.get("vocabulary") != vocabulary:
+            raise RuntimeError(f"the policy {model} and the reference ({reference.record.get('model')}) use different "
+                               "tokenizers: implicit rewards compare their log-probs over the same tokens")
+        ref_rows = read_jsonl(reference.path / PAIR_LOGPS_FILE)
+        if [r["pair_id"] for r in ref_rows] != ids:
+            raise RuntimeError(f"the reference's held-out pairs ({reference.path}) are not this task's: "
+                               "same task, options and data are expected")
+        ref_chosen, ref_rejected = [r["ref_chosen"] for r in ref_rows], [r["ref_rejected"] for r in ref_rows]
+    else:  # the reference itself: its implicit margins are 0 by construction
+        ref_chosen, ref_rejected = chosen, rejected
+    rows = [{"pair_id": i, "policy_chosen": c, "policy_rejected": r, "ref_chosen": rc, "ref_rejected": rr}
+            for i, c, r, rc, rr in zip(ids, chosen, rejected, ref_chosen, ref_rejected)]
+    atomic_write_jsonl(out / PAIR_LOGPS_FILE, rows)
+    return {"pairs": len(rows), "model": model, "vocabulary": vocabulary,
+            "is_reference": "policy" not in inputs}
+
+
+def read_pair_logps(output: StageOutput) -> list[Any]:
+    from tasks.base import PairLogps
+
+    return [PairLogps(**row) for row in read_jsonl(output.path / PAIR_LOGPS_FILE)]
+
+
+def pairs_work(node: "Node") -> dict[str, int | None]:
+    count = node.params.task.held_out_pairs
+    return {"pair_sequences": None if count is None else 2 * count}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,5 +296,6 @@ def run_evaluate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
 
 GENERATE = register_stage(Stage("generate", "2", GenerateParams, run_generate, generate_work))
 SCORE = register_stage(Stage("score", "3", ScoreParams, run_score, score_work))
+PAIRS = register_stage(Stage("pairs", "1", PairsParams, run_pairs, pairs_work))
 EVALUATE = register_stage(Stage("evaluate", "2", EvaluateParams, run_evaluate,
                                 lambda node: {"model_evaluations": 1}))

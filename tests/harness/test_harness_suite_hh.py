@@ -72,3 +72,24 @@ def test_hh_suite_end_to_end_at_tiny_scale(tmp_path, capsys, monkeypatch):
     assert rows["tdpo2 (paper)"]["metrics"]["alignment_accuracy"]["mean"] == 0.6733
     markdown = (tmp_path / "results" / "leaderboard.md").read_text()
     assert "alignment_accuracy: all 8 held-out pairs tie" in markdown
+
+    # the held-out pairs are teacher-forced by pairs stages: one per policy, not per sampling seed (the
+    # reference row's 2 seeds share one), and every policy's reference values are the reference stage's own
+    stages = {}
+    for d in (tmp_path / "work" / "pairs").iterdir():
+        if d.is_dir():
+            rows_of = [json.loads(line) for line in (d / "pair_logps.jsonl").read_text().splitlines()]
+            stages[d.name] = (json.loads((d / "record.json").read_text()), rows_of)
+    assert len(stages) == 6  # reference + dpo x 2 seeds + tdpo2 x 2 + bcr
+    (reference_rows,) = [rows_of for record, rows_of in stages.values() if record["is_reference"]]
+    assert [(r["ref_chosen"], r["ref_rejected"]) for r in reference_rows] == \
+        [(r["policy_chosen"], r["policy_rejected"]) for r in reference_rows]
+    margins = set()
+    for record, rows_of in stages.values():
+        assert record["pairs"] == 8
+        assert [(r["pair_id"], r["ref_chosen"], r["ref_rejected"]) for r in rows_of] == \
+            [(r["pair_id"], r["policy_chosen"], r["policy_rejected"]) for r in reference_rows]
+        margins.add(tuple(round((r["policy_chosen"] - r["ref_chosen"]) - (r["policy_rejected"] - r["ref_rejected"]), 9)
+                          for r in rows_of))
+    per_run = {tuple(round(p["implicit_margin"], 9) for p in record["per_pair"]) for record in records.values()}
+    assert per_run == margins  # what the runs report is what the pairs stages computed

@@ -71,36 +71,6 @@ def test_peak_logits_do_not_grow_with_the_number_of_samples(tiny_dirs, monkeypat
         assert len(a) > 0
 
 
-def test_the_references_pair_logps_are_computed_once_per_process_and_equal_a_fresh_pass(tiny_dirs, monkeypatch):
-    from bench.models import tiny_model
-    from tasks.base import PreferencePair
-
-    policy, reference = tiny_dirs
-    other = tiny_model(2, save=True)
-    pairs = [PreferencePair(f"Review {i}:", " a fine film", " dull and long" * (i + 1), id=str(i)) for i in range(5)]
-    monkeypatch.setattr(teacher_forcing, "_REFERENCE_PAIR_LOGPS", {})
-    loads: list[str] = []
-    real = teacher_forcing.load_for_inference
-
-    def spy(path, *args, **kwargs):
-        loads.append(str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(teacher_forcing, "load_for_inference", spy)
-    first = teacher_forcing.pair_logps(policy, reference, pairs)
-    second = teacher_forcing.pair_logps(other, reference, pairs)
-    assert loads == [str(policy), str(reference), str(other)]  # the reference once
-    teacher_forcing._REFERENCE_PAIR_LOGPS.clear()
-    fresh = teacher_forcing.pair_logps(other, reference, pairs)
-    assert loads[3:] == [str(other), str(reference)]
-    assert [(p.ref_chosen, p.ref_rejected) for p in second] == [(p.ref_chosen, p.ref_rejected) for p in fresh]
-    assert [(p.ref_chosen, p.ref_rejected) for p in first] == [(p.ref_chosen, p.ref_rejected) for p in fresh]
-    assert [p.policy_chosen for p in first] != [p.policy_chosen for p in second]  # other policies, other values
-    # other pairs, or another prompt format, are another entry
-    teacher_forcing.pair_logps(other, reference, pairs[:3])
-    assert loads[5:] == [str(other), str(reference)]
-
-
 def test_pairs_scored_with_their_prompt_run_once_equal_full_sequences(tiny_dirs):
     """shared_prompt_logps (prompt once, its KV cache copied to each response) against completion_logps
     over each full sequence, one row per forward: prompts and responses of different lengths, an empty
@@ -125,19 +95,3 @@ def test_pairs_scored_with_their_prompt_run_once_equal_full_sequences(tiny_dirs)
                 assert len(values) == len(c)
                 assert values == pytest.approx(full, abs=1e-5)
     assert shared[2][0] == shared[2][1]  # identical responses: identical values
-
-
-def test_the_reference_rows_pairs_come_from_the_memo_for_later_seeds(tiny_dirs, monkeypatch):
-    from tasks.base import PreferencePair
-
-    _, reference = tiny_dirs
-    pairs = [PreferencePair(f"Review {i}:", " fine", " dull" * (i + 1), id=str(i)) for i in range(3)]
-    monkeypatch.setattr(teacher_forcing, "_REFERENCE_PAIR_LOGPS", {})
-    loads: list[str] = []
-    real = teacher_forcing.load_for_inference
-    monkeypatch.setattr(teacher_forcing, "load_for_inference",
-                        lambda path, *a, **k: loads.append(str(path)) or real(path, *a, **k))
-    first = teacher_forcing.pair_logps(reference, reference, pairs)
-    again = teacher_forcing.pair_logps(reference, reference, pairs)
-    assert loads == [str(reference)]  # the second reference row loads nothing
-    assert first == again and all(p.policy_chosen == p.ref_chosen for p in first)

@@ -118,7 +118,7 @@ def sampled_prompt_ids(backend: HFBackend, fmt: PromptFormat | None, monkeypatch
 
 
 def scored_prompt_ids(model_dir: str, fmt: PromptFormat | None, monkeypatch) -> tuple[list, list]:
-    """The prompt ids teacher forcing scores completions after: (sequence_kl, pair_logps)."""
+    """The prompt ids teacher forcing scores completions after: (sequence_kl, summed_pair_logps)."""
     calls: list[list[list[int]]] = []
     real = teacher_forcing.completion_logps
 
@@ -135,11 +135,10 @@ def scored_prompt_ids(model_dir: str, fmt: PromptFormat | None, monkeypatch) -> 
 
     monkeypatch.setattr(teacher_forcing, "completion_logps", spy)
     monkeypatch.setattr(teacher_forcing, "shared_prompt_logps", spy_pairs)
-    monkeypatch.setattr(teacher_forcing, "_REFERENCE_PAIR_LOGPS", {})
     kl = teacher_forcing.sequence_kl(model_dir, model_dir, PROMPTS, [" fine"] * len(PROMPTS), prompt_format=fmt)
     assert kl == [0.0] * len(PROMPTS)
     pairs = [PreferencePair(p, " good", " bad", id=str(i)) for i, p in enumerate(PROMPTS)]
-    teacher_forcing.pair_logps(model_dir, model_dir, pairs, prompt_format=fmt)
+    teacher_forcing.summed_pair_logps(model_dir, pairs, prompt_format=fmt)
     assert calls[0] == calls[1]  # policy and reference see the same rows
     return calls[0], paired[0]
 
