@@ -10,6 +10,7 @@ estimate of KL(pi||ref) for samples drawn from pi at temperature 1.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
@@ -139,31 +140,68 @@ def shared_prompt_logps(model: Any, prompts: Sequence[Sequence[int]], completion
                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
         first = first - torch.logsumexp(first, dim=-1, keepdim=True)
         rows = [(j, i, c) for j, i in enumerate(idx) for c, tokens in enumerate(completions[i]) if tokens]
-        cache.batch_select_indices(torch.tensor([j for j, _, _ in rows], device=device))
-        comp_width = max(len(completions[i][c]) for _, i, c in rows)
-        comp = torch.full((len(rows), comp_width), pad_id, dtype=torch.long)
-        comp_attn = torch.zeros((len(rows), comp_width), dtype=torch.long)
-        keep = torch.zeros((len(rows), comp_width), dtype=torch.bool)
-        targets = []
-        for r, (_, i, c) in enumerate(rows):
-            tokens = completions[i][c]
-            comp[r, :len(tokens)] = torch.tensor(list(tokens))
-            comp_attn[r, :len(tokens)] = 1
-            keep[r, :len(tokens) - 1] = True  # completion position t predicts token t+1
-            targets.extend(tokens[1:])
-        prompt_lens = torch.tensor([len(prompts[i]) for _, i, _ in rows])
-        comp_positions = prompt_lens[:, None] + torch.arange(comp_width)[None, :]
-        full_attn = torch.cat([attn[[j for j, _, _ in rows]], comp_attn], dim=1)
-        logits, _ = kept_logits(model, comp.to(device), full_attn.to(device), keep.to(device), cache=cache,
-                                position_ids=comp_positions.to(device), use_cache=True)
-        target = torch.tensor(targets, dtype=torch.long, device=logits.device)
-        rest = (logits.gather(-1, target[:, None]).squeeze(-1).float()
-                - torch.logsumexp(logits.float(), dim=-1)).tolist() if targets else []
-        offset = 0
-        for j, i, c in rows:
-            tokens = completions[i][c]
-            out[i][c] = [float(first[j, tokens[0]])] + rest[offset:offset + len(tokens) - 1]
-            offset += len(tokens) - 1
+        # completion rows run longest first in groups of <= COMPLETION_GROUP_TOKENS padded tokens, each
+        # on a copy of its prompts' cache rows: a pair's two responses and the batch's prompts differ
+        # in length, and padding every row to the batch's longest response cost as many tokens as the
+        # responses themselves (HH, 64 pairs: 20.0k tokens through the model for 11.8k real ones; 15.3k with groups)
+        rows.sort(key=lambda row: -len(completions[row[1]][row[2]]))
+        groups = _padded_groups([len(completions[i][c]) for _, i, c in rows], COMPLETION_GROUP_TOKENS)
+        for g, group in enumerate(groups):
+            selected = [rows[r] for r in group]
+            group_cache = cache if g == len(groups) - 1 else copy.deepcopy(cache)
+            group_cache.batch_select_indices(torch.tensor([j for j, _, _ in selected], device=device))
+            _score_completions(model, selected, prompts, completions, attn, group_cache, first, pad_id, device, out)
+    return out
+
+
+#: padded completion tokens per forward of :func:`shared_prompt_logps` (their logits are kept: under
+#: MAX_KEPT_TOKENS). Measured on SmolLM2 with HH's 64 held-out pairs: one group per prompt batch
+#: 54-57 s, 2048 tokens 47 s, 1024 41 s, 512 40 s; values within 9e-5 nats of one group
+COMPLETION_GROUP_TOKENS = 1024
+
+
+def _padded_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive indices of ``lengths`` (sorted longest first) in groups whose rows x longest row stays
+    within ``budget`` (a row longer than the budget goes alone)."""
+    groups: list[list[int]] = []
+    for r, length in enumerate(lengths):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= budget:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def _score_completions(model: Any, rows: Sequence[tuple[int, int, int]], prompts: Sequence[Sequence[int]],
+                       completions: Sequence[Sequence[Sequence[int]]], attn: torch.Tensor, cache: Any,
+                       first: torch.Tensor, pad_id: int, device: Any, out: list[list[list[float]]]) -> None:
+    """One forward of completion rows ``(prompt row j in the batch, prompt i, completion c)`` after their
+    prompts' ``cache``; fills ``out[i][c]`` with the per-token log-probs (``first``: the prompt's last
+    position's log-probs, which score each completion's first token)."""
+    comp_width = max(len(completions[i][c]) for _, i, c in rows)
+    comp = torch.full((len(rows), comp_width), pad_id, dtype=torch.long)
+    comp_attn = torch.zeros((len(rows), comp_width), dtype=torch.long)
+    keep = torch.zeros((len(rows), comp_width), dtype=torch.bool)
+    targets = []
+    for r, (_, i, c) in enumerate(rows):
+        tokens = completions[i][c]
+        comp[r, :len(tokens)] = torch.tensor(list(tokens))
+        comp_attn[r, :len(tokens)] = 1
+        keep[r, :len(tokens) - 1] = True  # completion position t predicts token t+1
+        targets.extend(tokens[1:])
+    prompt_lens = torch.tensor([len(prompts[i]) for _, i, _ in rows])
+    comp_positions = prompt_lens[:, None] + torch.arange(comp_width)[None, :]
+    full_attn = torch.cat([attn[[j for j, _, _ in rows]], comp_attn], dim=1)
+    logits, _ = kept_logits(model, comp.to(device), full_attn.to(device), keep.to(device), cache=cache,
+                            position_ids=comp_positions.to(device), use_cache=True)
+    target = torch.tensor(targets, dtype=torch.long, device=logits.device)
+    rest = (logits.gather(-1, target[:, None]).squeeze(-1).float()
+            - torch.logsumexp(logits.float(), dim=-1)).tolist() if targets else []
+    offset = 0
+    for j, i, c in rows:
+        tokens = completions[i][c]
+        out[i][c] = [float(first[j, tokens[0]])] + rest[offset:offset + len(tokens) - 1]
+        offset += len(tokens) - 1
     return out
 
 

@@ -71,10 +71,13 @@ def test_peak_logits_do_not_grow_with_the_number_of_samples(tiny_dirs, monkeypat
         assert len(a) > 0
 
 
-def test_pairs_scored_with_their_prompt_run_once_equal_full_sequences(tiny_dirs):
+@pytest.mark.parametrize("group_tokens", [1, 8, 2048])  # every completion row alone / several groups / one
+def test_pairs_scored_with_their_prompt_run_once_equal_full_sequences(tiny_dirs, group_tokens, monkeypatch):
     """shared_prompt_logps (prompt once, its KV cache copied to each response) against completion_logps
     over each full sequence, one row per forward: prompts and responses of different lengths, an empty
-    response, a one-token prompt and one-token responses, batches that cut through the pairs."""
+    response, a one-token prompt and one-token responses, batches that cut through the pairs, completion
+    rows run in groups on copies of their prompts' cache."""
+    monkeypatch.setattr(teacher_forcing, "COMPLETION_GROUP_TOKENS", group_tokens)
     from transformers import AutoTokenizer
 
     from bench.backends.hf import load_for_inference
@@ -95,3 +98,11 @@ def test_pairs_scored_with_their_prompt_run_once_equal_full_sequences(tiny_dirs)
                 assert len(values) == len(c)
                 assert values == pytest.approx(full, abs=1e-5)
     assert shared[2][0] == shared[2][1]  # identical responses: identical values
+
+
+def test_completion_rows_are_grouped_within_the_padded_token_budget():
+    # rows x the group's longest row <= budget; consecutive, longest first; a row over the budget goes alone
+    assert teacher_forcing._padded_groups([10, 6, 5, 5, 1], 12) == [[0], [1, 2], [3, 4]]
+    assert teacher_forcing._padded_groups([20, 3], 12) == [[0], [1]]
+    assert teacher_forcing._padded_groups([4, 4, 4], 12) == [[0, 1, 2]]
+    assert teacher_forcing._padded_groups([], 12) == []
