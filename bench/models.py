@@ -44,6 +44,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -109,6 +110,21 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
+
+
+def left_padded(seqs: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token sequences padded on the left to ``width`` (default: the
+    longest), so that every row ends at the last column, where generation and a shared prompt's cache
+    continue."""
+    width = max((len(s) for s in seqs), default=0) if width is None else width
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        if len(s):
+            input_ids[j, width - len(s):] = torch.tensor(list(s))
+            attention[j, width - len(s):] = 1
+    return input_ids, attention
 
 
 def kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor, **kwargs):

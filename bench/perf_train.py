@@ -136,8 +136,7 @@ def report_path(out_dir: str | Path, model: str, precision: str, lora: bool) -> 
 # --------------------------------------------------------------------------- workers
 def _worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     import methods
-    import bench.train.preference as preference
-    from bench.train import PreferenceTrainConfig, train_preference
+    from bench.train import PreferenceTrainConfig, preference, train_preference
 
     baseline = _rss_mb("VmRSS")
     pairs = synthetic_pairs(spec["batch_size"] * spec["steps"], spec["prompt_words"], spec["response_words"])
@@ -150,26 +149,10 @@ def _worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     method = methods.get(spec["method"])
     plan = preference.reference_plan(method, config)
 
-    # train_preference returns no parameter counts: read them from what its loop is given to train
-    counts: dict[str, int] = {}
-    run_loop = preference.run_loop
-
-    def counting_run_loop(**kwargs):
-        policy = kwargs["module"].policy
-        trained = {id(p): p for group in kwargs["param_groups"] for p in group["params"]}
-        counts["params"] = sum(p.numel() for p in policy.parameters())
-        counts["params_trainable"] = sum(p.numel() for p in trained.values())
-        counts["params_trainable_non_adapter"] = sum(p.numel() for name, p in policy.named_parameters()
-                                                     if id(p) in trained and "lora_" not in name)
-        return run_loop(**kwargs)
-
-    preference.run_loop = counting_run_loop
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            train_preference(config, pairs, method, Path(tmp) / "run")
-            lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    finally:
-        preference.run_loop = run_loop
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_preference(config, pairs, method, Path(tmp) / "run")
+        lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    counts = result.extra["parameters"]
     times = [x["step_time_s"] for x in lines[spec["warmup"]:]]
     cpu = [x["step_cpu_s"] for x in lines[spec["warmup"]:]]
     tokens = [x["tokens_per_s"] * x["step_time_s"] for x in lines[spec["warmup"]:]]

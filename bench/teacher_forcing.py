@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from bench.backends.hf import load_for_inference
-from bench.models import kept_logits, parse_dtype
+from bench.models import kept_logits, left_padded, parse_dtype
 from bench.prompts import PromptFormat, encode
 
 
@@ -127,12 +127,7 @@ def shared_prompt_logps(model: Any, prompts: Sequence[Sequence[int]], completion
         idx = [i for i in batch if any(completions[i])]
         if not idx:
             continue
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):  # left padding: every prompt ends at the last column
-            ids[j, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
-            attn[j, width - len(prompts[i]):] = 1
+        ids, attn = left_padded([prompts[i] for i in idx], pad_id)  # every prompt ends at the last column
         positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)
         cache = DynamicCache()
         # the last prompt position predicts each completion's first token

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import LogitsProcessorList
 
 from bench.backends import BackendError, apply_stop
-from bench.models import DTYPES, parse_dtype
+from bench.models import DTYPES, left_padded, parse_dtype
 from bench.prompts import PromptFormat, encode
 
 
@@ -102,13 +102,8 @@ class HFBackend:
         pad = self.tokenizer.pad_token_id
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             chunk = [rows[r] for r in order[start:start + self.batch_size]]
-            seqs = [ids[i] for i, _ in chunk]
-            width = max(len(s) for s in seqs)
-            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(seqs), width), dtype=torch.long)
-            for j, s in enumerate(seqs):  # left padding: generation continues at the right edge
-                input_ids[j, width - len(s):] = torch.tensor(s)
-                attention[j, width - len(s):] = 1
+            input_ids, attention = left_padded([ids[i] for i, _ in chunk], pad)  # generation continues at the right edge
+            width = input_ids.shape[1]
             # always transformers' greedy loop: sampling happens in our logits processor, which
             # leaves one finite score per row (see InverseCDFSampler for why)
             kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad,
@@ -159,12 +154,7 @@ class HFBackend:
             return None
         from transformers import DynamicCache
 
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(distinct), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(distinct), width), dtype=torch.long)
-        for j, i in enumerate(distinct):
-            input_ids[j, width - len(ids[i]):] = torch.tensor(ids[i])
-            attention[j, width - len(ids[i]):] = 1
+        input_ids, attention = left_padded([ids[i] for i in distinct], self.tokenizer.pad_token_id, width)
         # the positions generate() gives left-padded rows: count of real tokens so far, 0 on padding
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
         cache = DynamicCache()

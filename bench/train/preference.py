@@ -330,6 +330,11 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     extra_params = [p for m in method.modules() for p in m.parameters() if p.requires_grad]
     groups = [{"params": policy_params, "weight_decay": config.weight_decay},
               {"params": extra_params, "weight_decay": config.method_weight_decay}]
+    # what is trained, for the run record and `pobench bench train`'s FLOP estimate
+    parameters = {"params": sum(p.numel() for p in policy.parameters()),
+                  "params_trainable": sum(p.numel() for p in policy_params + extra_params),
+                  "params_trainable_non_adapter": sum(p.numel() for name, p in policy.named_parameters()
+                                                      if p.requires_grad and "lora_" not in name)}
     steps, last, resumed_from = run_loop(
         accelerator=accelerator, config=config, output_dir=output_dir, module=module, param_groups=groups,
         examples=examples, pad_id=tokenizer.pad_token_id, step_fn=step_fn,
@@ -338,5 +343,6 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
 
     return close_run(run, config, module, steps=steps, last=last, resumed_from=resumed_from,
                      data_report=report.to_dict(),
-                     extra={"method": method.name, "hparams": method.hparams(), "reference": plan},
+                     extra={"method": method.name, "hparams": method.hparams(), "reference": plan,
+                            "parameters": parameters},
                      extra_modules=lambda unwrapped: list(unwrapped.method.modules()))

@@ -251,3 +251,20 @@ def test_bf16_lora_trains_over_a_bf16_base_and_merges_into_the_fp32_base(tmp_pat
             # untouched weights are the fp32 base exactly, not its bf16 rounding
             assert torch.equal(weight, base[name]), name
     assert adapted == 2 * len([k for k in base if k.endswith("q_proj.weight")])
+
+
+def test_the_run_records_what_it_trained(tmp_path):
+    """result.extra["parameters"], counted independently from the base model: all of it for full
+    fine-tuning; r x (in + out) per adapted Linear and no base weight with LoRA."""
+    from bench.models import load_model
+
+    base, _ = load_model("tiny")
+    total = sum(p.numel() for p in base.parameters())
+    full = train_preference(quick(steps=1), PAIRS, methods.get("dpo"), tmp_path / "full").extra["parameters"]
+    assert full == {"params": total, "params_trainable": total, "params_trainable_non_adapter": total}
+    lora = train_preference(quick(steps=1, peft="lora", lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}),
+                            PAIRS, methods.get("dpo"), tmp_path / "lora").extra["parameters"]
+    adapted = [m for name, m in base.named_modules() if name.split(".")[-1] in ("q_proj", "v_proj")]
+    adapters = sum(4 * (m.in_features + m.out_features) for m in adapted)
+    assert adapted and lora == {"params": total + adapters, "params_trainable": adapters,
+                                "params_trainable_non_adapter": 0}
