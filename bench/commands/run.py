@@ -9,7 +9,7 @@ from bench.config import ConfigError, SuiteConfig
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "run", help="run a suite: sft -> prefdata -> prep -> train -> generate -> score -> report",
+        "run", help="run a suite: sft -> prefdata -> prep -> train -> generate (+ pairs) -> score -> report",
         description="Run a suite end to end. Finished stages are cached in the work dir (keyed by the hash "
                     "of their inputs and of the data they read): a re-run skips them and an interrupted run "
                     "resumes. Model-evaluation tasks of the suite (`eval_tasks: [reasoning]`, e.g. lm-eval "
