@@ -169,6 +169,7 @@ def _worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     from bench.models import load_model
+    from bench.train.preference import parameter_counts
 
     baseline = _rss_mb("VmRSS")
     pairs = synthetic_pairs(spec["batch_size"] * spec["steps"], spec["prompt_words"], spec["response_words"])
@@ -208,10 +209,7 @@ def _worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         trainer = trl.DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
                                  processing_class=tokenizer, callbacks=[timer], peft_config=peft_config)
         trained = trainer.model
-        counts = {"params": sum(p.numel() for p in trained.parameters()),
-                  "params_trainable": sum(p.numel() for p in trained.parameters() if p.requires_grad),
-                  "params_trainable_non_adapter": sum(p.numel() for name, p in trained.named_parameters()
-                                                      if p.requires_grad and "lora_" not in name)}
+        counts = parameter_counts(trained)
         lora = None
         if spec["lora"]:
             used = trained.peft_config["default"]

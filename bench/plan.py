@@ -197,7 +197,8 @@ def build_plan(suite: SuiteConfig) -> Plan:
                 policy's reads the reference's, which is computed once."""
                 reference = b.add("pairs", PairsParams(model, on, prompt_format, suite.score.kl_dtype, None,
                                                        suite.score.kl_batch_size),
-                                  dict(reference_deps), label=f"pairs {REFERENCE}" + at.replace(f"@{step}", ""))
+                                  dict(reference_deps),
+                                  label=f"pairs {REFERENCE}" + (f" on {on.name}" if on is not tref else ""))
                 if "policy" not in policy_deps:
                     return reference
                 seed = policy_deps["policy"].params.seed

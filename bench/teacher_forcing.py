@@ -197,7 +197,6 @@ def _score_completions(model: Any, rows: Sequence[tuple[int, int, int]], prompts
         tokens = completions[i][c]
         out[i][c] = [float(first[j, tokens[0]])] + rest[offset:offset + len(tokens) - 1]
         offset += len(tokens) - 1
-    return out
 
 
 def _load_pair(policy_path: str, reference_path: str, dtype: str = "float32"):

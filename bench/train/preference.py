@@ -252,6 +252,17 @@ class PreferenceModule(PolicyModule):
 
 
 # --------------------------------------------------------------------------- public entry point
+def parameter_counts(policy: nn.Module, extra_params: Sequence[Tensor] = ()) -> dict[str, int]:
+    """What a run trains: the policy's parameters in all, the trainable ones (the policy's with
+    ``requires_grad`` plus a method's own, e.g. SparsePO's mask weights) and the trainable ones outside
+    LoRA adapters (0 with LoRA, all of the policy for full fine-tuning)."""
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    return {"params": sum(p.numel() for p in policy.parameters()),
+            "params_trainable": sum(p.numel() for p in [*trainable, *extra_params]),
+            "params_trainable_non_adapter": sum(p.numel() for name, p in policy.named_parameters()
+                                                if p.requires_grad and "lora_" not in name)}
+
+
 def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], method: Method | str,
                      output_dir: str | Path, *, overwrite: bool = False) -> TrainResult:
     """Train ``config.model`` on preference ``pairs`` with ``method``; return a :class:`TrainResult`.
@@ -330,11 +341,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     extra_params = [p for m in method.modules() for p in m.parameters() if p.requires_grad]
     groups = [{"params": policy_params, "weight_decay": config.weight_decay},
               {"params": extra_params, "weight_decay": config.method_weight_decay}]
-    # what is trained, for the run record and `pobench bench train`'s FLOP estimate
-    parameters = {"params": sum(p.numel() for p in policy.parameters()),
-                  "params_trainable": sum(p.numel() for p in policy_params + extra_params),
-                  "params_trainable_non_adapter": sum(p.numel() for name, p in policy.named_parameters()
-                                                      if p.requires_grad and "lora_" not in name)}
+    parameters = parameter_counts(policy, extra_params)  # for the run record and `pobench bench train`
     steps, last, resumed_from = run_loop(
         accelerator=accelerator, config=config, output_dir=output_dir, module=module, param_groups=groups,
         examples=examples, pad_id=tokenizer.pad_token_id, step_fn=step_fn,
