@@ -34,6 +34,8 @@ class TokenStats:
     ref_logps: Tensor | None = None
     fkl: Tensor | None = None
     rkl: Tensor | None = None
+    #: the policy's log-normaliser logsumexp_v z_v per position (differentiable: d/dz = softmax(z))
+    lse: Tensor | None = None
 
 
 def shift_for_next_token(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -82,10 +84,10 @@ class _ChunkedTokenStats(torch.autograd.Function):
         ctx.save_for_backward(policy, ref, rows, cols, labels, rkl, lse, ref_lse)
         ctx.chunk_size, ctx.want_fkl, ctx.want_rkl = chunk_size, want_fkl, want_rkl
         ctx.mark_non_differentiable(ref_logps)
-        return logps, ref_logps, fkl, rkl
+        return logps, ref_logps, fkl, rkl, lse.clone()
 
     @staticmethod
-    def backward(ctx, grad_logps, _grad_ref_logps, grad_fkl, grad_rkl):
+    def backward(ctx, grad_logps, _grad_ref_logps, grad_fkl, grad_rkl, grad_lse):
         policy, ref, rows, cols, labels, rkl, lse, ref_lse = ctx.saved_tensors
         dtype = _compute_dtype(policy.dtype)
         grad_policy = torch.zeros_like(policy)
@@ -96,6 +98,8 @@ class _ChunkedTokenStats(torch.autograd.Function):
             p = pol_lp.exp()
             a = grad_logps[sl].unsqueeze(-1)
             grad = (-a * p).scatter_add_(-1, y, a)
+            if grad_lse is not None:
+                grad += grad_lse[sl].unsqueeze(-1) * p
             if ref is not None and (ctx.want_fkl or ctx.want_rkl):
                 ref_lp = ref[r, c].to(dtype).sub_(ref_lse[sl].unsqueeze(-1))
                 if ctx.want_fkl:
@@ -132,8 +136,8 @@ def token_stats(policy_logits: Tensor, labels: Tensor, mask: Tensor, ref_logits:
     rows, cols = (mask > 0).nonzero(as_tuple=True)
     targets = labels[rows, cols].clamp(min=0)
     ref = None if ref_logits is None else ref_logits.detach()
-    logps, ref_logps, fkl_v, rkl_v = _ChunkedTokenStats.apply(policy_logits, ref, rows, cols, targets,
-                                                              chunk_size, fkl, rkl)
+    logps, ref_logps, fkl_v, rkl_v, lse = _ChunkedTokenStats.apply(policy_logits, ref, rows, cols, targets,
+                                                                   chunk_size, fkl, rkl)
 
     def place(values: Tensor) -> Tensor:
         full = values.new_zeros(mask.shape)
@@ -142,4 +146,30 @@ def token_stats(policy_logits: Tensor, labels: Tensor, mask: Tensor, ref_logits:
     return TokenStats(logps=place(logps),
                       ref_logps=None if ref is None else place(ref_logps),
                       fkl=place(fkl_v) if fkl else None,
-                      rkl=place(rkl_v) if rkl else None)
+                      rkl=place(rkl_v) if rkl else None,
+                      lse=place(lse))
+
+
+def fkl_from_reference_summary(lse: Tensor, hidden: Tensor, ref_lse: Tensor, ref_hidden: Tensor,
+                               ref_expected_embedding: Tensor) -> Tensor:
+    """Forward KL(p_ref || p_theta) per position without the reference's logits, when both models share
+    one frozen linear output layer W (bias b) - as with LoRA adapters that leave it alone.
+
+    With z = W h + b, log p(v) = z_v - lse(z) and e = sum_v p_ref(v) W_v (the reference's expected output
+    embedding):
+
+        fkl = sum_v p_ref(v) [log p_ref(v) - log p_theta(v)]
+            = (lse_theta - lse_ref) - (h_theta - h_ref) . e            (the sum_v p_ref(v) b_v terms cancel)
+
+    exactly, and the gradient follows: d/dh_theta = W^T p_theta - e = W^T (p_theta - p_ref). So one
+    reference pass per dataset that stores, per completion token, h_ref, e and lse_ref (2d + 1 numbers,
+    against a vocabulary-sized distribution) replaces a reference forward at every step. Written as
+    differences of the two models' quantities, it is ~0 where the policy still equals the reference.
+
+    Args (per completion token, any matching leading shape): ``lse`` the policy's log-normaliser
+    (differentiable, :attr:`TokenStats.lse`), ``hidden`` [..., d] the policy's input to the output
+    layer (differentiable), ``ref_lse``, ``ref_hidden`` [..., d] and ``ref_expected_embedding`` [..., d]
+    from the reference pass (constants).
+    """
+    delta = hidden.to(ref_hidden.dtype) - ref_hidden
+    return (lse - ref_lse) - (delta * ref_expected_embedding).sum(-1)

@@ -137,10 +137,10 @@ def _method_specs(suite: SuiteConfig, check_registry: bool) -> list[MethodSpec]:
             if not isinstance(entry.get(section) or {}, dict):
                 raise ConfigError(f"{path}.{section}: expected a mapping of {section} fields, "
                                   f"got {entry[section]!r}")
-        train = _validated(SuiteTrainConfig, deep_update(suite.train.model_dump(exclude=set(SuiteTrainConfig.filled_by_suite)),
+        train = _validated(SuiteTrainConfig, deep_update(suite.train.all_fields(exclude=set(SuiteTrainConfig.filled_by_suite)),
                                                          entry.get("train") or {}),
                            f"{path}.train")
-        generation = _validated(GenerationConfig, deep_update(suite.generation.model_dump(),
+        generation = _validated(GenerationConfig, deep_update(suite.generation.all_fields(),
                                                               entry.get("generation") or {}), f"{path}.generation")
         seeds = entry.get("seeds")
         if seeds is not None:

@@ -66,7 +66,7 @@ class SuiteSFTConfig(SuiteSection, SFTConfig):
     max_examples: int | None = Field(None, ge=1, description="cap on SFT examples (null = all)")
 
     def trainer_config(self, model: str, seed: int, prompt_fields: dict[str, Any]) -> SFTConfig:
-        fields = {k: v for k, v in self.model_dump().items() if k not in ("enabled", "max_examples")}
+        fields = {k: v for k, v in self.all_fields().items() if k not in ("enabled", "max_examples")}
         return SFTConfig.model_validate({**fields, **prompt_fields, "model": model, "seed": seed})
 
 

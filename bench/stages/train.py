@@ -29,7 +29,7 @@ def trainer_config(train: SuiteTrainConfig, model_path: str, seed: int):
     """The trainer's config for one run: the suite section plus the run identity (no progress bar in stages)."""
     from bench.train import PreferenceTrainConfig
 
-    return PreferenceTrainConfig.model_validate({**train.model_dump(), "model": model_path, "seed": seed,
+    return PreferenceTrainConfig.model_validate({**train.all_fields(), "model": model_path, "seed": seed,
                                                  "progress_bar": False})
 
 
@@ -87,6 +87,15 @@ class TrainParams:
     seed: int
     #: train on the pairs with chosen and rejected swapped (e.g. a reverse-DPO model for TIS-DPO's weights)
     swap_pairs: bool = False
+
+    def __post_init__(self) -> None:
+        # a train field that this method's training never reads is set to its earlier value (left out of
+        # the key), so changing it, or its default, does not retrain methods it cannot affect
+        from bench.train.preference import unread_train_fields
+
+        unread = unread_train_fields(self.method, self.hparams, self.train)
+        if unread:
+            object.__setattr__(self, "train", self.train.model_copy(update=unread))
 
 
 def run_train(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], out: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, ValidationError, model_serializer, model_validator
 
 from bench.hashing import stable_hash
 from bench.prompts import PromptFormat
@@ -25,6 +25,8 @@ class TrainConfigError(ValueError):
 #: marks a field declared with :func:`added_field`; ``EARLIER`` holds the value it is left out at
 OMIT_AT_DEFAULT = "omit_at_default"
 EARLIER = "earlier"
+#: serialization context flag: dump every field (to rebuild the config), not the keyed view
+ALL_FIELDS = "all_fields"
 _DEFAULT = object()
 
 
@@ -46,15 +48,21 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @model_serializer(mode="wrap")
-    def _leave_out_added_fields_at_their_default(self, handler: Any) -> Any:
+    def _leave_out_added_fields_at_their_default(self, handler: Any, info: SerializationInfo) -> Any:
         data = handler(self)
-        if isinstance(data, dict):
+        if isinstance(data, dict) and not (info.context or {}).get(ALL_FIELDS):
             for name, info in type(self).model_fields.items():
                 extra = info.json_schema_extra
                 if isinstance(extra, dict) and extra.get(OMIT_AT_DEFAULT) and name in data \
                         and getattr(self, name) == extra.get(EARLIER, info.default):
                     del data[name]
         return data
+
+    def all_fields(self, **kwargs: Any) -> dict[str, Any]:
+        """Every field, added ones included: what rebuilds this config (``model_validate``). The keyed view
+        (``model_dump``) leaves out an added field at its earlier value, which a flipped default
+        (``earlier`` != ``default``) would turn into the new default on the way back."""
+        return self.model_dump(context={ALL_FIELDS: True}, **kwargs)
 
 
 class LoraSettings(Schema):
@@ -166,7 +174,7 @@ class TrainConfig(Schema):
     def validate(self) -> None:  # noqa: D401 - kept for callers: the model is validated when built
         """Re-check the whole config (fields set by assignment are checked one at a time)."""
         try:
-            type(self).model_validate(self.model_dump())
+            type(self).model_validate(self.all_fields())
         except ValidationError as exc:
             raise TrainConfigError(describe_validation_error(exc, type(self).__name__)) from None
 
@@ -186,7 +194,7 @@ class TrainConfig(Schema):
 
     def with_updates(self, **updates: Any):
         """A validated copy with ``updates`` applied (what ``pobench train --set`` and suites use)."""
-        return type(self).from_dict({**self.model_dump(), **updates})
+        return type(self).from_dict({**self.all_fields(), **updates})
 
 
 class PreferenceTrainConfig(TrainConfig):
@@ -199,6 +207,15 @@ class PreferenceTrainConfig(TrainConfig):
         None, description="weights of a frozen reference copy: null = bf16 when precision is bf16, else fp32")
     token_chunk_size: int = Field(64, ge=1, description="completion positions per chunk of the vocabulary-wide "
                                   "token math (bounds its fp32 workspace)")
+    token_reference: Literal["cached", "online"] = added_field(
+        "cached", earlier="online", description="what methods needing the reference's distribution (fkl) or "
+        "hidden states (ref_hidden) get it from: cached = one reference pass per dataset, cached like its "
+        "log-probs, storing per completion token its final hidden state, expected output embedding and "
+        "log-normaliser (KL(ref || policy) then follows exactly from the policy's logits, since both share the "
+        "frozen output layer) and, for ref_hidden, every layer's hidden state; the reference runs at every step "
+        "instead where that identity does not hold (rkl, a trained output layer as in full fine-tuning, "
+        "logits transformed after the output layer) or the hidden states exceed 2 GiB. online = the "
+        "reference runs at every step (what every result recorded before this field used)")
 
 
 class SFTConfig(TrainConfig):

@@ -64,6 +64,9 @@ class FrozenReference:
     def context(self):
         return self.model.disable_adapter() if self.lora else _nullcontext()
 
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
     def __call__(self, *args, **kwargs):
         # the LoRA policy may be wrapped by DDP later; its base weights are what we call here
         with torch.no_grad(), self.context():

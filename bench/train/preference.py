@@ -7,8 +7,13 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 * the method needs nothing from the reference but its token log-probs (DPO, IPO, cDPO, ...):
   they are computed once per dataset and cached (``<cache>/reference/<hash>.pt``), so training
   runs one forward pass per step (chosen and rejected concatenated).
-* ``fkl`` / ``rkl`` / ``ref_hidden`` needed: the reference runs every step under ``no_grad``; the
-  full-vocabulary KL is chunked (``methods.token_math``); hidden states only for ``ref_hidden``.
+* ``fkl`` / ``ref_hidden`` needed and the output layer frozen (LoRA), ``token_reference: cached``: one
+  reference pass per dataset stores, per completion token, the reference's final hidden state, its
+  expected output embedding and log-normaliser (``fkl`` then follows exactly from the policy's own
+  logits: ``methods.token_math.fkl_from_reference_summary``) and, for ``ref_hidden``, every layer's
+  hidden state; cached like the log-probs, so training runs one forward pass per step as DPO does.
+* otherwise (``rkl``, a trained output layer, ``token_reference: online``): the reference runs every step
+  under ``no_grad``; the full-vocabulary KL is chunked (``methods.token_math``).
 * ``masks`` (MaPO): ``method.reference_masks`` on activations recorded by forward hooks on the
   reference, precomputed once per dataset and cached like the log-probs.
 * ``weights`` (TIS-DPO): read from the pairs (``weights_chosen`` / ``weights_rejected``, one per
@@ -17,6 +22,8 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 from __future__ import annotations
 
 import io
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +33,7 @@ from torch import Tensor, nn
 import methods as method_registry
 from methods import Method, NonFiniteLoss, PairBatch, token_stats
 from methods.activations import record_activations
+from methods.token_math import fkl_from_reference_summary
 from bench.models import cache_dir, kept_logits, parse_dtype
 from bench.store import atomic_write_bytes
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
@@ -36,18 +44,60 @@ from bench.train.policy import FrozenReference, PolicyModule, model_shape
 
 ONLINE_REFERENCE_NEEDS = frozenset({"fkl", "rkl", "ref_hidden"})
 WEIGHT_KEYS = ("weights_chosen", "weights_rejected")
+#: above this many bytes of per-layer reference hidden states (``ref_hidden``: tokens x layers x d fp32)
+#: the reference runs at every step instead of being cached (the cache is held in memory while training)
+MAX_CACHED_HIDDEN_BYTES = 2 << 30
+#: per completion token, what the cached reference pass stores for ``fkl`` (see fkl_from_reference_summary)
+SUMMARY_KEYS = ("ref_lse", "ref_final_hidden", "ref_expected_embedding")
+#: cached reference kinds -> the PreferenceModule input they become
+CACHED_FIELDS = {"logps": "ref_logps", "masks": "masks", "hidden": "ref_hidden"}
 
 
-def reference_plan(method: Method, config: PreferenceTrainConfig) -> str:
-    """"none" | "cached" | "online": how reference log-probs are obtained for this method."""
+class SummaryUnavailable(Exception):
+    """The reference's per-token summary cannot stand in for its forward in this run (message: why)."""
+
+
+def output_layer_frozen(policy: nn.Module) -> bool:
+    """True when the policy's output layer is a plain linear layer that nothing trains (LoRA on attention
+    or MLP projections): then policy and reference share it, which the cached fkl summary relies on."""
+    layer = policy.get_output_embeddings() if hasattr(policy, "get_output_embeddings") else None
+    return type(layer) is nn.Linear and not any(p.requires_grad for p in layer.parameters())
+
+
+def summary_blocker(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None) -> str | None:
+    """Why this run's token-level needs cannot be served by the cached reference summary (None: they can)."""
+    if "rkl" in method.needs:
+        return "rkl needs the reference's whole distribution under the policy's, at every step"
+    if config.token_reference == "online":
+        return "token_reference is online"
+    if policy is None or not output_layer_frozen(policy):
+        return "the output layer is trained (full fine-tuning or adapters on it), so it is not the reference's"
+    return None
+
+
+def unread_train_fields(method_name: str, hparams: dict[str, Any], config: PreferenceTrainConfig) -> dict[str, Any]:
+    """Train-config fields that training ``method_name`` with ``hparams`` under ``config`` never reads, each
+    with the value that leaves it out of run keys (its earlier default)."""
+    needs = method_registry.get(method_name, **hparams).needs
+    if not needs & {"fkl", "ref_hidden"} or "rkl" in needs or config.lora is None \
+            or config.precompute_reference is False:
+        return {"token_reference": "online"}  # the reference runs every step whatever it says
+    return {}
+
+
+def reference_plan(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None = None) -> str:
+    """"none" | "cached" | "online": whether the reference runs at every step ("online") or everything
+    needed from it comes from one cached pass per dataset ("cached"). ``policy``: the model being trained
+    (its output layer decides whether token-level needs can be cached; None = they cannot)."""
     if not method.uses_reference and not (method.needs & ONLINE_REFERENCE_NEEDS):
         return "none"
-    online_needed = bool(method.needs & ONLINE_REFERENCE_NEEDS)
-    if config.precompute_reference is True and online_needed:
+    token_needs = method.needs & ONLINE_REFERENCE_NEEDS
+    blocker = summary_blocker(method, config, policy) if token_needs else None
+    if config.precompute_reference is True and blocker:
         raise TrainConfigError(f"precompute_reference=True, but method {method.name!r} needs "
-                               f"{sorted(method.needs & ONLINE_REFERENCE_NEEDS)} from the reference at every "
-                               "step; leave precompute_reference unset")
-    if online_needed or config.precompute_reference is False:
+                               f"{sorted(token_needs)} from the reference at every step here ({blocker}); "
+                               "leave precompute_reference unset")
+    if blocker or config.precompute_reference is False:
         return "online"
     return "cached"
 
@@ -73,12 +123,51 @@ def completion_forward(model, batch: Batch, **kwargs):
     return kept_logits(model, batch.input_ids, batch.attention_mask, keep, **kwargs)
 
 
-def flat_token_stats(logits: Tensor, ref_logits: Tensor | None, labels: Tensor, mask: Tensor, **options):
-    """``token_stats`` on ``[N, V]`` completion-only logits, results placed back as ``[R, T]`` like ``mask``."""
+@contextmanager
+def _output_layer_io(model):
+    """Records the input (final hidden states) and output of ``model``'s output layer during a forward."""
+    seen: dict[str, Tensor] = {}
+
+    def hook(module, args, output):
+        seen["hidden"], seen["logits"] = args[0], output
+
+    handle = model.get_output_embeddings().register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def completion_forward_with_hidden(model, batch: Batch, **kwargs):
+    """:func:`completion_forward` plus the ``[N, d]`` hidden states its output layer turned into the
+    ``[N, V]`` logits. Raises :class:`SummaryUnavailable` when the model changes the output layer's
+    result before returning it (e.g. logit soft-capping): then logits are not linear in those states."""
+    with _output_layer_io(model) as seen:
+        logits, out = completion_forward(model, batch, **kwargs)
+    produced = seen.get("logits")
+    if produced is None or produced.shape != out.logits.shape or produced.data_ptr() != out.logits.data_ptr():
+        raise SummaryUnavailable("the model transforms its output layer's logits before returning them")
+    hidden = seen["hidden"]
+    if hidden.shape[:-1] != logits.shape[:-1]:  # a full forward (no logits_to_keep): keep completion rows
+        keep = torch.zeros_like(batch.completion_mask, dtype=torch.bool)
+        keep[:, :-1] = batch.completion_mask[:, 1:] > 0
+        hidden = hidden[keep]
+    return logits, hidden.reshape(logits.shape[0], -1), out
+
+
+def flat_token_stats(logits: Tensor, ref_logits: Tensor | None, labels: Tensor, mask: Tensor, *,
+                     summary: dict[str, Tensor] | None = None, hidden: Tensor | None = None, **options):
+    """``token_stats`` on ``[N, V]`` completion-only logits, results placed back as ``[R, T]`` like ``mask``.
+
+    ``summary`` (flat ``SUMMARY_KEYS`` tensors of the cached reference pass) with ``hidden`` (the policy's
+    ``[N, d]`` output-layer inputs): ``fkl`` from them instead of from ``ref_logits``."""
     flat_labels = labels[mask > 0]
     ones = torch.ones(1, flat_labels.shape[0], device=mask.device)
     stats = token_stats(logits[None], flat_labels[None], ones, None if ref_logits is None else ref_logits[None],
                         **options)
+    if summary is not None:
+        stats.fkl = fkl_from_reference_summary(stats.lse[0], hidden, summary["ref_lse"], summary["ref_final_hidden"],
+                                               summary["ref_expected_embedding"])[None]
     where = mask > 0
 
     def unflatten(values: Tensor | None) -> Tensor | None:
@@ -96,8 +185,10 @@ def window(t: Tensor | None, start: int) -> Tensor | None:
 
 
 def scatter_completion(values: list[Tensor], mask: Tensor) -> Tensor:
-    """Place each row's per-completion-token values at the row's completion positions of ``mask``."""
-    full = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    """Place each row's per-completion-token values (``[n, ...]``) at the row's completion positions of
+    ``mask``: ``[R, T, ...]``, zero elsewhere."""
+    trailing = tuple(values[0].shape[1:]) if values else ()
+    full = torch.zeros((*mask.shape, *trailing), dtype=torch.float32, device=mask.device)
     if values:
         full[mask > 0] = torch.cat(values).to(mask.device, torch.float32)
     return full
@@ -114,11 +205,23 @@ def model_identity(resolved) -> dict[str, Any]:
 
 @torch.no_grad()
 def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pad_id: int, *,
-                   want_logps: bool, mask_method: Method | None, precision: str, batch_size: int,
-                   device: torch.device) -> dict[str, list[list[Tensor]]]:
-    """Per example and response, the reference's token log-probs / MaPO masks on completion tokens."""
-    out: dict[str, list[list[Tensor]]] = {"logps": [], "masks": []}
+                   kinds: frozenset[str], mask_method: Method | None, precision: str, batch_size: int,
+                   device: torch.device, summary_chunk: int = 256) -> dict[str, list[list[Tensor]]]:
+    """Per example, [chosen, rejected] values on completion tokens of what ``kinds`` asks for:
+
+    * ``logps``: the reference's token log-probs [n];
+    * ``masks``: MaPO's masks [n] from hooked activations (``mask_method``; a pass of its own, since it
+      needs the full logits);
+    * ``summary``: ``SUMMARY_KEYS`` for ``fkl`` - log-normaliser [n], the output layer's input [n, d] and
+      the expected output embedding sum_v p_ref(v) W_v [n, d] (computed ``summary_chunk`` rows at a time);
+    * ``hidden``: every layer's hidden state [n, L, d] (embedding output excluded), for ``ref_hidden``.
+    """
+    if "masks" in kinds and kinds != {"masks"}:
+        raise ValueError("reference_pass: masks need a pass of their own")
+    names = {"summary": SUMMARY_KEYS, "hidden": ("hidden",)}
+    out: dict[str, list[list[Tensor]]] = {name: [] for kind in kinds for name in names.get(kind, (kind,))}
     dtype_ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    weight = reference.get_output_embeddings().weight.float() if "summary" in kinds else None
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
         batch = collate(chunk, pad_id).to(device)
@@ -127,24 +230,40 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
         start = completion_window(batch) if mask_method is None else 1
         hooks = (record_activations(reference.model, mask_method.activation_points()) if mask_method is not None
                  else _no_hooks())
+        hidden = ref_out = None
         with hooks as activations, dtype_ctx:
-            if mask_method is None:
-                logits, _ = completion_forward(reference, batch)
-            else:  # full logits: the output layer is one of the hooked activations
+            if mask_method is not None:  # full logits: the output layer is one of the hooked activations
                 logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 logits = logits[:, :-1][batch.completion_mask[:, 1:] > 0]
-        per_row: dict[str, list[Tensor]] = {}
-        if want_logps:
+            elif "summary" in kinds:
+                logits, hidden, ref_out = completion_forward_with_hidden(reference, batch,
+                                                                         output_hidden_states="hidden" in kinds)
+            else:
+                logits, ref_out = completion_forward(reference, batch, output_hidden_states="hidden" in kinds)
+        flat: dict[str, Tensor] = {}
+        counts = (mask > 0).sum(1).tolist()
+        if "logps" in kinds:
             window_mask = window(batch.completion_mask, start)
-            stats = flat_token_stats(logits, None, window(batch.input_ids, start), window_mask)
-            per_row["logps"] = [stats.logps[i][window_mask[i] > 0].cpu() for i in range(mask.shape[0])]
+            flat["logps"] = flat_token_stats(logits, None, window(batch.input_ids, start), window_mask).logps[
+                window_mask > 0]
+        if "summary" in kinds:
+            lse, expected = [], []
+            for rows in range(0, logits.shape[0], summary_chunk):
+                x = logits[rows:rows + summary_chunk].float()
+                x_lse = x.logsumexp(-1, keepdim=True)
+                lse.append(x_lse.squeeze(-1))
+                expected.append(x.sub_(x_lse).exp_() @ weight)
+            flat.update(ref_lse=torch.cat(lse), ref_final_hidden=hidden.float(),
+                        ref_expected_embedding=torch.cat(expected))
+        if "hidden" in kinds:  # the positions that predict completion tokens, like the logits' rows
+            keep = mask > 0
+            flat["hidden"] = torch.stack([h[:, :-1][keep] for h in ref_out.hidden_states[1:]], dim=1).float()
         if mask_method is not None:
             trimmed = {kind: [a[:, :-1] for a in acts] for kind, acts in activations.items()}
-            masks = mask_method.reference_masks(trimmed, mask)
-            per_row["masks"] = [masks[i][mask[i] > 0].float().cpu() for i in range(mask.shape[0])]
+            flat["masks"] = mask_method.reference_masks(trimmed, mask)[mask > 0].float()
         n = len(chunk)
-        for key, rows in per_row.items():
-            # rows are [all chosen..., all rejected...]
+        for key, values in flat.items():
+            rows = values.cpu().split(counts)  # rows are [all chosen..., all rejected...]
             out[key].extend([rows[i], rows[n + i]] for i in range(n))
     return out
 
@@ -157,28 +276,43 @@ class _no_hooks:
         return False
 
 
-def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples, pad_id, *, want_logps: bool,
-                          mask_method: Method | None, config: PreferenceTrainConfig, device, is_main: bool):
-    """``reference_pass`` cached under ``<cache>/reference/<hash>.pt`` (one file per model+data+kind)."""
+def cached_hidden_bytes(examples: Sequence[Tokenized], hidden_size: int, num_layers: int) -> int:
+    """fp32 bytes of every layer's hidden state at every completion token of ``examples``."""
+    tokens = sum(len(r) for e in examples for r in e.responses)
+    return tokens * hidden_size * num_layers * 4
+
+
+def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples, pad_id, *, kinds: frozenset[str],
+                          mask_method: Method | None, config: PreferenceTrainConfig, device,
+                          is_main: bool) -> dict[str, list]:
+    """``reference_pass`` cached under ``<cache>/reference/<kind>-<hash>.pt`` (one file per model + data +
+    kind); the kinds not cached yet are computed together in one pass (masks in one of their own).
+    Returns per-example lists keyed like :func:`reference_pass`'s output."""
     results: dict[str, list] = {}
-    wanted = [("logps", want_logps, None), ("masks", mask_method is not None, mask_method)]
-    for kind, needed, m in wanted:
-        if not needed:
-            continue
+    missing: dict[str, Path] = {}
+    for kind in sorted(kinds):
+        m = mask_method if kind == "masks" else None
         key = fingerprint(key_parts, kind, config.precision,
                           None if m is None else (type(m).__module__, type(m).__qualname__, m.hparams()))
         path = cache_dir() / "reference" / f"{kind}-{key}.pt"
         if path.exists():
-            results[kind] = torch.load(path)
+            stored = torch.load(path)
+            results.update(stored if kind == "summary" else {kind: stored})
+        else:
+            missing[kind] = path
+    groups = [frozenset({"masks"})] if "masks" in missing else []
+    groups += [frozenset(missing) - {"masks"}] if set(missing) - {"masks"} else []
+    for group in groups:
+        computed = reference_pass(reference, examples, pad_id, kinds=group,
+                                  mask_method=mask_method if "masks" in group else None, precision=config.precision,
+                                  batch_size=max(1, config.batch_size), device=device)
+        results.update(computed)
+        if not is_main:
             continue
-        computed = reference_pass(reference, examples, pad_id, want_logps=kind == "logps",
-                                  mask_method=m if kind == "masks" else None, precision=config.precision,
-                                  batch_size=max(1, config.batch_size), device=device)[kind]
-        results[kind] = computed
-        if is_main:
+        for kind in group:
             buffer = io.BytesIO()
-            torch.save(computed, buffer)
-            atomic_write_bytes(path, buffer.getvalue())
+            torch.save({k: computed[k] for k in SUMMARY_KEYS} if kind == "summary" else computed[kind], buffer)
+            atomic_write_bytes(missing[kind], buffer.getvalue())
     return results
 
 
@@ -202,8 +336,13 @@ class PreferenceModule(PolicyModule):
         needs = self.method.needs
         device = batch.input_ids.device
         start = completion_window(batch)
+        summary = {key: cached[key] for key in SUMMARY_KEYS if key in cached} or None
+        hidden = None
         with autocast(self.config, device):
-            logits, _ = completion_forward(self.policy, batch)
+            if summary is not None:
+                logits, hidden, _ = completion_forward_with_hidden(self.policy, batch)
+            else:
+                logits, _ = completion_forward(self.policy, batch)
         ref_logits = ref_hidden = None
         if self.plan == "online":
             with autocast(self.config, device):
@@ -211,9 +350,12 @@ class PreferenceModule(PolicyModule):
                                                          output_hidden_states="ref_hidden" in needs)
             if "ref_hidden" in needs:  # per-layer outputs (embedding output excluded), window positions
                 ref_hidden = torch.stack([h[:, start - 1:-1] for h in ref_out.hidden_states[1:]], dim=2).float()
+        elif "ref_hidden" in needs:
+            ref_hidden = cached["ref_hidden"]
         labels, mask = window(batch.input_ids, start), window(batch.completion_mask, start)
-        stats = flat_token_stats(logits, ref_logits, labels, mask, fkl="fkl" in needs, rkl="rkl" in needs,
-                                 chunk_size=self.config.token_chunk_size)
+        stats = flat_token_stats(logits, ref_logits, labels, mask, fkl="fkl" in needs and summary is None,
+                                 rkl="rkl" in needs, chunk_size=self.config.token_chunk_size,
+                                 summary=summary, hidden=hidden)
         if stats.ref_logps is not None:
             ref_logps = stats.ref_logps
         elif "ref_logps" in cached:
@@ -304,7 +446,17 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
 
     hidden_size, num_layers = model_shape(policy)
     method.setup(hidden_size, num_layers)
-    plan = reference_plan(method, config)
+    plan = reference_plan(method, config, policy)
+    token_needs = method.needs & ONLINE_REFERENCE_NEEDS
+    kinds = set()
+    if plan == "cached":
+        kinds = {"logps"} | ({"summary"} if "fkl" in token_needs else set()) \
+            | ({"hidden"} if "ref_hidden" in token_needs else set())
+    kinds |= {"masks"} if "masks" in method.needs else set()
+    note = None
+    if "hidden" in kinds and cached_hidden_bytes(examples, hidden_size, num_layers) > MAX_CACHED_HIDDEN_BYTES:
+        note = (f"per-layer hidden states of {cached_hidden_bytes(examples, hidden_size, num_layers) / 2**30:.1f} "
+                f"GiB exceed the cache limit of {MAX_CACHED_HIDDEN_BYTES / 2**30:.0f} GiB")
     needs_reference_model = plan != "none" or "masks" in method.needs
     ref_dtype = parse_dtype(config.reference_dtype or ("bf16" if config.precision == "bf16" else "fp32"))
     reference = FrozenReference(policy, config.lora is not None, ref_dtype) if needs_reference_model else None
@@ -314,13 +466,25 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     method.to(accelerator.device)
 
     cache: dict[str, list] = {}
-    if plan == "cached" or "masks" in method.needs:
-        key_parts = {"model": model_identity(resolved), "lora": config.lora is not None, "dtype": str(ref_dtype),
-                     "data": [(e.prompt, e.responses) for e in examples]}
-        cache = cached_reference_pass(key_parts, reference, examples, tokenizer.pad_token_id,
-                                      want_logps=plan == "cached",
-                                      mask_method=method if "masks" in method.needs else None, config=config,
-                                      device=accelerator.device, is_main=accelerator.is_main_process)
+    key_parts = {"model": model_identity(resolved), "lora": config.lora is not None, "dtype": str(ref_dtype),
+                 "data": [(e.prompt, e.responses) for e in examples]}
+
+    def reference_cache(kinds: set[str]) -> dict[str, list]:
+        return cached_reference_pass(key_parts, reference, examples, tokenizer.pad_token_id, kinds=frozenset(kinds),
+                                     mask_method=method if "masks" in kinds else None, config=config,
+                                     device=accelerator.device, is_main=accelerator.is_main_process)
+
+    pass_started = time.perf_counter()
+    if note is None and kinds:
+        try:
+            cache = reference_cache(kinds)
+        except SummaryUnavailable as exc:
+            note = str(exc)
+    if note is not None:  # token-level needs from the reference at every step instead
+        say(accelerator, f"[pobench] {method.name}: the reference runs at every step ({note})")
+        plan = "online"
+        cache = reference_cache({"masks"}) if "masks" in method.needs else {}
+    reference_pass_s = time.perf_counter() - pass_started  # ~0 when every kind was in the cache
     position = {e.index: i for i, e in enumerate(examples)}
     if plan != "online" and reference is not None and not reference.lora:
         reference = None  # everything needed from it is cached: free its memory
@@ -330,11 +494,13 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     def step_fn(prepared: nn.Module, batch: Batch) -> StepOutput:
         mask = window(batch.completion_mask, completion_window(batch))
         cached: dict[str, Tensor] = {}
-        for key, name in (("logps", "ref_logps"), ("masks", "masks")):
-            if key in cache:
-                rows = [cache[key][position[i]] for i in batch.indices]
-                values = [r[0] for r in rows] + [r[1] for r in rows]
-                cached[name] = scatter_completion(values, mask)
+        for key, per_example in cache.items():
+            rows = [per_example[position[i]] for i in batch.indices]
+            values = [r[0] for r in rows] + [r[1] for r in rows]
+            if key in SUMMARY_KEYS:  # flat, in the row-major order of the completion logits' rows
+                cached[key] = torch.cat(values).to(mask.device)
+            else:
+                cached[CACHED_FIELDS[key]] = scatter_completion(values, mask)
         return prepared(batch, cached)
 
     policy_params = [p for p in policy.parameters() if p.requires_grad]
@@ -351,5 +517,6 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     return close_run(run, config, module, steps=steps, last=last, resumed_from=resumed_from,
                      data_report=report.to_dict(),
                      extra={"method": method.name, "hparams": method.hparams(), "reference": plan,
+                            **({"reference_note": note} if note else {}), "reference_pass_s": reference_pass_s,
                             "parameters": parameters},
                      extra_modules=lambda unwrapped: list(unwrapped.method.modules()))

@@ -33,7 +33,8 @@ FLIPPED = {"bcr": "4602aa75ec7a8bfa", "sparsepo_mapo": "d2a04f85cbe94d62"}
 def test_shipped_suites_keep_their_train_and_prefdata_keys(name):
     suite = load_suite(REPO / "configs" / f"{name}.yaml")
     train, prefdata = SECTIONS[name]
-    assert stable_hash(suite.train.semantic()) == train
+    # token_reference's default was flipped to "cached" later: it keys only token-level runs (tested below)
+    assert stable_hash(suite.train.model_copy(update={"token_reference": "online"}).semantic()) == train
     assert stable_hash(plain(suite.prefdata)) == prefdata
     assert stable_hash(suite.sft.semantic()) == "f14407c84bcfccd9"
     for spec in suite.method_specs:
@@ -61,8 +62,49 @@ def test_pinning_the_earlier_default_keeps_the_earlier_key(name, pinned):
 
 
 def test_a_trainer_config_at_its_defaults_keeps_its_fingerprint():
-    assert stable_hash(PreferenceTrainConfig().semantic()) == "29296bc4c4cdafb5"
+    assert stable_hash(PreferenceTrainConfig(token_reference="online").semantic()) == "29296bc4c4cdafb5"
     assert "optimizer" not in PreferenceTrainConfig().semantic()
+    # the flipped default is keyed
+    assert PreferenceTrainConfig().semantic()["token_reference"] == "cached"
+
+
+def _train_keys(suite) -> dict[str, tuple[str, dict]]:
+    from bench.plan import build_plan
+
+    return {n.label: (n.key, plain(n.params.train)) for n in build_plan(suite).nodes if n.stage == "train"}
+
+
+def test_the_cached_token_reference_rekeys_only_the_runs_that_read_it():
+    """token_reference (flipped from "online" to "cached") keys the runs of methods that need the reference's
+    distribution or hidden states under LoRA, and no other run: DPO keeps its key, and a suite that pins the
+    earlier value (hh, frontier, code) keeps every key."""
+    base = {"name": "t", "models": [{"id": "tiny"}], "tasks": ["imdb"],
+            "task_options": {"imdb": {"source": "builtin", "judge": "sentiment:vader"}},
+            "methods": {"dpo": {}, "tdpo2": {}, "sparsepo": {}, "tis_dpo": {"token_level": True}},
+            "train": {"steps": 2, "batch_size": 2, "peft": "lora"}}
+    new = _train_keys(validate(base))
+    pinned = _train_keys(validate({**base, "train": {**base["train"], "token_reference": "online"}}))
+    changed = {label for label in new if new[label][0] != pinned[label][0]}
+    assert changed == {"train tdpo2 s0", "train sparsepo s0"}
+    assert new["train tdpo2 s0"][1]["token_reference"] == "cached"
+    assert all("token_reference" not in train for label, (_, train) in pinned.items())
+    assert "token_reference" not in new["train dpo s0"][1]  # set to its earlier value: never read by DPO
+    # full fine-tuning always runs the reference at every step: nothing re-keys
+    full = {**base, "train": {**base["train"], "peft": "full"}}
+    assert _train_keys(validate(full)) == _train_keys(validate({**full, "train": {**full["train"],
+                                                                                   "token_reference": "online"}}))
+
+
+def test_a_pinned_earlier_value_reaches_the_trainer():
+    """A flipped default's earlier value is left out of the keyed dump; rebuilding a config must not turn it
+    into the new default (the suite section -> method override -> trainer config chain)."""
+    from bench.stages.train import trainer_config
+
+    suite = load_suite(REPO / "configs" / "hh.yaml")
+    assert suite.train.token_reference == "online"
+    assert all(spec.train.token_reference == "online" for spec in suite.method_specs)
+    assert trainer_config(suite.train, "tiny", 0).token_reference == "online"
+    assert trainer_config(suite.train, "tiny", 0).with_updates(lr=1e-3).token_reference == "online"
 
 
 def test_an_added_option_keys_runs_once_set():

@@ -8,7 +8,7 @@ import torch
 from methods.activations import record_activations
 from methods.sparsepo_mapo import activation_mask, activation_masks
 from methods.tis_dpo import clip_weights, contrastive_scores, exp_weights, rank_weights, token_weights
-from methods.token_math import shift_for_next_token, token_stats
+from methods.token_math import fkl_from_reference_summary, shift_for_next_token, token_stats
 
 
 def _logits(seed: int, shape=(2, 9, 50), dtype=torch.float64) -> torch.Tensor:
@@ -93,6 +93,50 @@ def test_analytic_backward_passes_gradcheck_for_every_output():
         return (weights[0] * s.logps + weights[1] * s.fkl + weights[2] * s.rkl).sum()
 
     assert torch.autograd.gradcheck(f, (_logits(7, (2, 5, 7)).requires_grad_(True),), eps=1e-6, atol=1e-8)
+
+
+def test_the_log_normaliser_is_returned_with_its_gradient():
+    labels, mask = _labels_and_mask()
+    policy = _logits(11).requires_grad_(True)
+    stats = token_stats(policy, labels, mask, chunk_size=4)
+    expected = policy.detach().logsumexp(-1) * mask
+    assert torch.allclose(stats.lse, expected, atol=1e-12)
+    weights = torch.rand(2, 9, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    (weights * stats.lse).sum().backward()  # d lse / dz = softmax(z), at completion positions only
+    assert torch.allclose(policy.grad, (weights * mask).unsqueeze(-1) * policy.detach().softmax(-1), atol=1e-12)
+
+
+def test_fkl_from_the_reference_summary_equals_the_full_vocabulary_kl_and_its_gradient():
+    """Two models sharing one linear output layer (W, b): KL(p_ref || p_theta) from the reference's final
+    hidden state, expected output embedding and log-normaliser equals the vocabulary sum, in float64,
+    value and gradient with respect to the policy's hidden states (what the trainer backpropagates)."""
+    g = torch.Generator().manual_seed(13)
+    n, d, vocab = 7, 5, 40
+    weight = torch.randn(vocab, d, generator=g, dtype=torch.float64)
+    bias = torch.randn(vocab, generator=g, dtype=torch.float64)
+    ref_hidden = torch.randn(n, d, generator=g, dtype=torch.float64)
+    hidden = (ref_hidden + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)).requires_grad_(True)
+    ref_logits = ref_hidden @ weight.T + bias
+    q = ref_logits.softmax(-1)
+
+    direct_hidden = hidden.detach().clone().requires_grad_(True)
+    log_p, log_q = (direct_hidden @ weight.T + bias).log_softmax(-1), ref_logits.log_softmax(-1)
+    direct = (q * (log_q - log_p)).sum(-1)
+
+    logits = hidden @ weight.T + bias
+    labels, ones = torch.zeros(1, n, dtype=torch.long), torch.ones(1, n)
+    lse = token_stats(logits[None], labels, ones).lse[0]
+    summary = fkl_from_reference_summary(lse, hidden, ref_logits.logsumexp(-1), ref_hidden, q @ weight)
+
+    assert torch.allclose(summary, direct, atol=1e-12) and (direct > 0).all()
+    upstream = torch.rand(n, generator=g, dtype=torch.float64)
+    (upstream * summary).sum().backward()
+    (upstream * direct).sum().backward()
+    assert torch.allclose(hidden.grad, direct_hidden.grad, atol=1e-12)
+    # where the policy still is the reference it is 0 (up to rounding), as the full sum is
+    same = fkl_from_reference_summary(ref_logits.logsumexp(-1), ref_hidden, ref_logits.logsumexp(-1), ref_hidden,
+                                      q @ weight)
+    assert same.abs().max() == 0
 
 
 def test_non_contiguous_logits_slice_is_accepted():

@@ -35,7 +35,7 @@ def test_bench_train_lora_rounds(tmp_path, monkeypatch):
     assert written["ratios"] == report["ratios"]
     report = written
 
-    names = ["ours_dpo", "ours_tdpo2", "trl_dpo", "trl_dpo_precomputed_ref"]
+    names = ["ours_dpo", "ours_tdpo2", "ours_tdpo2_online", "trl_dpo", "trl_dpo_precomputed_ref"]
     # every configuration ran in both rounds, the second round in reversed order
     assert report["order"] == [names, names[::-1]]
     assert set(report["runs"]) == set(names)
@@ -59,9 +59,12 @@ def test_bench_train_lora_rounds(tmp_path, monkeypatch):
                               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
     runs = report["runs"]
-    # the reference runs at every step for TRL's default and our token-level method, never for our cached DPO
+    # the reference runs at every step for TRL's default and our token-level method's online variant, never for
+    # our DPO or TDPO2 (cached log-probs / KL summary, from a pass before the timed steps that each worker runs)
     assert not runs["ours_dpo"]["reference_each_step"] and not runs["trl_dpo_precomputed_ref"]["reference_each_step"]
-    assert runs["ours_tdpo2"]["reference_each_step"] and runs["trl_dpo"]["reference_each_step"]
+    assert not runs["ours_tdpo2"]["reference_each_step"] and runs["ours_tdpo2"]["reference_plan"] == "cached"
+    assert runs["ours_tdpo2_online"]["reference_each_step"] and runs["trl_dpo"]["reference_each_step"]
+    assert runs["ours_dpo"]["reference_pass_s"] > 0 and runs["ours_tdpo2"]["reference_pass_s"] > 0
     # same model, same trainable adapters on both sides
     assert runs["ours_dpo"]["params"] == runs["trl_dpo"]["params"]
     assert runs["ours_dpo"]["params_trainable"] == runs["trl_dpo"]["params_trainable"]
@@ -74,7 +77,8 @@ def test_bench_train_lora_rounds(tmp_path, monkeypatch):
         assert target["met"] == (target["value"] >= target["threshold"] if target["target"].startswith(">=")
                                  else target["value"] <= target["threshold"])
     assert {"ours_dpo_vs_best_trl_pairs_per_s", "ours_dpo_vs_best_trl_pairs_per_cpu_s",
-            "tdpo2_vs_dpo_step_time", "tdpo2_vs_dpo_step_cpu_time", "tdpo2_vs_dpo_peak_memory"} <= set(report["ratios"])
+            "tdpo2_vs_dpo_step_time", "tdpo2_vs_dpo_step_cpu_time", "tdpo2_vs_dpo_peak_memory",
+            "tdpo2_online_vs_dpo_step_time", "tdpo2_online_vs_dpo_peak_memory"} <= set(report["ratios"])
     for key, value in report["ratios"].items():
         assert math.isfinite(value) and value > 0, (key, value)
     assert report["peak"]["fp32"]["gflops"] > 0

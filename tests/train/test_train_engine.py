@@ -268,3 +268,78 @@ def test_the_run_records_what_it_trained(tmp_path):
     adapters = sum(4 * (m.in_features + m.out_features) for m in adapted)
     assert adapted and lora == {"params": total + adapters, "params_trainable": adapters,
                                 "params_trainable_non_adapter": 0}
+
+
+# ---- token-level methods from the cached reference summary ---------------------------------------------
+
+def _adapters(result) -> dict[str, torch.Tensor]:
+    return load_file(f"{result.model_path}/model.safetensors")
+
+
+def _steps(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tdpo2", "sparsepo", "sparsepo_mapo"])
+def test_token_level_methods_train_the_same_from_the_cached_reference_as_from_one_run_every_step(tmp_path, name):
+    """KL(ref || policy) from the cached summary and the per-layer hidden states from the cache give the
+    losses, KL metrics and weights of the reference run at every step, to float32 rounding."""
+    runs = {}
+    for mode in ("online", "cached"):
+        config = quick(lora=LoraSettings(r=4, alpha=8), steps=4, lr=1e-2, token_reference=mode)
+        runs[mode] = train_preference(config, PAIRS, methods.get(name), tmp_path / mode)
+    assert runs["online"].extra["reference"] == "online" and runs["cached"].extra["reference"] == "cached"
+    online, cached = _steps(tmp_path / "online"), _steps(tmp_path / "cached")
+    assert online[-1]["loss"] != online[0]["loss"]  # it trained: the comparison is not at the neutral point
+    for a, b in zip(online, cached, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        for key in ("kl/seq_fkl_chosen", "kl/seq_fkl_rejected"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
+    assert max(abs(s["kl/seq_fkl_chosen"]) for s in online) > 1e-3  # the KL being compared is not ~0
+    a, b = _adapters(runs["online"]), _adapters(runs["cached"])
+    for key in a:  # Adam's normalised steps (lr 1e-2) turn gradient rounding into ~1e-5 weight differences
+        torch.testing.assert_close(b[key], a[key], atol=5e-5, rtol=0)
+
+
+def test_the_reference_runs_every_step_where_its_summary_cannot_stand_in(tmp_path, monkeypatch):
+    from bench.train import preference
+
+    # full fine-tuning trains the output layer, so the policy's is not the reference's
+    full = train_preference(quick(), PAIRS, methods.get("tdpo2"), tmp_path / "full")
+    assert full.extra["reference"] == "online"
+    # per-layer hidden states over the limit: SparsePO's ref_hidden comes from the reference at every step
+    monkeypatch.setattr(preference, "MAX_CACHED_HIDDEN_BYTES", 0)
+    over = train_preference(quick(lora=LoraSettings(r=4, alpha=8)), PAIRS, methods.get("sparsepo"), tmp_path / "over")
+    assert over.extra["reference"] == "online" and "exceed the cache limit" in over.extra["reference_note"]
+    forced = train_preference(quick(lora=LoraSettings(r=4, alpha=8), token_reference="online"), PAIRS,
+                              methods.get("sparsepo"), tmp_path / "forced")
+    assert losses(tmp_path / "over") == losses(tmp_path / "forced")
+
+
+def test_logits_transformed_after_the_output_layer_rule_the_summary_out():
+    from bench.train.preference import SummaryUnavailable, completion_forward_with_hidden
+
+    model, tokenizer = load_model("tiny")
+    batch = collate(tokenize_rows(PAIRS[:2], tokenizer, response_keys=("chosen", "rejected"), max_length=64,
+                                  prompt_format=PromptFormat(False, 32))[0], tokenizer.pad_token_id)
+    logits, hidden, _ = completion_forward_with_hidden(model, batch)
+    # the hidden states are the output layer's inputs at the completion-predicting positions
+    torch.testing.assert_close(model.get_output_embeddings()(hidden), logits)
+    assert logits.shape[0] == int(batch.completion_mask[:, 1:].sum())
+
+    class SoftCapped(torch.nn.Module):  # e.g. Gemma-2's final logit soft-capping
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+        def forward(self, **kwargs):
+            out = self.inner(**kwargs)
+            out.logits = 30 * torch.tanh(out.logits / 30)
+            return out
+
+    with pytest.raises(SummaryUnavailable, match="transforms its output layer"):
+        completion_forward_with_hidden(SoftCapped(model), batch)
