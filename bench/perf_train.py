@@ -91,8 +91,8 @@ def flops_per_token(params: int, trainable: int, reference_each_step: bool) -> i
 
     i.e. the familiar 6*P for full fine-tuning and about 4*P with LoRA (P_trainable is the adapters only).
     The reference runs at every step for TRL without ``precompute_ref_log_probs`` and for our token-level
-    methods; our DPO and TRL's precomputed variant read cached reference log-probs (that pass precedes
-    the timed steps). An estimate: P includes the embedding table (a lookup, though a tied output layer is
+    methods' ``online`` variants; our DPO, our token-level methods (cached reference summary) and TRL's
+    precomputed variant read a reference pass that precedes the timed steps. An estimate: P includes the embedding table (a lookup, though a tied output layer is
     a real matmul), while attention scores (~4*T*d per layer and token, small for these short sequences),
     element-wise and token math, and the output-layer positions our trainer skips are not modelled.
     """
