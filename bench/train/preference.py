@@ -47,6 +47,10 @@ WEIGHT_KEYS = ("weights_chosen", "weights_rejected")
 #: above this many bytes of per-layer reference hidden states (``ref_hidden``: tokens x layers x d fp32)
 #: the reference runs at every step instead of being cached (the cache is held in memory while training)
 MAX_CACHED_HIDDEN_BYTES = 2 << 30
+#: examples per batch of the reference pass for the ``summary`` and ``hidden`` kinds: fixed, not the run's
+#: batch size, so that every run (and every process of a distributed one) reads the same values whatever its
+#: batching (padding changes float rounding, which the KL's difference of two models' terms would show)
+SUMMARY_PASS_BATCH = 8
 #: per completion token, what the cached reference pass stores for ``fkl`` (see fkl_from_reference_summary)
 SUMMARY_KEYS = ("ref_lse", "ref_final_hidden", "ref_expected_embedding")
 #: cached reference kinds -> the PreferenceModule input they become
@@ -300,12 +304,16 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
             results.update(stored if kind == "summary" else {kind: stored})
         else:
             missing[kind] = path
-    groups = [frozenset({"masks"})] if "masks" in missing else []
-    groups += [frozenset(missing) - {"masks"}] if set(missing) - {"masks"} else []
+    # masks need full logits (a pass of their own); the summary and hidden kinds a fixed batch size
+    groups = [frozenset({kind}) for kind in ("masks", "logps") if kind in missing]
+    if set(missing) & {"summary", "hidden"}:
+        groups.append(frozenset(missing) & {"summary", "hidden"})
     for group in groups:
+        fixed = group & {"summary", "hidden"}
         computed = reference_pass(reference, examples, pad_id, kinds=group,
                                   mask_method=mask_method if "masks" in group else None, precision=config.precision,
-                                  batch_size=max(1, config.batch_size), device=device)
+                                  batch_size=SUMMARY_PASS_BATCH if fixed else max(1, config.batch_size),
+                                  device=device)
         results.update(computed)
         if not is_main:
             continue

@@ -66,11 +66,12 @@ WORKER = textwrap.dedent("""
         threading.Thread(target=killer, daemon=True).start()
     pairs = [{"prompt": f"Review {i}: the movie was", "chosen": " great and fun" * (1 + i % 3),
               "rejected": " bad and dull" * (1 + i % 2)} for i in range(12)]
+    method, _, token_reference = method.partition(":")  # e.g. "sparsepo:online"
     config = PreferenceTrainConfig(model="tiny", steps=int(steps), batch_size=int(batch_size),
                                    grad_accum=int(grad_accum), lr=1e-3, warmup_steps=2, max_length=48,
                                    max_prompt_length=24, checkpoint_every=3, eval_at_steps=(2,), seed=7,
                                    lora=LoraSettings(r=4) if lora == "1" else None,
-                                   tensorboard=False, progress_bar=False)
+                                   token_reference=token_reference or "cached", tensorboard=False, progress_bar=False)
     result = train_preference(config, pairs, methods.get(method), out)
     accelerator, chosen = made[0]
     from torch.distributed.fsdp import FSDPModule
@@ -141,13 +142,21 @@ def two_processes(script, *args) -> list[str]:
     return [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)]
 
 
-@pytest.mark.parametrize("method,lora", [("dpo", False), ("sparsepo", True)], ids=["dpo-full", "sparsepo-lora"])
+@pytest.mark.parametrize("method,lora", [("dpo", False), ("sparsepo:online", True), ("tdpo2", True)],
+                         ids=["dpo-full", "sparsepo-lora-online", "tdpo2-lora"])
 def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path, fsdp_worker, method, lora):
     """DPO, full fine-tuning (cached reference log-probs): 2 processes x batch 2. SparsePO with LoRA (reference
-    forward every step through the sharded policy with adapters off, trainable mask heads): 2 processes x
-    batch 1 x grad_accum 2 (FSDP2's ``set_requires_gradient_sync`` via ``accelerator.no_sync``). Both: global
+    forward every step through the sharded policy with adapters off, trainable mask heads) and TDPO2 with LoRA
+    (KL from the cached reference summary, the policy's output-layer inputs hooked under FSDP): 2 processes x
+    batch 1 x grad_accum 2 (FSDP2's ``set_requires_gradient_sync`` via ``accelerator.no_sync``). All: global
     batch 4 as one process with batch 4, 4 steps, a sharded checkpoint at step 3, the policy saved at step 2
-    (``eval_at_steps``) and at the end."""
+    (``eval_at_steps``) and at the end.
+
+    SparsePO runs with the reference online here: from the cache its losses differ by up to 5.6e-5 between
+    the two (measured), not 1e-5. Its mask head's gradient is exactly 0 where the policy still equals the
+    reference when both models run in the same batch; the cache was computed in other batches, so there it
+    is float32 rounding (~1e-7), which Adam's normalised first step turns into moves of up to lr, different
+    for batch 4 and batch 1."""
     script, env = fsdp_worker
     one, two = tmp_path / "one", tmp_path / "two"
     flag = "1" if lora else "0"
@@ -185,7 +194,7 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path, fsdp_worker, m
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     torch.testing.assert_close(model.get_input_embeddings().weight.detach(),
                                saved(one / "model")["model.embed_tokens.weight"], atol=1e-5, rtol=1e-4)
-    if method == "sparsepo":  # SparsePO's mask heads: trainable method modules outside the policy, sharded too
+    if method.startswith("sparsepo"):  # SparsePO's mask heads: trainable method modules outside the policy, sharded too
         heads_a = torch.load(one / "model" / "method_modules.pt")
         heads_b = torch.load(two / "model" / "method_modules.pt")
         for ha, hb in zip(heads_a, heads_b, strict=True):
