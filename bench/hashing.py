@@ -11,8 +11,14 @@ from pathlib import PurePath
 from typing import Any
 
 
+#: types returned as they are (checked first: most of what is hashed, e.g. a report's samples, is these)
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def plain(value: Any) -> Any:
     """Dataclasses, pydantic models, tuples and paths as JSON-able plain data (what is hashed and stored)."""
+    if type(value) in _LEAVES:
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     dump = getattr(value, "model_dump", None)

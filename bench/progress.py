@@ -19,7 +19,9 @@ says ``(prior)`` while more than a tenth of it rests on priors (a 2-second prepa
 unmeasured near the end does not make a measured ETA a guess). Cached nodes cost nothing.
 
 While a run display is active, model and dataset libraries' own progress bars (transformers'
-"Loading weights", hub downloads, datasets) are switched off; they come back afterwards.
+"Loading weights", hub downloads, datasets) are switched off; they come back afterwards. transformers is
+quieted when the first stage is computed (:func:`computing`): a run whose stages are all cached does not
+import it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 if TYPE_CHECKING:
     from bench.plan import Node, Plan
@@ -220,12 +222,13 @@ class RunDisplay:
         self.running: tuple["Node", float] | None = None
         self.bar: Any = None
         self._restore: contextlib.ExitStack | None = None
+        self._quiet: quiet_libraries | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "RunDisplay":
         global _ACTIVE
         self._restore = contextlib.ExitStack()
-        self._restore.enter_context(quiet_libraries(self.mode == "quiet"))
+        self._quiet = self._restore.enter_context(quiet_libraries(self.mode == "quiet", lazy=True))
         self._previous, _ACTIVE = _ACTIVE, self
         return self
 
@@ -345,6 +348,13 @@ def training_progress(total: int, initial: int, desc: str, enabled: bool, main_p
     return _TqdmSteps(total, initial, desc, disable=not enabled)
 
 
+def computing() -> None:
+    """A stage is about to be computed (it loads models): the active display quiets transformers now, which
+    it leaves unimported until then (:class:`quiet_libraries`, ``lazy``)."""
+    if _ACTIVE is not None and _ACTIVE._quiet is not None:
+        _ACTIVE._quiet.include_transformers()
+
+
 def note(message: str) -> None:
     """A line from deep inside a stage (e.g. a resumed training run): through the active display, else stderr."""
     if _ACTIVE is not None:
@@ -353,34 +363,70 @@ def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def quiet_libraries(errors_only: bool = False) -> Iterator[None]:
+class quiet_libraries(contextlib.AbstractContextManager):
     """Switch off transformers' / the hub's / datasets' progress bars (and with ``errors_only`` their
     warnings and info logs) for the block, then restore them. datasets reads its switch once, when it
     is imported: if that happens during the block (``HF_DATASETS_DISABLE_PROGRESS_BARS=1`` set here),
-    its bars stay off for the rest of the process."""
-    import warnings
+    its bars stay off for the rest of the process.
 
-    from transformers.utils import logging as hf_logging
+    ``lazy``: transformers (about a second to import) is quieted when it is already imported, else only
+    when :meth:`include_transformers` is called (a stage about to be computed calls :func:`computing`),
+    so a run whose stages are all cached never imports it. Imported meanwhile without that call, its
+    bars are put back when the block ends as they would be without it."""
 
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the hub's bars too
-    datasets_tqdm = sys.modules.get("datasets.utils.tqdm")
-    datasets_were_off = datasets_tqdm.are_progress_bars_disabled() if datasets_tqdm else True
-    if datasets_tqdm is not None:
-        datasets_tqdm.disable_progress_bars()
-    else:
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    verbosity = hf_logging.get_verbosity()
-    with warnings.catch_warnings():
-        if errors_only:
+    def __init__(self, errors_only: bool = False, lazy: bool = False) -> None:
+        self.errors_only, self.lazy = errors_only, lazy
+        self._transformers: tuple[Any, int, bool] | None = None  # (its logging module, verbosity, bars were on)
+
+    def __enter__(self) -> "quiet_libraries":
+        import warnings
+
+        from huggingface_hub import utils as hub_utils
+
+        self._transformers_before = "transformers.utils.logging" in sys.modules
+        self._hub_bars_were_on = not hub_utils.are_progress_bars_disabled()
+        if not self.lazy or self._transformers_before:
+            self.include_transformers()
+        hub_utils.disable_progress_bars()
+        self._datasets_tqdm = sys.modules.get("datasets.utils.tqdm")
+        self._datasets_were_off = self._datasets_tqdm.are_progress_bars_disabled() if self._datasets_tqdm else True
+        if self._datasets_tqdm is not None:
+            self._datasets_tqdm.disable_progress_bars()
+        else:
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        if self.errors_only:
             warnings.simplefilter("ignore")
+        return self
+
+    def include_transformers(self) -> None:
+        """Quiet transformers now (imports it; once)."""
+        if self._transformers is not None:
+            return
+        from transformers.utils import logging as hf_logging
+
+        # imported during the block, its bars started off because the hub's were: they were on before
+        bars_were_on = hf_logging.is_progress_bar_enabled() if self._transformers_before else self._hub_bars_were_on
+        self._transformers = (hf_logging, hf_logging.get_verbosity(), bars_were_on)
+        hf_logging.disable_progress_bar()  # the hub's bars too
+        if self.errors_only:
             hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc: Any) -> None:
+        from huggingface_hub import utils as hub_utils
+
         try:
-            yield
+            if self._transformers is not None:
+                hf_logging, verbosity, bars_were_on = self._transformers
+                hf_logging.set_verbosity(verbosity)
+                if bars_were_on:
+                    hf_logging.enable_progress_bar()
+            elif self._hub_bars_were_on and "transformers.utils.logging" in sys.modules:
+                sys.modules["transformers.utils.logging"].enable_progress_bar()  # imported meanwhile: as before
+            if self._hub_bars_were_on:
+                hub_utils.enable_progress_bars()
+            if not self._datasets_were_off:
+                self._datasets_tqdm.enable_progress_bars()
         finally:
-            hf_logging.set_verbosity(verbosity)
-            if bars_were_on:
-                hf_logging.enable_progress_bar()
-            if not datasets_were_off:
-                datasets_tqdm.enable_progress_bars()
+            self._warnings.__exit__(*exc)

@@ -27,29 +27,58 @@ class RegistryError(LookupError):
     """Unknown or unloadable name (the default error class; registries usually pass their own)."""
 
 
+def _resolve(target: str) -> Any:
+    """The object a ``"module:Attr"`` string names (imports the module)."""
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 class Registry(Generic[T]):
     """Names -> classes, from a built-in table, an entry-point group and run-time registrations.
 
     ``kind`` names one entry in messages ("method", "task", "judge", "generation backend").
     ``group`` is the entry-point group plugins use. ``base`` (optional) is the class every entry
     must subclass (``base_label`` is how messages spell it). ``error`` is the exception raised for
-    unknown or broken names. ``builtins`` is the table (kept by reference: editing it later is seen).
+    unknown or broken names. Both may be given as ``"module:Attr"``, imported when first needed
+    (loading or registering an entry, raising an error): listing names then never imports the
+    module that defines them (``methods.base`` imports torch). ``builtins`` is the table (kept by
+    reference: editing it later is seen).
     ``name_attr`` is the class attribute :meth:`register` takes the name from. ``plugins`` replaces
     the entry-point reader (a zero-argument callable returning ``name -> "module:Attr"``).
     """
 
-    def __init__(self, kind: str, group: str, *, base: type | None = None, base_label: str | None = None,
-                 error: type[Exception] = RegistryError, builtins: dict[str, str] | None = None,
+    def __init__(self, kind: str, group: str, *, base: type | str | None = None, base_label: str | None = None,
+                 error: type[Exception] | str = RegistryError, builtins: dict[str, str] | None = None,
                  name_attr: str = "name", plugins: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.kind = kind
         self.group = group
-        self.base = base
-        self.base_label = base_label or (f"{base.__module__}.{base.__qualname__}" if base is not None else "")
-        self.error = error
+        self._base = base
+        if base_label is None:
+            base_label = (base.replace(":", ".") if isinstance(base, str) else
+                          f"{base.__module__}.{base.__qualname__}" if base is not None else "")
+        self.base_label = base_label
+        self._error = error
         self.builtins: dict[str, str] = builtins if builtins is not None else {}
         self.name_attr = name_attr
         self.registered: dict[str, type[T]] = {}
         self._plugins = plugins
+
+    @property
+    def base(self) -> type | None:
+        """The class every entry must subclass (imported on first use when given as ``"module:Attr"``)."""
+        if isinstance(self._base, str):
+            self._base = _resolve(self._base)
+        return self._base
+
+    @property
+    def error(self) -> type[Exception]:
+        """The exception raised for unknown or broken names (imported on first use when given as ``"module:Attr"``)."""
+        if isinstance(self._error, str):
+            self._error = _resolve(self._error)
+        return self._error
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, group={self.group!r}, {len(self.available())} entries)"

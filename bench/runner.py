@@ -1,7 +1,16 @@
-"""Run a suite end to end: plan -> execute the stage DAG -> leaderboard files and run records."""
+"""Run a suite end to end: plan -> execute the stage DAG -> leaderboard files and run records.
+
+The leaderboard files and run records are a stage's output like any other (:func:`write_report`):
+``<work dir>/report/<key>/``, keyed by everything they are computed from (the runs read from the
+work dir, the suite, the manifest but its time, the code and libraries that write them), and copied
+into the results dir where its files differ. A re-run whose stages were all cached therefore
+recomputes no statistics and draws no plot; a changed input (a stage computed again, a new commit,
+an edited report module) gives a new key and new files.
+"""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import re
@@ -11,15 +20,22 @@ from typing import Any, Callable
 
 from bench.config import SuiteConfig
 from bench.executors import execute
-from bench.leaderboard import build_leaderboard
-from bench.manifest import build_manifest
+from bench.manifest import build_manifest, package_versions
 from bench.plan import Node, Plan, build_plan
-from bench.report import write_all
 from bench.stages import read_jsonl
-from bench.store import Store, atomic_write_bytes, atomic_write_json
+from bench.store import CHECKSUMS, StageOutput, Store, atomic_write_bytes, atomic_write_json, file_sha256
 
 log = logging.getLogger("pobench")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: the report entry's version: bump it when the leaderboard files of the same runs change in a way the
+#: code digest below does not see (as a stage's version re-keys its nodes)
+REPORT_VERSION = "1"
+#: the modules whose code writes the leaderboard files and run records: their source keys the report
+#: entry, so an edit there (committed or not) writes the files again
+REPORT_CODE = ("runner.py", "leaderboard.py", "stats.py", "report.py", "manifest.py", "store.py")
+#: libraries whose versions can change the files' bytes beyond the manifest's packages (plots: matplotlib
+#: and Pillow; t-intervals: scipy)
+REPORT_LIBRARIES = ("matplotlib", "pillow", "scipy")
 
 
 def _safe(text: str) -> str:
@@ -132,6 +148,13 @@ def make_leaderboard(plan: Plan, store: Store) -> tuple[dict[str, Any], list[dic
 
 def leaderboard_from_runs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The leaderboard of ``runs`` (from the work dir, or read back from committed records)."""
+    return board_from_inputs(board_inputs(suite, runs))
+
+
+def board_inputs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything the leaderboard of ``runs`` is computed from: the runs in their canonical order (each
+    with its training filled in), the suite's settings of the report and the manifest, as the keyword
+    arguments of :func:`bench.leaderboard.build_leaderboard` (plus ``suite_name`` and ``runs``)."""
     # one canonical order, so a board rebuilt from records equals the one built from the work dir
     runs = sorted(runs, key=lambda r: (r["task"], r["model"], r["method"] != "reference", r["row_id"],
                                        -1 if r.get("step") is None else r["step"], r["seed"]))
@@ -151,11 +174,20 @@ def leaderboard_from_runs(suite: SuiteConfig, runs: list[dict[str, Any]]) -> dic
                               extra={"suite_source": suite.source, "suite": suite.to_dict()})
     paper = [{"task": p.task or suite.tasks[0], "method": p.method, "metric": p.metric, "value": p.value,
               "source": p.source, "note": p.note} for p in suite.paper_reference]
-    board = build_leaderboard(suite.name, runs, manifest=manifest, config_hash=suite.hash(), primary=primary,
-                              metric_info=info, paper_rows=paper, kl_budget=suite.score.kl_budget,
-                              kl_levels=suite.report.kl_levels, baseline_method=suite.report.baseline_method,
-                              n_boot=suite.report.bootstrap_resamples)
-    board["compute"] = compute_summary(runs)
+    return {"suite_name": suite.name, "runs": runs, "manifest": manifest, "config_hash": suite.hash(),
+            "primary": primary, "metric_info": info, "paper_rows": paper, "kl_budget": suite.score.kl_budget,
+            "kl_levels": suite.report.kl_levels, "baseline_method": suite.report.baseline_method,
+            "n_boot": suite.report.bootstrap_resamples}
+
+
+def board_from_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard computed from :func:`board_inputs` (statistics, matched-KL comparisons), with the
+    compute summary, its paths made portable."""
+    from bench.leaderboard import build_leaderboard
+
+    arguments = {k: v for k, v in inputs.items() if k not in ("suite_name", "runs")}
+    board = build_leaderboard(inputs["suite_name"], inputs["runs"], **arguments)
+    board["compute"] = compute_summary(inputs["runs"])
     return portable(board)
 
 
@@ -222,23 +254,29 @@ def rebuild_from_records(out_dir: Path) -> tuple[dict[str, Any], list[dict[str, 
     return board, runs
 
 
+def portable_roots() -> dict[str, Path]:
+    """The folders :func:`portable` rewrites paths under, by tag (this machine's, from its environment)."""
+    import os
+
+    from bench.models import cache_dir
+    from tasks.base import shared_data_dir
+
+    roots = {"": REPO_ROOT}
+    shared = shared_data_dir()
+    if shared is not None:
+        roots["<shared-data>/"] = Path(shared)
+    roots["<cache>/"] = cache_dir()
+    roots["<work-dir>/"] = Path(os.environ.get("POBENCH_WORK_DIR") or "runs").resolve()
+    roots["<tmp>/"] = Path(os.environ.get("TMPDIR", "/tmp"))
+    return roots
+
+
 def portable(value: Any, roots: dict[str, Path] | None = None) -> Any:
     """``value`` with this machine's absolute paths rewritten for committed files: under the
     repository -> relative; under the shared data / cache / work dir -> ``<shared-data>/...`` etc.;
     any other absolute path -> ``<abs>/<name>``."""
-    import os
-
     if roots is None:
-        from bench.models import cache_dir
-        from tasks.base import shared_data_dir
-
-        roots = {"": REPO_ROOT}
-        shared = shared_data_dir()
-        if shared is not None:
-            roots["<shared-data>/"] = Path(shared)
-        roots["<cache>/"] = cache_dir()
-        roots["<work-dir>/"] = Path(os.environ.get("POBENCH_WORK_DIR") or "runs").resolve()
-        roots["<tmp>/"] = Path(os.environ.get("TMPDIR", "/tmp"))
+        roots = portable_roots()
     if isinstance(value, dict):
         return {k: portable(v, roots) for k, v in value.items()}
     if isinstance(value, list):
@@ -358,14 +396,77 @@ def run_suite(suite: SuiteConfig, progress: Callable[[str], None] | None = None,
         except BaseException as exc:
             display.stage_failed(exc)
             raise
-        board, runs = make_leaderboard(plan, store)
-        results_dir = suite.resolved_results_dir()
-        written = write_all(board, results_dir)
-        write_run_records(runs, results_dir, board["manifest"])
+        board, written = write_report(suite, collect_runs(plan, store), store, suite.resolved_results_dir())
         wall = time.time() - started
         display.line(f"[pobench] done in {wall:.1f}s ({summary['computed']} stages computed, {summary['cached']} "
                      f"cached); leaderboard: {written['md']}", always=True)
     return {"plan": plan, "board": board, "written": written, "wall_s": wall, **summary}
+
+
+def report_key(inputs: dict[str, Any]) -> str:
+    """The key of the report entry of :func:`board_inputs` ``inputs``: those inputs (the runs with their
+    scores, samples and stage records' seconds, the suite, the manifest: git state, packages, hardware),
+    the folders paths are made portable against, :data:`REPORT_VERSION`, the source of :data:`REPORT_CODE`
+    and the versions of :data:`REPORT_LIBRARIES`. The board's ``created_at`` is the one field of the
+    files that computing them again with the same key changes."""
+    code = hashlib.sha256()
+    for name in REPORT_CODE:
+        code.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes() + b"\0")
+    from bench.hashing import stable_hash
+
+    return stable_hash({"stage": "report", "version": REPORT_VERSION, "code": code.hexdigest(),
+                        "libraries": package_versions(REPORT_LIBRARIES),
+                        "roots": {tag: str(path) for tag, path in portable_roots().items()}, "inputs": inputs})
+
+
+def write_report(suite: SuiteConfig, runs: list[dict[str, Any]], store: Store,
+                 results_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The leaderboard files (``bench.report.write_all``) and run records (:func:`write_run_records`) of
+    ``runs`` in ``results_dir``; returns the board and name -> path of the leaderboard files.
+
+    They are computed into the work dir's ``report/<key>/`` entry (:func:`report_key`), which the store
+    writes atomically and checks like any stage output, and copied from there into ``results_dir``
+    file by file where a file differs (:func:`publish_report`). A re-run of the same runs finds the entry
+    and rewrites nothing; the files are those it wrote when it was computed (their ``created_at`` too)."""
+    inputs = board_inputs(suite, runs)
+    computed: dict[str, Any] = {}
+
+    def compute(out: Path) -> dict[str, Any]:
+        from bench.report import write_all
+
+        board = board_from_inputs(inputs)
+        written = write_all(board, out)
+        write_run_records(runs, out, board["manifest"])
+        computed["board"] = board
+        return {"suite": suite.name, "written": {name: path.relative_to(out).as_posix()
+                                                 for name, path in written.items()}}
+
+    entry, _ = store.run("report", report_key(inputs), compute, label=f"report {suite.name}",
+                         inputs={"label": f"report {suite.name}", "runs": [run["run_key"] for run in inputs["runs"]]})
+    record = entry.record
+    publish_report(entry, results_dir, record)
+    board = computed.get("board") or json.loads((entry.path / "leaderboard.json").read_text())
+    return board, {name: results_dir / rel for name, rel in record["written"].items()}
+
+
+def publish_report(entry: StageOutput, results_dir: Path, record: dict[str, Any] | None = None) -> None:
+    """Make ``results_dir`` hold the report entry's files: each one whose size or sha256 differs from the
+    entry's is written (atomically); run records and samples under ``runs/`` that the entry does not have
+    are deleted, so the folder matches the board (as :func:`write_run_records` leaves it)."""
+    record = record if record is not None else entry.record
+    files = record[CHECKSUMS]["files"]
+    for rel, (size, digest) in files.items():
+        target = results_dir / rel
+        try:
+            same = target.stat().st_size == size and file_sha256(target) == digest
+        except OSError:
+            same = False
+        if not same:
+            atomic_write_bytes(target, (entry.path / rel).read_bytes())
+    runs_dir = results_dir / "runs"
+    for stale in [*runs_dir.glob("*.json"), *runs_dir.glob("*.samples.jsonl.gz")]:
+        if f"runs/{stale.name}" not in files:
+            stale.unlink()
 
 
 def builtin_data_note(plan: Plan) -> str | None:

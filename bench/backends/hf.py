@@ -8,7 +8,6 @@ from typing import Any, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import LogitsProcessorList
 
 from bench.backends import BackendError, apply_stop
 from bench.models import DTYPES, left_padded, parse_dtype
@@ -88,6 +87,8 @@ class HFBackend:
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Any], sampling: Any, seed: int = 0,
                  prompt_format: PromptFormat | None = None) -> list[Any]:
+        from transformers import LogitsProcessorList
+
         from tasks.base import Sample
 
         started = time.perf_counter()

@@ -206,8 +206,10 @@ def execute_node(ctx: StageContext, store: Any, node: "Node") -> tuple[StageOutp
     run = stage(node.stage).run
 
     def compute(out: Path) -> dict[str, Any]:
+        from bench.progress import computing
         from bench.resources import PeakRSS, release_memory
 
+        computing()  # the run display quiets the model libraries' bars and logs (imported from here on)
         inputs = {name: finished_input(ctx, store, dep) for name, dep in node.deps.items()}
         release_memory()  # what earlier stages freed is returned first, so the peak is this stage's
         with PeakRSS() as peak:  # in the record for `pobench bench suite` and the memory targets

@@ -142,6 +142,31 @@ def test_library_progress_bars_are_off_during_a_run_and_back_after():
     assert hf_logging.is_progress_bar_enabled()
 
 
+def test_a_run_display_imports_transformers_only_for_a_stage_it_computes():
+    """A fully cached run never imports transformers (about a second); imported during the run without a
+    computed stage, its bars start off and are on after; a computed stage quiets it (errors only in quiet)."""
+    script = """
+import sys
+from huggingface_hub import utils as hub_utils
+from bench.progress import RunDisplay
+with RunDisplay("quiet", callback=lambda line: None):
+    assert "transformers" not in sys.modules and hub_utils.are_progress_bars_disabled()
+    from transformers.utils import logging as hf_logging
+    assert not hf_logging.is_progress_bar_enabled()
+assert "transformers" in sys.modules and hf_logging.is_progress_bar_enabled()
+assert not hub_utils.are_progress_bars_disabled()
+verbosity = hf_logging.get_verbosity()
+with RunDisplay("quiet", callback=lambda line: None) as display:
+    display._quiet.include_transformers()
+    assert not hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == hf_logging.ERROR
+assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == verbosity
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------------------------
 # end to end
 
