@@ -214,7 +214,8 @@ class PreferenceTrainConfig(TrainConfig):
         "log-normaliser (KL(ref || policy) then follows exactly from the policy's logits, since both share the "
         "frozen output layer) and, for ref_hidden, every layer's hidden state; the reference runs at every step "
         "instead where that identity does not hold (rkl, a trained output layer as in full fine-tuning, "
-        "logits transformed after the output layer) or the hidden states exceed 2 GiB. online = the "
+        "logits transformed after the output layer), with bf16 precision (its rounding does not cancel) or "
+        "where the hidden states exceed 2 GiB. online = the "
         "reference runs at every step (what every result recorded before this field used)")
 
 

@@ -89,10 +89,11 @@ def test_the_cached_token_reference_rekeys_only_the_runs_that_read_it():
     assert new["train tdpo2 s0"][1]["token_reference"] == "cached"
     assert all("token_reference" not in train for label, (_, train) in pinned.items())
     assert "token_reference" not in new["train dpo s0"][1]  # set to its earlier value: never read by DPO
-    # full fine-tuning always runs the reference at every step: nothing re-keys
-    full = {**base, "train": {**base["train"], "peft": "full"}}
-    assert _train_keys(validate(full)) == _train_keys(validate({**full, "train": {**full["train"],
-                                                                                   "token_reference": "online"}}))
+    # full fine-tuning and bf16 always run the reference at every step: nothing re-keys
+    for change in ({"peft": "full"}, {"precision": "bf16"}):
+        other = {**base, "train": {**base["train"], **change}}
+        assert _train_keys(validate(other)) == _train_keys(validate({**other, "train": {**other["train"],
+                                                                                         "token_reference": "online"}}))
 
 
 def test_a_pinned_earlier_value_reaches_the_trainer():
