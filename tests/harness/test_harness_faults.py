@@ -185,6 +185,8 @@ def timeline(work: Path, t0: float) -> list[dict]:
     nodes = []
     for path in work.glob("*/*/record.json"):
         record = json.loads(path.read_text())
+        if record["stage"] == "report":  # the leaderboard files' entry: the run's final phase, not a plan node
+            continue
         nodes.append({"stage": record["stage"], "key": record["key"], "end": record["finished_at"] - t0,
                       "start": record["finished_at"] - record["seconds"] - t0})
     return sorted(nodes, key=lambda n: n["end"])
