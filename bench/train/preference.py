@@ -7,12 +7,12 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 * the method needs nothing from the reference but its token log-probs (DPO, IPO, cDPO, ...):
   they are computed once per dataset and cached (``<cache>/reference/<hash>.pt``), so training
   runs one forward pass per step (chosen and rejected concatenated).
-* ``fkl`` / ``ref_hidden`` needed and the output layer frozen (LoRA), ``token_reference: cached``: one
+* ``fkl`` / ``ref_hidden`` needed, the output layer frozen (LoRA), fp32, ``token_reference: cached``: one
   reference pass per dataset stores, per completion token, the reference's final hidden state, its
   expected output embedding and log-normaliser (``fkl`` then follows exactly from the policy's own
   logits: ``methods.token_math.fkl_from_reference_summary``) and, for ``ref_hidden``, every layer's
   hidden state; cached like the log-probs, so training runs one forward pass per step as DPO does.
-* otherwise (``rkl``, a trained output layer, ``token_reference: online``): the reference runs every step
+* otherwise (``rkl``, a trained output layer, bf16, ``token_reference: online``): the reference runs every step
   under ``no_grad``; the full-vocabulary KL is chunked (``methods.token_math``).
 * ``masks`` (MaPO): ``method.reference_masks`` on activations recorded by forward hooks on the
   reference, precomputed once per dataset and cached like the log-probs.
