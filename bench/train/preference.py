@@ -68,27 +68,34 @@ def output_layer_frozen(policy: nn.Module) -> bool:
     return type(layer) is nn.Linear and not any(p.requires_grad for p in layer.parameters())
 
 
-def summary_blocker(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None) -> str | None:
-    """Why this run's token-level needs cannot be served by the cached reference summary (None: they can)."""
-    if "rkl" in method.needs:
+def _config_blocker(needs: frozenset[str], config: PreferenceTrainConfig) -> str | None:
+    """What in the method's needs or the run's config rules the cached reference summary out."""
+    if "rkl" in needs:
         return "rkl needs the reference's whole distribution under the policy's, at every step"
-    if config.token_reference == "online":
-        return "token_reference is online"
     if config.precision != "fp32":
         # measured on SmolLM2-135M: bf16 logits and hidden states do not cancel between the cached pass and
         # the step (mean error 2.4e-2 nats per token against a KL of 2.7e-3; 1.5e-3 online; fp32: 2e-6)
         return "bf16 rounding does not cancel between the cached reference and the step's policy"
-    if policy is None or not output_layer_frozen(policy):
-        return "the output layer is trained (full fine-tuning or adapters on it), so it is not the reference's"
+    if config.lora is None:
+        return "full fine-tuning trains the output layer, so it is not the reference's"
     return None
+
+
+def summary_blocker(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None) -> str | None:
+    """Why this run's token-level needs cannot be served by the cached reference summary (None: they can)."""
+    if config.token_reference == "online":
+        return "token_reference is online"
+    blocker = _config_blocker(method.needs, config)
+    if blocker is None and (policy is None or not output_layer_frozen(policy)):
+        return "the output layer is trained (adapters on it), so it is not the reference's"
+    return blocker
 
 
 def unread_train_fields(method_name: str, hparams: dict[str, Any], config: PreferenceTrainConfig) -> dict[str, Any]:
     """Train-config fields that training ``method_name`` with ``hparams`` under ``config`` never reads, each
     with the value that leaves it out of run keys (its earlier default)."""
     needs = method_registry.get(method_name, **hparams).needs
-    if not needs & {"fkl", "ref_hidden"} or "rkl" in needs or config.lora is None \
-            or config.precompute_reference is False or config.precision != "fp32":
+    if not needs & {"fkl", "ref_hidden"} or config.precompute_reference is False or _config_blocker(needs, config):
         return {"token_reference": "online"}  # the reference runs every step whatever it says
     return {}
 
@@ -466,9 +473,10 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
             | ({"hidden"} if "ref_hidden" in token_needs else set())
     kinds |= {"masks"} if "masks" in method.needs else set()
     note = None
-    if "hidden" in kinds and cached_hidden_bytes(examples, hidden_size, num_layers) > MAX_CACHED_HIDDEN_BYTES:
-        note = (f"per-layer hidden states of {cached_hidden_bytes(examples, hidden_size, num_layers) / 2**30:.1f} "
-                f"GiB exceed the cache limit of {MAX_CACHED_HIDDEN_BYTES / 2**30:.0f} GiB")
+    hidden_bytes = cached_hidden_bytes(examples, hidden_size, num_layers) if "hidden" in kinds else 0
+    if hidden_bytes > MAX_CACHED_HIDDEN_BYTES:
+        note = (f"per-layer hidden states of {hidden_bytes / 2**30:.1f} GiB exceed the cache limit of "
+                f"{MAX_CACHED_HIDDEN_BYTES / 2**30:.0f} GiB")
     needs_reference_model = plan != "none" or "masks" in method.needs
     ref_dtype = parse_dtype(config.reference_dtype or ("bf16" if config.precision == "bf16" else "fp32"))
     reference = FrozenReference(policy, config.lora is not None, ref_dtype) if needs_reference_model else None
