@@ -335,14 +335,42 @@ def _hub_cache_snapshot(repo_id: str) -> str | None:
     return path if (Path(path) / "config.json").is_file() else None
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a PEFT adapter (what LoRA training saves as a policy) rather than full weights."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype):
+    """A causal LM from a model directory. A PEFT adapter directory (a LoRA policy: the adapters only,
+    ~7 MB on SmolLM2 instead of 538 MB of merged weights) is put on its base model in float32 (itself
+    loaded by this function, so the base may be an adapter too: a LoRA SFT reference), merged, then
+    cast to ``dtype``: merging a small delta into bf16 weights would round most of it away. The merge
+    is peft's, as the trainer's in-memory merge was, so a float32 policy loads with the same weights,
+    bit for bit, as the merged copy LoRA runs used to save."""
+    from transformers import AutoModelForCausalLM
+
+    if not is_adapter_dir(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    from peft import PeftConfig, PeftModel
+
+    base = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    if base and base.startswith(("/", "~", ".")) and not Path(base).expanduser().is_dir():  # a local base gone
+        raise ModelSourceError(f"the LoRA policy {path} was trained on the base model {base}, which is not there "
+                               "any more (a moved work dir or POBENCH_CACHE?): restore it, or delete the training "
+                               "stage's output so that it runs again")
+    base_model = load_causal_lm(resolve_model(base).path, torch.float32)
+    return PeftModel.from_pretrained(base_model, str(path)).merge_and_unload().to(dtype)
+
+
 def load_model(model: str, dtype: torch.dtype | str | None = None, device: str = "cpu"):
-    """Resolve ``model`` and return ``(model, tokenizer)`` (eval mode, pad token set)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Resolve ``model`` and return ``(model, tokenizer)`` (eval mode, pad token set); a PEFT adapter
+    directory comes merged into its base (:func:`load_causal_lm`)."""
+    from transformers import AutoTokenizer
 
     resolved = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     _ensure_pad(tokenizer)
-    lm = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=parse_dtype(dtype) or torch.float32)
+    lm = load_causal_lm(resolved.path, parse_dtype(dtype) or torch.float32)
     lm.to(device)
     lm.eval()
     if lm.generation_config.pad_token_id is None:

@@ -69,6 +69,11 @@ class Sampling:
     top_p: float = 1.0
     n: int = 1  # samples per prompt
     stop: tuple[str, ...] = ()
+    #: how a batched backend seeds its draws: ``per_row``, every (prompt id, sample index) row its own
+    #: stream, so what is drawn does not depend on the batch size or on which rows share a batch;
+    #: ``per_batch``, one stream per batch of length-sorted rows (the hf backend before 2026-12, kept so
+    #: results made with it reproduce). vLLM and servers seed each request either way.
+    draws: str = "per_row"
 
     def replace(self, **changes: Any) -> "Sampling":
         return dataclasses.replace(self, **changes)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,16 +27,14 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
 
 
 def load_for_inference(path: str | Path, dtype: torch.dtype, device: str = "cpu"):
-    """A causal LM and its tokenizer from a model directory (a PEFT adapter directory is merged)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A causal LM and its tokenizer from a model directory (a PEFT adapter directory is merged into
+    its base: :func:`bench.models.load_causal_lm`)."""
+    from transformers import AutoTokenizer
+
+    from bench.models import load_causal_lm
 
     path = Path(path)
-    if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = load_causal_lm(path, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -111,8 +110,12 @@ class HFBackend:
                                       "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             sampler = None
             if not greedy:
-                generator = torch.Generator().manual_seed(seed * 100_003 + b)  # deterministic per (seed, batch)
-                sampler = InverseCDFSampler(sampling.temperature, sampling.top_p, generator)
+                if getattr(sampling, "draws", "per_row") == "per_batch":  # one stream per (seed, batch)
+                    sampler = InverseCDFSampler(sampling.temperature, sampling.top_p,
+                                                torch.Generator().manual_seed(seed * 100_003 + b))
+                else:
+                    sampler = InverseCDFSampler(sampling.temperature, sampling.top_p, uniforms=torch.stack(
+                        [row_uniforms(seed, prompts[i].id, k, sampling.max_new_tokens) for i, k in chunk]))
                 kwargs["logits_processor"] = LogitsProcessorList([sampler])
             cache = self._prefill_once_per_prompt(ids, [i for i, _ in chunk], width)
             if cache is not None:
@@ -176,6 +179,17 @@ class HFBackend:
         del self.model
 
 
+def row_uniforms(seed: int, prompt_id: str, index: int, steps: int) -> torch.Tensor:
+    """The uniforms that draw sample ``index`` of prompt ``prompt_id``, one per generation step: a
+    stream of its own, seeded by a hash of (seed, prompt id, sample index), so a row draws the same
+    whatever the batch size, the other rows of its batch or the prompt's position in the list; every
+    policy sampled with the same seed uses the same uniforms on the same prompt (common random
+    numbers, which make paired comparisons of policies less noisy)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{prompt_id}\x1f{index}".encode(), digest_size=8).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    return torch.rand(steps, generator=generator, dtype=torch.float64)
+
+
 class InverseCDFSampler:
     """A transformers logits processor that draws the next token itself (temperature, then
     nucleus/top-p, then inverse-CDF sampling with a seeded generator) and returns scores where only
@@ -186,12 +200,17 @@ class InverseCDFSampler:
     CPU generation time here. Inverse CDF needs one uniform per row. Exact categorical sampling
     either way (up to float32 rounding of the cumulative sum)."""
 
-    def __init__(self, temperature: float, top_p: float, generator: torch.Generator) -> None:
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator | None = None, *,
+                 uniforms: torch.Tensor | None = None) -> None:
+        """``uniforms`` [rows, steps]: the rows' own draws (:func:`row_uniforms`), one column per step;
+        else one uniform per row and step from ``generator``."""
+        if (generator is None) == (uniforms is None):
+            raise BackendError("InverseCDFSampler takes a generator or the rows' uniforms, one of them")
         if temperature <= 0:
             raise BackendError(f"sampling temperature must be > 0 for sampling, got {temperature}")
         if not 0 < top_p <= 1:
             raise BackendError(f"sampling top_p must be in (0, 1], got {top_p}")
-        self.temperature, self.top_p, self.generator = float(temperature), float(top_p), generator
+        self.temperature, self.top_p, self.generator, self.uniforms = float(temperature), float(top_p), generator, uniforms
         #: per generation step, [rows]: log pi(drawn token) under the untempered, untruncated policy
         self.logps: list[torch.Tensor] = []
 
@@ -201,7 +220,11 @@ class InverseCDFSampler:
         if self.top_p < 1:
             probs = nucleus(probs, self.top_p)
         cdf = probs.cumsum(-1)
-        u = torch.rand((probs.shape[0], 1), generator=self.generator).to(cdf.device) * cdf[:, -1:]
+        if self.uniforms is not None:
+            u = self.uniforms[:, len(self.logps):len(self.logps) + 1].to(cdf)
+        else:
+            u = torch.rand((probs.shape[0], 1), generator=self.generator)
+        u = u.to(cdf.device) * cdf[:, -1:]
         # right=True: the first entry whose cdf exceeds u, which always has positive probability
         token = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
         # the policy's own log-prob of the drawn token: with temperature 1 and no truncation, the

@@ -70,6 +70,12 @@ class SuiteSFTConfig(SuiteSection, SFTConfig):
         return SFTConfig.model_validate({**fields, **prompt_fields, "model": model, "seed": seed})
 
 
+DRAWS_DESCRIPTION = ("how the hf backend seeds its draws: per_row = every (prompt, sample) row its own stream, so the "
+    "samples do not depend on backend_options.batch_size or on which rows share a batch (up to float32 rounding "
+    "of differently batched matmuls); per_batch = one stream per batch of rows (before 2026-12; pinned by suites "
+    "whose committed results were drawn so). vLLM and servers seed each request either way")
+
+
 class PrefDataConfig(Schema):
     """How preference pairs are obtained.
 
@@ -91,6 +97,8 @@ class PrefDataConfig(Schema):
         "best_worst", description="sample_and_judge: per prompt the best vs the worst sample, or all K(K-1)/2 "
         "pairs ordered by score (ties and gaps <= min_margin dropped)")
     data_seed: int = Field(0, description="seed of the data draw and of the reference samples (shared by every run)")
+    draws: Literal["per_row", "per_batch"] = added_field("per_row", earlier="per_batch",
+                                                         description=DRAWS_DESCRIPTION)
 
     @model_validator(mode="after")
     def _pairs_of_judged_samples(self) -> "PrefDataConfig":
@@ -108,13 +116,15 @@ class GenerationConfig(Schema):
                          "repaid there), else hf")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="the backend's own options, "
                                             "validated by it (hf: batch_size; openai: base_url, serve_python, "
-                                            "api_key); they do not change what is sampled")
+                                            "api_key); they do not change what is sampled (hf's batch_size: with draws per_row)")
     prompts: int | None = Field(128, ge=1, description="held-out eval prompts; null = all")
     samples_per_prompt: int = Field(2, ge=1)
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, ge=0)
     dtype: Literal["bfloat16", "float32", "float16", "auto"] = "bfloat16"
+    draws: Literal["per_row", "per_batch"] = added_field("per_row", earlier="per_batch",
+                                                         description=DRAWS_DESCRIPTION)
 
     def semantic(self) -> dict[str, Any]:
         """What changes the samples: everything but the backend's own options (batch size, server address)."""

@@ -40,8 +40,9 @@ def load_pairs(prefdata: StageOutput, swap: bool = False) -> list[dict[str, Any]
     return rows
 
 
-def sampling_for(task: Any, *, n: int, max_new_tokens: int, temperature: float, top_p: float):
-    return task.sampling.replace(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+def sampling_for(task: Any, *, n: int, max_new_tokens: int, temperature: float, top_p: float, draws: str):
+    return task.sampling.replace(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 draws=draws)
 
 
 def merge_adapter(adapter_dir: str, target: Path) -> str:
@@ -159,7 +160,7 @@ def run_prefdata(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
     else:
         prompts = task.train_prompts(limit=cfg.prompts)
         sampling = sampling_for(task, n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                                temperature=cfg.temperature, top_p=cfg.top_p)
+                                temperature=cfg.temperature, top_p=cfg.top_p, draws=cfg.draws)
         samples, backend_info = sample(p.backend, p.backend_options, reference_path(p.model, inputs), p.dtype, out,
                                        prompts, sampling, cfg.data_seed, p.prompt_format)
         info.update(backend_info)

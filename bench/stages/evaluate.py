@@ -41,7 +41,7 @@ def run_generate(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput]
     task = ctx.task(p.task)
     prompts = task.eval_prompts(limit=g.prompts)
     sampling = sampling_for(task, n=g.samples_per_prompt, max_new_tokens=g.max_new_tokens,
-                            temperature=g.temperature, top_p=g.top_p)
+                            temperature=g.temperature, top_p=g.top_p, draws=g.draws)
     samples, info = sample(g.backend, g.backend_options, policy_path(p.model, inputs, p.step), g.dtype, out, prompts,
                            sampling, p.seed, p.prompt_format)
     atomic_write_jsonl(out / "samples.jsonl", [sample_to_row(s) for s in samples])

@@ -9,7 +9,7 @@ One loop, built on ``accelerate`` (DDP / FSDP / DeepSpeed come from it, configur
   per-process batch b see exactly the examples of 1 process with batch N*b.
 * gradient accumulation, AdamW or RMSprop, warmup + linear/cosine/constant schedules, grad
   clipping, optional bf16 autocast of the model forward (the loss math stays fp32), seeds;
-* checkpoints every N steps: ``accelerator.save_state`` (model + method modules, optimizer,
+* checkpoints every N steps: ``accelerator.save_state`` (trainable weights: LoRA adapters and method modules; optimizer,
   scheduler, RNG of every process, step), rotated by its ``ProjectConfiguration``; a restarted run
   resumes from the newest complete one (``checkpoints/step-N``);
 * per-step metrics through accelerate trackers (``metrics.jsonl``, TensorBoard, W&B when
@@ -172,6 +172,41 @@ class _RotationNotice(logging.Filter):
 logging.getLogger("accelerate.accelerator").addFilter(_RotationNotice())
 
 
+def checkpoint_trainable_only(accelerator) -> None:
+    """Checkpoints hold what training changes: the trainable parameters (and the buffers), not the
+    frozen weights, which a resumed run loads again from the model it started from. Why: with LoRA on
+    SmolLM2-135M a checkpoint was 538 MB of frozen base weights beside 7 MB of adapters, written every
+    ``checkpoint_every`` steps (in the default suite, ~4 s of each ~40 s training stage). Loading checks
+    that every trainable parameter is in the checkpoint. FSDP, DeepSpeed and Megatron save their models
+    their own way and are left to it."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        return
+
+    def frozen(model: nn.Module) -> set[str]:
+        return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}  # tied too
+
+    def drop_frozen(models: list, weights: list, output_dir: str) -> None:
+        for i, model in enumerate(models):
+            skip = frozen(model)
+            weights[i] = {k: v for k, v in weights[i].items() if k not in skip}
+
+    def load_kept(models: list, input_dir: str) -> None:
+        for i, model in enumerate(models):  # accelerate's own file names (safe_serialization=False)
+            path = Path(input_dir) / f"pytorch_model{f'_{i}' if i else ''}.bin"
+            missing, unexpected = model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True),
+                                                        strict=False)
+            missing = sorted(set(missing) - frozen(model))
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {input_dir} does not match the model being trained (missing "
+                                   f"{missing[:3]}, unexpected {list(unexpected)[:3]}): delete it to start over")
+        models.clear()  # loaded here: accelerate must not load them again (strictly, frozen weights included)
+
+    accelerator.register_save_state_pre_hook(drop_frozen)
+    accelerator.register_load_state_pre_hook(load_kept)
+
+
 def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
     """accelerate writes ``checkpoints/checkpoint_<step>`` (first deleting the oldest beyond
     ``total_limit``); once every process has written its part it is renamed to ``step-<step>``."""
@@ -236,6 +271,7 @@ def run_loop(*, accelerator, config: TrainConfig, output_dir: Path, module: nn.M
 
     position = DataPosition()
     accelerator.register_for_checkpointing(position)
+    checkpoint_trainable_only(accelerator)
     start, resumed_from = 0, None
     checkpoint = latest_checkpoint(accelerator, output_dir)
     if checkpoint is not None:

@@ -148,22 +148,26 @@ def full_states(accelerator, module: nn.Module, parts: list[nn.Module]) -> list[
 def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], output_dir: Path,
                lora: bool, config: TrainConfig | None = None, name: str = "model",
                states: list[dict[str, torch.Tensor]] | None = None) -> Path:
-    """Write ``<output_dir>/<name>`` (default ``model``) atomically: full safetensors weights (LoRA merged) + tokenizer,
-    and ``method_modules.pt`` with the method's trainable extras (SparsePO mask heads).
+    """Write ``<output_dir>/<name>`` (default ``model``) atomically: the weights (full safetensors; with LoRA
+    the PEFT adapter, which :func:`bench.models.load_model` merges into its base) + tokenizer, and
+    ``method_modules.pt`` with the method's trainable extras (SparsePO mask heads).
 
     ``states``: the full state dicts of ``[policy, *extra_modules]`` when the modules themselves hold
     shards (FSDP, from :func:`full_states`); their tensors are saved instead of the modules' own.
 
-    A LoRA policy trained over a bf16 base is merged into the fp32 base weights: merging a small
-    adapter delta into bf16 weights would round most of it away, and the saved policy would also
-    differ from the fp32 reference by the base's own rounding."""
+    Why adapters, not merged weights (as before 2026-12): writing 2 x 538 MB per SmolLM2 run, and
+    checksumming them again at every stage that reads the policy, was ~1/5 of a default-suite
+    training stage. A policy trained over a bf16 base is merged into the fp32 base when loaded."""
     final = output_dir / name
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         policy_state, extra_states = (states[0], states[1:]) if states is not None else (None, None)
-        if lora:
-            merged_fp32(policy, config, policy_state).save_pretrained(tmp, safe_serialization=True)
+        if lora:  # the adapters only: loaders merge them into the float32 base (bench.models.load_causal_lm)
+            if config is not None:  # the reference it was trained from, which may itself be an adapter
+                for adapter in policy.peft_config.values():
+                    adapter.base_model_name_or_path = resolve_model(config.model).path
+            policy.save_pretrained(tmp, safe_serialization=True, state_dict=policy_state)
         else:
             policy.save_pretrained(tmp, safe_serialization=True, state_dict=policy_state)
         tokenizer.save_pretrained(tmp)
@@ -175,18 +179,3 @@ def save_final(policy: nn.Module, tokenizer, extra_modules: list[nn.Module], out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def merged_fp32(policy: nn.Module, config: TrainConfig | None,
-                state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """The LoRA policy with its adapters merged into float32 base weights. ``state``: the policy's full
-    state dict when the policy itself holds shards (FSDP); the adapters are then taken from it."""
-    base_is_fp32 = all(p.dtype == torch.float32 for p in policy.base_model.model.parameters())
-    if state is None and (base_is_fp32 or config is None):
-        return copy.deepcopy(policy).merge_and_unload().float()
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-    base, _ = load_model(resolve_model(config.model).path, dtype=torch.float32)
-    fresh = get_peft_model(base, lora_config(config))
-    set_peft_model_state_dict(fresh, get_peft_model_state_dict(policy, state_dict=state))
-    return fresh.merge_and_unload()

@@ -305,13 +305,23 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     Returns per-example lists keyed like :func:`reference_pass`'s output."""
     results: dict[str, list] = {}
     missing: dict[str, Path] = {}
-    for kind in sorted(kinds):
+
+    def cache_path(kind: str, parts: dict) -> Path:
         m = mask_method if kind == "masks" else None
-        key = fingerprint(key_parts, kind, config.precision,
+        key = fingerprint(parts, kind, config.precision,
                           None if m is None else (type(m).__module__, type(m).__qualname__, m.hparams()))
-        path = cache_dir() / "reference" / f"{kind}-{key}.pt"
-        if path.exists():
-            stored = torch.load(path)
+        return cache_dir() / "reference" / f"{kind}-{key}.pt"
+
+    # the same pairs with chosen and rejected swapped (e.g. TIS-DPO's reverse DPO) are the same sequences:
+    # their values are read from the other orientation's file, each pair's two entries swapped back
+    swapped_parts = {**key_parts, "data": [(prompt, list(responses)[::-1]) for prompt, responses in key_parts["data"]]}
+    for kind in sorted(kinds):
+        path, other = cache_path(kind, key_parts), cache_path(kind, swapped_parts)
+        if path.exists() or other.exists():
+            stored = torch.load(path if path.exists() else other)
+            if not path.exists():
+                stored = {k: [pair[::-1] for pair in v] for k, v in stored.items()} if kind == "summary" else \
+                    [pair[::-1] for pair in stored]
             results.update(stored if kind == "summary" else {kind: stored})
         else:
             missing[kind] = path

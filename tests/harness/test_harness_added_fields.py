@@ -35,11 +35,27 @@ def test_shipped_suites_keep_their_train_and_prefdata_keys(name):
     train, prefdata = SECTIONS[name]
     # token_reference's default was flipped to "cached" later: it keys only token-level runs (tested below)
     assert stable_hash(suite.train.model_copy(update={"token_reference": "online"}).semantic()) == train
-    assert stable_hash(plain(suite.prefdata)) == prefdata
+    # draws' default was flipped to per_row later: it re-keys what is sampled (tested below)
+    assert stable_hash(plain(suite.prefdata.model_copy(update={"draws": "per_batch"}))) == prefdata
     assert stable_hash(suite.sft.semantic()) == "f14407c84bcfccd9"
     for spec in suite.method_specs:
         if spec.name in HPARAMS:
             assert stable_hash(full_hparams(spec.name, {})) == HPARAMS[spec.name], spec.name
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_per_row_draws_rekey_what_is_sampled_and_per_batch_keeps_the_earlier_keys(name):
+    """generation.draws and prefdata.draws flipped to per_row (samples no longer depend on the batch size):
+    a suite that leaves them re-keys its sampling; pinning per_batch gives back the earlier dump."""
+    suite = load_suite(REPO / "configs" / f"{name}.yaml")
+    for section in (suite.prefdata, suite.generation):
+        assert section.draws == "per_row" and plain(section)["draws"] == "per_row"
+        earlier = section.model_copy(update={"draws": "per_batch"})
+        assert "draws" not in plain(earlier)  # the earlier value dumps as before the field existed
+    for other in ("hh", "code", "frontier"):  # committed results drawn per batch: their configs pin it
+        pinned = load_suite(REPO / "configs" / f"{other}.yaml")
+        assert pinned.generation.draws == pinned.prefdata.draws == "per_batch"
+        assert "draws" not in plain(pinned.generation) and "draws" not in plain(pinned.prefdata)
 
 
 @pytest.mark.parametrize("name", sorted(FLIPPED))

@@ -29,6 +29,28 @@ def test_hf_backend_order_n_and_batch_invariance(tiny_dirs):
     assert many.stats["generated_tokens"] > 0
 
 
+def test_per_row_draws_do_not_depend_on_the_batch(tiny_dirs):
+    """draws: per_row: a (prompt, sample) row draws the same tokens whatever the batch size, the prompt's
+    position in the list or the other prompts sampled with it; per_batch (the earlier scheme) does not."""
+    backend = HFBackend(tiny_dirs[0], dtype="float32", batch_size=64)
+    sampling = Sampling(max_new_tokens=8, temperature=1.0, n=3)
+
+    def drawn(prompts, batch_size, draws="per_row", seed=4):
+        backend.batch_size = batch_size
+        out = backend.generate(prompts, sampling.replace(draws=draws), seed=seed)
+        return {(s.prompt_id, s.index): tuple(s.meta["token_ids"]) for s in out}
+
+    whole = drawn(PROMPTS, 64)
+    assert drawn(PROMPTS, 1) == whole and drawn(PROMPTS, 5) == whole
+    assert drawn(PROMPTS[::-1], 64) == whole  # the position in the list does not matter
+    alone = drawn([PROMPTS[2]], 64)
+    assert alone == {key: tokens for key, tokens in whole.items() if key[0] == "c"}
+    assert drawn(PROMPTS, 64, seed=5) != whole  # the seed does
+    assert len({tokens for key, tokens in whole.items() if key[0] == "c"}) > 1  # a prompt's samples differ
+    # the earlier scheme: one stream per batch, so the batch size changes what is drawn
+    assert drawn(PROMPTS, 1, "per_batch") != drawn(PROMPTS, 64, "per_batch")
+
+
 def test_samples_of_one_prompt_share_its_prefill(tiny_dirs, monkeypatch):
     backend = HFBackend(tiny_dirs[0], dtype="float32", batch_size=5,  # batches cut through prompt groups
                         prefill_once_per_prompt=True)

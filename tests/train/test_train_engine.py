@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,8 +151,26 @@ def test_lora_reference_is_the_base_and_the_saved_model_is_merged(tmp_path):
     lines = losses(tmp_path / "run")
     assert lines[0] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference before the first update
     assert lines[1] < lines[0]
+    # the policy is saved as its adapter (kilobytes here, ~7 MB on SmolLM2) and loads merged into its base,
+    # W + (alpha / r) B A, worked out here in float64 from the two files
+    adapter = load_file(f"{result.model_path}/adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+    assert not Path(result.model_path, "model.safetensors").exists()
     model, _ = load_model(result.model_path)
-    assert not any("lora" in name for name in model.state_dict())
+    merged = model.state_dict()
+    assert not any("lora" in name for name in merged)
+    base = load_model("tiny")[0].state_dict()
+    checked = 0
+    for name, a in adapter.items():
+        if ".lora_A." not in name:
+            continue
+        b = adapter[name.replace(".lora_A.", ".lora_B.")]
+        weight = name.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+        expected = base[weight].double() + (8 / 4) * (b.double() @ a.double())
+        torch.testing.assert_close(merged[weight].double(), expected, atol=1e-6, rtol=0)
+        assert not torch.equal(merged[weight], base[weight])  # it trained: the update is not zero
+        checked += 1
+    assert checked == 4 * len([k for k in base if k.endswith("q_proj.weight")])  # q, k, v, o (LoraSettings default)
 
 
 def test_sft_lowers_completion_nll_and_saves_a_loadable_model(tmp_path):
@@ -236,7 +255,8 @@ def test_bf16_lora_trains_over_a_bf16_base_and_merges_into_the_fp32_base(tmp_pat
     lines = losses(tmp_path / "run")
     assert lines[0] == pytest.approx(math.log(2), abs=1e-6) and lines[1] < lines[0]
     base = load_model("tiny", dtype=torch.float32)[0].state_dict()
-    saved = load_file(f"{result.model_path}/model.safetensors")
+    assert not Path(result.model_path, "model.safetensors").exists()  # the adapter is saved, merged when loaded
+    saved = load_model(result.model_path, dtype=torch.float32)[0].state_dict()
     assert all(t.dtype == torch.float32 for t in saved.values())
     adapted = 0
     for name, weight in saved.items():
@@ -273,7 +293,8 @@ def test_the_run_records_what_it_trained(tmp_path):
 # ---- token-level methods from the cached reference summary ---------------------------------------------
 
 def _adapters(result) -> dict[str, torch.Tensor]:
-    return load_file(f"{result.model_path}/model.safetensors")
+    """The policy's weights with its LoRA update merged (a LoRA policy is saved as its adapter)."""
+    return load_model(result.model_path)[0].state_dict()
 
 
 def _steps(run_dir) -> list[dict]:
@@ -347,3 +368,25 @@ def test_logits_transformed_after_the_output_layer_rule_the_summary_out():
 
     with pytest.raises(SummaryUnavailable, match="transforms its output layer"):
         completion_forward_with_hidden(SoftCapped(model), batch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dpo", "tdpo2"])  # reference log-probs / log-probs + the KL summary
+def test_swapped_pairs_read_the_reference_pass_of_the_unswapped_ones(tmp_path, monkeypatch, name):
+    """Chosen and rejected swapped (TIS-DPO's reverse DPO) are the same sequences: the run reads the
+    reference's values from the other orientation's cache file and trains exactly as with a pass of its own."""
+    swapped = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in PAIRS]
+    config = quick(lora=LoraSettings(r=4, alpha=8), steps=3, lr=1e-2)
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "own"))
+    own = train_preference(config, swapped, methods.get(name), tmp_path / "own")
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "shared"))
+    train_preference(config, PAIRS, methods.get(name), tmp_path / "unswapped")
+    files = sorted(p.name for p in (tmp_path / "shared" / "reference").iterdir())
+    reused = train_preference(config, swapped, methods.get(name), tmp_path / "reused")
+    assert sorted(p.name for p in (tmp_path / "shared" / "reference").iterdir()) == files  # no pass of its own
+    assert own.extra["reference"] == reused.extra["reference"] == "cached"
+    def values(run: str) -> list[dict]:  # what training computed (timings left out)
+        return [{k: v for k, v in step.items() if not k.endswith(("_s", "per_s"))} for step in _steps(tmp_path / run)]
+
+    assert values("reused") == values("own")  # exactly: the same rows, in the same batches, give the same bits
+    assert values("reused")[-1]["loss"] != values("unswapped")[-1]["loss"]

@@ -130,7 +130,9 @@ def fsdp_worker(tmp_path, tmp_path_factory):
 
 
 def saved(model_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(model_dir / "model.safetensors"))
+    """The saved weights: the adapter of a LoRA policy, else the full model."""
+    adapter = model_dir / "adapter_model.safetensors"
+    return load_file(str(adapter if adapter.is_file() else model_dir / "model.safetensors"))
 
 
 def run(cmd, env, check=True):

@@ -22,6 +22,9 @@ WORKER = textwrap.dedent("""
     from bench.train import PreferenceTrainConfig, train_preference
 
     out, batch_size, steps, kill_at, method = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    lora = None
+    if method.endswith("+lora"):  # LoRA: checkpoints hold the adapters (and mask heads), not the frozen base
+        method, lora = method[:-len("+lora")], {"r": 4, "alpha": 8}
     pairs = [{"prompt": f"Review {i}: the movie was", "chosen": " great and fun" * (1 + i % 3),
               "rejected": " bad and dull" * (1 + i % 2)} for i in range(12)]
     if kill_at:
@@ -33,7 +36,7 @@ WORKER = textwrap.dedent("""
         threading.Thread(target=killer, daemon=True).start()
     config = PreferenceTrainConfig(model="tiny", steps=steps, batch_size=batch_size, lr=1e-3, warmup_steps=2,
                                    max_length=48, max_prompt_length=24, checkpoint_every=3, seed=7,
-                                   tensorboard=False, progress_bar=False)
+                                   tensorboard=False, progress_bar=False, lora=lora)
     result = train_preference(config, pairs, methods.get(method), out)
     print("RESULT " + json.dumps({"processes": result.extra["num_processes"], "resumed": result.resumed_from_step}))
 """)
@@ -73,10 +76,12 @@ def curve(run_dir) -> list[tuple[int, float]]:
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "model" / "model.safetensors"))
+    adapter = run_dir / "model" / "adapter_model.safetensors"  # a LoRA policy is saved as its adapter
+    return load_file(str(adapter if adapter.is_file() else run_dir / "model" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("method", ["dpo", "sparsepo"])  # cached reference / online reference + mask heads
+# cached reference / online reference + mask heads / LoRA (checkpoints without the frozen base)
+@pytest.mark.parametrize("method", ["dpo", "sparsepo", "sparsepo+lora"])
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, worker, method):
     script, env = worker
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -85,6 +90,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, worker, method)
     killed = run([sys.executable, str(script), str(resumed), "4", "10", "6", method], env, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (resumed / "checkpoints" / "step-6").is_dir() and not (resumed / "result.json").exists()
+    kept = torch.load(resumed / "checkpoints" / "step-6" / "pytorch_model.bin", weights_only=True)
+    if method.endswith("+lora"):  # what training changes: adapters and mask heads, no frozen base weight
+        assert kept and all("lora_" in k or not k.startswith("policy.") for k in kept), [k for k in kept if "lora_" not in k and k.startswith("policy.")][:5]
+        assert any("lora_" in k for k in kept) and any(not k.startswith("policy.") for k in kept)
+    else:
+        assert any("embed_tokens" in k for k in kept)  # full fine-tuning: every weight
     finished = run([sys.executable, str(script), str(resumed), "4", "10", "0", method], env)
     assert result_line(finished)["resumed"] == 6
 
