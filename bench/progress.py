@@ -220,6 +220,7 @@ class RunDisplay:
         self.total = 0
         self.known_done: set[tuple[str, str]] = set()
         self.running: tuple["Node", float] | None = None
+        self.running_nodes: dict[Any, tuple["Node", float]] = {}
         self.bar: Any = None
         self._restore: contextlib.ExitStack | None = None
         self._quiet: quiet_libraries | None = None
@@ -292,6 +293,7 @@ class RunDisplay:
 
     def stage_started(self, node: "Node") -> None:
         self.running = (node, time.monotonic())
+        self.running_nodes[node_id(node)] = self.running  # several with executor.jobs > 1
         if node_id(node) in self.known_done:  # a cached node: its end line says so
             return
         work = self.clock.work.get(node_id(node), {}) if self.clock else {}
@@ -305,7 +307,8 @@ class RunDisplay:
             if status == "done":
                 self.clock.observe(key, seconds)
             self.clock.finish(key)
-        self.running = None
+        self.running_nodes.pop(key, None)
+        self.running = next(reversed(self.running_nodes.values()), None)
         self.line(f"{self._tag(node)} {status:<6} {node.stage:<9} {node.label} {seconds:.1f}s | {self.times()}")
         if self.bar is not None:
             self.bar.update(1)
@@ -316,7 +319,8 @@ class RunDisplay:
         message itself is the command's last line (or its traceback), so it is not printed twice."""
         if self.running is None:
             return
-        node, since = self.running
+        node, since = next((entry for entry in self.running_nodes.values()
+                            if entry[0].label == getattr(error, "pobench_stage", None)), self.running)
         kind = "interrupted" if isinstance(error, KeyboardInterrupt) else type(error).__name__
         self.line(f"{self._tag(node)} failed {node.stage:<9} {node.label} after {time.monotonic() - since:.1f}s: "
                   f"{kind}", always=True)

@@ -188,6 +188,11 @@ class ReportConfig(Schema):
 
 class ExecutorConfig(Schema):
     kind: Literal["local", "ray"] = "local"
+    jobs: int = added_field(1, ge=1, description="local: stages run at once, each in a worker process of its own "
+                            "(1 = one after the other, in this process); a stage starts when its inputs are done")
+    threads: int | None = added_field(None, ge=1, description="local with jobs > 1: torch threads of every stage "
+                                      "(null = the machine's cores / jobs). Fixed per stage, not by what else runs: "
+                                      "the thread count changes float32 rounding, so results depend on it")
     address: str | None = Field(None, description="ray: cluster address (null = start a local cluster)")
     num_cpus: float = Field(1.0, ge=0, description="ray: CPUs requested per grid cell")
     num_gpus: float = Field(0.0, ge=0, description="ray: GPUs requested per grid cell")
