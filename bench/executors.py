@@ -73,6 +73,20 @@ def _pool_execute(work_dir: str, node: Node) -> bool:
     return did
 
 
+def longest_chains(plan: Plan) -> dict[tuple[str, str], int]:
+    """Per node, the number of stages on the longest chain that starts with it and follows what depends
+    on it (1 for a stage nothing waits for)."""
+    users: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for node in plan.nodes:
+        for dep in node.deps.values():
+            users.setdefault((dep.stage, dep.key), []).append((node.stage, node.key))
+    chain: dict[tuple[str, str], int] = {}
+    for node in reversed(plan.nodes):  # the plan lists a node after its inputs
+        ident = (node.stage, node.key)
+        chain[ident] = 1 + max((chain[u] for u in users.get(ident, ())), default=0)
+    return chain
+
+
 def run_local_parallel(plan: Plan, store: Store, progress: Progress | None = None) -> dict[str, Any]:
     """``executor.jobs`` stages at once on this machine, each in a worker process with
     ``executor.threads`` torch threads, started as soon as its inputs are done (plan order among the
@@ -86,7 +100,10 @@ def run_local_parallel(plan: Plan, store: Store, progress: Progress | None = Non
     cfg = plan.suite.executor
     threads = stage_threads(cfg.jobs, cfg.threads)
     ident = lambda node: (node.stage, node.key)  # noqa: E731
-    pending, finished = list(plan.nodes), set()
+    chain = longest_chains(plan)
+    # among the ready stages, those heading the longest chains of stages after them first (TIS-DPO's reverse
+    # DPO before the other trainings: its weights and training come after it), then plan order
+    pending, finished = sorted(plan.nodes, key=lambda node: -chain[ident(node)]), set()
     running: dict[Any, tuple[Node, float]] = {}
     computed = cached = 0
     pool = None

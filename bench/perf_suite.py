@@ -34,7 +34,7 @@ def stage_rows(suite: SuiteConfig) -> list[dict[str, Any]]:
         record = done.record if done is not None else {}
         rows.append({"stage": node.stage, "label": node.label, "key": node.key, "done": done is not None,
                      "seconds": record.get("seconds"), "peak_rss_mb": record.get("peak_rss_mb"),
-                     "rss_before_mb": record.get("rss_before_mb")})
+                     "rss_before_mb": record.get("rss_before_mb"), "finished_at": record.get("finished_at")})
     return rows
 
 
@@ -62,8 +62,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                  "note": "median seconds of the generate and of the score stages (one evaluated point each)"
                          + (", plus the pairs stage (held-out pairs under the policy)" if pairs else "")}
     peaks = [r["peak_rss_mb"] for r in timed if r["peak_rss_mb"] is not None]
+    from bench.runner import stage_span
+
     return {"stages": len(rows), "finished": sum(r["done"] for r in rows), "timed": len(timed),
-            "stage_seconds": round(total, 1), "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1]["seconds"])),
+            "stage_seconds": round(total, 1), "span_seconds": stage_span(timed), "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1]["seconds"])),
             "evaluated_point": point,
             "peak_rss_mb": max(peaks) if peaks else None,
             "memory_target": {"target_mb": PEAK_TARGET_MB, "stages_measured": len(peaks),
@@ -90,6 +92,8 @@ def profile_suite(suite: SuiteConfig, run: bool = True, mode: str | None = None)
 def format_profile(report: dict[str, Any]) -> str:
     lines = [f"suite {report['suite']}: {report['finished']}/{report['stages']} stages finished, "
              f"{report['stage_seconds']:.0f} s of stage time"
+             + (f", {report['span_seconds']:.0f} s from the first stage's start to the last one's end"
+                if report.get("span_seconds") is not None else "")
              + (f", this invocation {report['wall_s_this_invocation']:.0f} s" if report.get("wall_s_this_invocation")
                 is not None else ""),
              f"{'stage':<10} {'count':>5} {'seconds':>9} {'share':>7} {'mean s':>8} {'peak MiB':>9}"]

@@ -221,6 +221,7 @@ class RunDisplay:
         self.known_done: set[tuple[str, str]] = set()
         self.running: tuple["Node", float] | None = None
         self.running_nodes: dict[Any, tuple["Node", float]] = {}
+        self.jobs = 1
         self.bar: Any = None
         self._restore: contextlib.ExitStack | None = None
         self._quiet: quiet_libraries | None = None
@@ -264,12 +265,15 @@ class RunDisplay:
         running = self.running
         left, prior = self.clock.remaining(node_id(running[0]) if running else None,
                                            time.monotonic() - running[1] if running else 0.0)
+        left /= self.jobs
         return f"{text}, ETA {duration(left)}" + (" (prior)" if prior else "")
 
     # -- the plan --------------------------------------------------------------------------------
     def plan(self, plan: "Plan", done: set[tuple[str, str]]) -> None:
         """The nodes to come (``done``: already in the store) and the work they hold."""
         self.clock = WorkClock(plan, done)
+        executor = plan.suite.executor
+        self.jobs = executor.jobs if executor.kind == "local" else 1  # the ETA: stages side by side
         self.index = {node_id(n): i for i, n in enumerate(plan.nodes, 1)}
         self.total = len(plan.nodes)
         self.known_done = set(done)

@@ -82,6 +82,9 @@ def summary(board: dict[str, Any]) -> str:
         peak = compute.get("peak_rss_mb")
         lines.append(f"Compute: {compute['stages']} stages, {compute['stage_seconds'] / 60:.1f} min of stage time "
                      f"(each stage once, as recorded when it ran{'; ' + machine if machine else ''})"
+                     + (f", {compute['span_seconds'] / 60:.1f} min from the first stage's start to the last one's end "
+                        "(stages side by side: executor.jobs)"
+                        if compute.get("span_seconds") and compute["span_seconds"] < compute["stage_seconds"] else "")
                      + (f"; largest peak resident memory of a stage {peak / 1024:.1f} GiB" if peak else "") + ".")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -105,7 +105,9 @@ def collect_runs(plan: Plan, store: Store) -> list[dict[str, Any]]:
             record = done.record if done else {}
             stages[f"{node.stage}:{node.label}"] = {"key": node.key, "seconds": record.get("seconds"),
                                                     **({"peak_rss_mb": record["peak_rss_mb"]}
-                                                       if record.get("peak_rss_mb") is not None else {})}
+                                                       if record.get("peak_rss_mb") is not None else {}),
+                                                    **({"finished_at": round(record["finished_at"], 1)}
+                                                       if record.get("finished_at") is not None else {})}
             source = (record.get("task_record") or {}).get("data_source")
             if source and node.stage in ("sft", "prefdata", "generate"):
                 sources[node.stage] = source
@@ -210,7 +212,17 @@ def compute_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             kind["peak_rss_mb"] = max(kind.get("peak_rss_mb", 0.0), stage["peak_rss_mb"])
     peaks = [k["peak_rss_mb"] for k in by_stage.values() if "peak_rss_mb" in k]
     return {"stages": len(seen), "stage_seconds": round(sum(s["seconds"] for s in seen.values()), 1),
-            "peak_rss_mb": max(peaks) if peaks else None, "by_stage": dict(sorted(by_stage.items()))}
+            "peak_rss_mb": max(peaks) if peaks else None, "by_stage": dict(sorted(by_stage.items())),
+            **({"span_seconds": span} if (span := stage_span(list(seen.values()))) is not None else {})}
+
+
+def stage_span(stages: list[dict[str, Any]]) -> float | None:
+    """Seconds from the first stage's start to the last one's end (records with ``finished_at`` and
+    ``seconds``; None when one lacks them). Below the sum of the stages' seconds when stages ran side
+    by side (``executor.jobs``); above it when the run paused and was resumed."""
+    if not stages or any(s.get("finished_at") is None or s.get("seconds") is None for s in stages):
+        return None
+    return round(max(s["finished_at"] for s in stages) - min(s["finished_at"] - s["seconds"] for s in stages), 1)
 
 
 def train_of_config(suite: SuiteConfig, run: dict[str, Any]) -> dict[str, Any]:

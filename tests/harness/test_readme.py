@@ -64,3 +64,23 @@ def test_without_kl_the_block_shows_each_configurations_metrics_and_its_differen
     # the last step, best first; the reference has no difference to itself
     assert text.index("| dpo | 0.150 [0.050, 0.250] | 0.050 [-0.020, 0.120] |") < text.index(
         "| reference | 0.100 [0.000, 0.200] | - |")
+
+
+def test_the_compute_line_gives_the_wall_span_when_stages_ran_side_by_side():
+    from bench.runner import compute_summary
+
+    def run(*stages):
+        return {"stages": {f"{kind}:{kind} {i}": {"key": f"{kind}{i}", "seconds": s, "finished_at": f}
+                           for i, (kind, s, f) in enumerate(stages)}}
+
+    # two jobs: a 10 s stage from t=0 and a 6 s one from t=2, then a 4 s one from t=10: 14 s in all
+    side_by_side = compute_summary([run(("train", 10.0, 10.0), ("generate", 6.0, 8.0), ("score", 4.0, 14.0))])
+    assert side_by_side["stage_seconds"] == 20.0 and side_by_side["span_seconds"] == 14.0
+    text = readme.summary({"rows": [], "compute": side_by_side})
+    assert "0.3 min of stage time" in text and "0.2 min from the first stage's start to the last one's end" in text
+    # one after the other, with a pause (a resumed run): the span is longer, and not shown
+    paused = compute_summary([run(("train", 10.0, 10.0), ("score", 4.0, 100.0))])
+    assert paused["span_seconds"] == 100.0
+    assert "from the first stage's start" not in readme.summary({"rows": [], "compute": paused})
+    # records without finish times (boards made before they were kept): no span
+    assert "span_seconds" not in compute_summary([{"stages": {"train:t": {"key": "k", "seconds": 3.0}}}])
