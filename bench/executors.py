@@ -54,7 +54,11 @@ def _start_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # ensure_threads() in the stages reads it too
     import torch
 
+    from bench.progress import quiet_libraries
+
     torch.set_num_threads(threads)
+    # the parent shows the stages; the libraries' own bars and logs from a worker would cut into its lines
+    quiet_libraries(errors_only=True).__enter__()
 
 
 def _pool_execute(work_dir: str, node: Node) -> bool:
