@@ -44,7 +44,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -359,51 +359,7 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype):
                                "any more (a moved work dir or POBENCH_CACHE?): restore it, or delete the training "
                                "stage's output so that it runs again")
     base_model = load_causal_lm(resolve_model(base).path, torch.float32)
-    if merge_plain_lora(base_model, Path(path)):
-        return base_model.to(dtype)
     return PeftModel.from_pretrained(base_model, str(path)).merge_and_unload().to(dtype)
-
-
-#: adapter_config.json values under which a LoRA adapter is W += (alpha / r) B A and nothing else
-_PLAIN_LORA = {"peft_type": "LORA", "fan_in_fan_out": False, "use_dora": False, "use_rslora": False,
-               "lora_bias": False, "bias": "none", "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
-               "layer_replication": None, "trainable_token_indices": None, "target_parameters": None}
-
-
-def merge_plain_lora(model: Any, adapter_dir: Path) -> bool:
-    """Add a plain LoRA adapter's update to ``model``'s weights in place, with peft's arithmetic
-    (``W += (B @ A) * (alpha / r)`` in the weights' dtype), so the result is peft's
-    ``merge_and_unload()`` bit for bit. Why by hand: peft first wraps every target layer and loads the
-    adapter into the wrappers, 0.6 s of the 0.7 s a SmolLM2 policy took to load (0.14 s for the base
-    alone), paid by every stage that loads a policy. False (nothing changed) for any other kind of
-    adapter (DoRA, rsLoRA, per-layer ranks, biases, extra trained modules...): peft merges those."""
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    if any(config.get(key, value) != value for key, value in _PLAIN_LORA.items()):
-        return False
-    files = list(adapter_dir.glob("adapter_model.safetensors"))
-    if not files:
-        return False
-    from safetensors.torch import load_file
-
-    weights = load_file(str(files[0]))
-    prefix, a_suffix, b_suffix = "base_model.model.", ".lora_A.weight", ".lora_B.weight"
-    names = [k[len(prefix):-len(a_suffix)] for k in weights if k.startswith(prefix) and k.endswith(a_suffix)]
-    if not names or len(weights) != 2 * len(names):
-        return False
-    scaling = config["lora_alpha"] / config["r"]
-    updates = []
-    for name in names:
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            return False
-        a, b = weights[prefix + name + a_suffix], weights.get(prefix + name + b_suffix)
-        if b is None or not hasattr(layer, "weight") or layer.weight.shape != (b.shape[0], a.shape[1]):
-            return False
-        updates.append((layer.weight, a, b))
-    for weight, a, b in updates:  # checked all first: a refused adapter leaves the model as it was
-        weight.data += (b.to(weight.dtype) @ a.to(weight.dtype)) * scaling
-    return True
 
 
 def load_model(model: str, dtype: torch.dtype | str | None = None, device: str = "cpu"):

@@ -171,32 +171,6 @@ def test_lora_reference_is_the_base_and_the_saved_model_is_merged(tmp_path):
         assert not torch.equal(merged[weight], base[weight])  # it trained: the update is not zero
         checked += 1
     assert checked == 4 * len([k for k in base if k.endswith("q_proj.weight")])  # q, k, v, o (LoraSettings default)
-    # the loader adds the update itself (bench.models.merge_plain_lora): peft's merge_and_unload(), bit for bit
-    from peft import PeftModel
-
-    by_peft = PeftModel.from_pretrained(load_model("tiny")[0], result.model_path).merge_and_unload().state_dict()
-    assert by_peft.keys() == merged.keys()
-    assert all(torch.equal(by_peft[k], merged[k]) for k in merged)
-
-
-def test_adapters_the_plain_merge_does_not_cover_are_merged_by_peft(tmp_path):
-    """rsLoRA scales by alpha / sqrt(r): merge_plain_lora declines it, and peft's merge is used."""
-    import json
-
-    from peft import PeftModel
-
-    from bench.models import merge_plain_lora
-
-    config = quick(lora=LoraSettings(r=4, alpha=8), lr=5e-3, steps=1, batch_size=6, lr_schedule="constant")
-    path = Path(train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "run").model_path)
-    settings = json.loads((path / "adapter_config.json").read_text())
-    (path / "adapter_config.json").write_text(json.dumps({**settings, "use_rslora": True}))
-    base = load_model("tiny")[0]
-    assert not merge_plain_lora(base, path)
-    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), load_model("tiny")[0].state_dict().values()))
-    merged = load_model(path)[0].state_dict()
-    by_peft = PeftModel.from_pretrained(load_model("tiny")[0], str(path)).merge_and_unload().state_dict()
-    assert all(torch.equal(by_peft[k], merged[k]) for k in merged)
 
 
 def test_sft_lowers_completion_nll_and_saves_a_loadable_model(tmp_path):
