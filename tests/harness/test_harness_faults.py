@@ -86,7 +86,7 @@ def test_damaged_model_in_the_work_dir_is_moved_aside_and_trained_again(capsys, 
     assert code == 0, err[-3000:]
     (train_record,) = entries(work)["train"]
     record = json.loads(train_record.read_text())
-    weights = Path(record["model_path"]) / "model.safetensors"
+    weights = Path(record["model_path"]) / "adapter_model.safetensors"  # a LoRA policy is saved as its adapter
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, other content
     weights.write_bytes(bytes(data))
@@ -94,7 +94,7 @@ def test_damaged_model_in_the_work_dir_is_moved_aside_and_trained_again(capsys, 
     assert code == 0, err[-3000:]
     warned = [line for line in err.splitlines() if line.startswith("pobench: warning:")]
     assert len(warned) == 1 and f"the finished train entry {train_record.parent.name} is damaged" in warned[0]
-    assert "model/model.safetensors changed since the stage finished (sha256 differs)" in warned[0]
+    assert "model/adapter_model.safetensors changed since the stage finished (sha256 differs)" in warned[0]
     assert "(1 stages computed, 5 cached)" in err  # trained again; what was built on it kept its keys
     assert len(list((work / "train").glob(f"{train_record.parent.name}.corrupt-*"))) == 1
     assert len(list((work / "trainer").glob("train-*.corrupt-*"))) == 1  # the weights, kept for inspection

@@ -130,9 +130,13 @@ def fsdp_worker(tmp_path, tmp_path_factory):
 
 
 def saved(model_dir: Path) -> dict[str, torch.Tensor]:
-    """The saved weights: the adapter of a LoRA policy, else the full model."""
-    adapter = model_dir / "adapter_model.safetensors"
-    return load_file(str(adapter if adapter.is_file() else model_dir / "model.safetensors"))
+    """The saved policy's weights: the file of full weights, or a LoRA policy (saved as its adapter)
+    merged into its base as every stage loads it."""
+    if (model_dir / "adapter_config.json").is_file():
+        from bench.models import load_model
+
+        return {k: v.detach() for k, v in load_model(str(model_dir))[0].state_dict().items()}
+    return load_file(str(model_dir / "model.safetensors"))
 
 
 def run(cmd, env, check=True):
@@ -184,15 +188,15 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(tmp_path, fsdp_worker, m
     grad_two = [json.loads(x)["grad_norm"] for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert grad_two == pytest.approx(grad_one, rel=1e-4)  # clipping saw the real (sharded) gradients
 
-    # full weights, gathered on rank 0, in the same layout (tied lm_head saved once), loadable by transformers
+    # full weights (or the LoRA adapter), gathered on rank 0, in the same layout (tied lm_head saved once), loadable
     for name in ("model", "policies/step-2"):
         a, b = saved(one / name), saved(two / name)
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
-    from transformers import AutoModelForCausalLM
+    from bench.models import load_model
 
-    model = AutoModelForCausalLM.from_pretrained(two / "model")
+    model = load_model(str(two / "model"))[0]  # transformers' from_pretrained, with a LoRA adapter merged
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     torch.testing.assert_close(model.get_input_embeddings().weight.detach(),
                                saved(one / "model")["model.embed_tokens.weight"], atol=1e-5, rtol=1e-4)
