@@ -93,8 +93,8 @@ def longest_chains(plan: Plan) -> dict[tuple[str, str], int]:
 
 def run_local_parallel(plan: Plan, store: Store, progress: Progress | None = None) -> dict[str, Any]:
     """``executor.jobs`` stages at once on this machine, each in a worker process with
-    ``executor.threads`` torch threads, started as soon as its inputs are done (plan order among the
-    ready ones). Why processes: on this 2-core CPU two one-thread generate stages side by side did
+    ``executor.threads`` torch threads, started as soon as its inputs are done (among the ready ones,
+    those heading the longest chains of later stages first, then plan order). Why processes: on this 2-core CPU two one-thread generate stages side by side did
     1.5x the work of one two-thread stage (decode matmuls of ~100 rows do not scale to two threads).
     Cached stages are found here without starting a worker; the first error stops new stages, lets
     the running ones finish (each writes atomically) and is raised with its stage's label."""
