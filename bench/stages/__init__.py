@@ -70,6 +70,11 @@ class Stage:
     work: Callable[["Node"], dict[str, int | None]] = lambda node: {}
     #: heavy nodes ask Ray for the executor's per-cell CPU/GPU share
     heavy: bool = True
+    #: names of intermediate results the node computes when they are not cached yet, and that other nodes
+    #: read too (a training run's reference passes): the local executor with jobs > 1 does not start a node
+    #: next to running ones that compute all of its shared results when another node can start instead.
+    #: A scheduling hint: never keyed, never needed for correctness (the results are computed under locks)
+    shares: Callable[["Node"], frozenset[str]] = lambda node: frozenset()
 
 
 STAGES: dict[str, Stage] = {}

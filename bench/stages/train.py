@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.config.schema import SuiteSFTConfig, SuiteTrainConfig
+from bench.hashing import plain, stable_hash
 from bench.stages import (ModelRef, Stage, StageContext, TaskRef, base_model_path, read_jsonl, reference_path,
                           register_stage)
 from bench.stages.data import expected_pairs, load_pairs
@@ -118,5 +119,24 @@ def train_work(node: "Node") -> dict[str, int | None]:
     return {"train_steps": optimizer_steps(node.params.train, expected_pairs(prefdata) if prefdata else None)}
 
 
+def train_shares(node: "Node") -> frozenset[str]:
+    """The reference passes this run computes unless another run with the same reference, pairs and
+    tokenization has cached them (:func:`bench.train.preference.cached_reference_pass`); a swapped run
+    reads the unswapped one's, a preparation step's pairs are the preference pairs with extra fields."""
+    import methods
+    from bench.train.preference import planned_reference_kinds
+
+    p: TrainParams = node.params
+    train = p.train
+    data = stable_hash({"model": plain(p.model), "reference": node.deps["reference"].key if "reference" in node.deps
+                        else None, "pairs": node.deps["prefdata"].key if "prefdata" in node.deps else node.key,
+                        "lora": train.lora is not None, "tokens": [train.max_length, train.max_prompt_length,
+                                                                    train.add_eos, train.chat_template],
+                        "precision": train.precision, "reference_dtype": train.reference_dtype})
+    kinds = planned_reference_kinds(methods.get(p.method, **p.hparams), train)
+    return frozenset(f"reference {kind}" + (f" {p.method} {stable_hash(p.hparams)}" if kind == "masks" else "")
+                     + f" of {data}" for kind in kinds)
+
+
 SFT = register_stage(Stage("sft", "2", SFTParams, run_sft, sft_work))
-TRAIN = register_stage(Stage("train", "2", TrainParams, run_train, train_work))
+TRAIN = register_stage(Stage("train", "2", TrainParams, run_train, train_work, shares=train_shares))

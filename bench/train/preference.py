@@ -21,8 +21,10 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import time
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
@@ -115,6 +117,33 @@ def reference_plan(method: Method, config: PreferenceTrainConfig, policy: nn.Mod
     if blocker or config.precompute_reference is False:
         return "online"
     return "cached"
+
+
+def reference_pass_kinds(method: Method, plan: str) -> frozenset[str]:
+    """The cached reference passes a run with this plan reads (computing those not cached yet)."""
+    token_needs = method.needs & ONLINE_REFERENCE_NEEDS
+    kinds = set()
+    if plan == "cached":
+        kinds = {"logps"} | ({"summary"} if "fkl" in token_needs else set()) \
+            | ({"hidden"} if "ref_hidden" in token_needs else set())
+    return frozenset(kinds | ({"masks"} if "masks" in method.needs else set()))
+
+
+def planned_reference_kinds(method: Method, config: PreferenceTrainConfig) -> frozenset[str]:
+    """:func:`reference_pass_kinds` as far as the config tells before the policy is loaded: LoRA adapters
+    whose targets leave the output layer alone keep it frozen (the run itself checks the loaded policy).
+    For scheduling only (:func:`bench.stages.train.train_shares`), never for what a run computes."""
+    token_needs = method.needs & ONLINE_REFERENCE_NEEDS
+    if not method.uses_reference and not token_needs:
+        plan = "none"
+    elif config.precompute_reference is False:
+        plan = "online"
+    elif token_needs and (config.token_reference == "online" or _config_blocker(method.needs, config)
+                          or any("lm_head" in target for target in config.lora.target_modules or ())):
+        plan = "online"
+    else:
+        plan = "cached"
+    return reference_pass_kinds(method, plan)
 
 
 def shifted(t: Tensor) -> Tensor:
@@ -299,12 +328,17 @@ def cached_hidden_bytes(examples: Sequence[Tokenized], hidden_size: int, num_lay
 
 def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples, pad_id, *, kinds: frozenset[str],
                           mask_method: Method | None, config: PreferenceTrainConfig, device,
-                          is_main: bool) -> dict[str, list]:
+                          is_main: bool, exclusive: bool = False) -> dict[str, list]:
     """``reference_pass`` cached under ``<cache>/reference/<kind>-<hash>.pt`` (one file per model + data +
     kind); the kinds not cached yet are computed together in one pass (masks in one of their own).
-    Returns per-example lists keyed like :func:`reference_pass`'s output."""
+    Returns per-example lists keyed like :func:`reference_pass`'s output.
+
+    ``exclusive`` (a run of one process): each pass is computed under a lock on its file, passes that
+    another run is computing come last, and a pass found done after waiting is read, not computed
+    again; so two runs started side by side (``executor.jobs``) compute each pass once, and a run that
+    needs two passes computes the one nobody else is on while the other is being computed. Not with
+    several processes per run: their passes may hold collectives, which a lock must not split."""
     results: dict[str, list] = {}
-    missing: dict[str, Path] = {}
 
     def cache_path(kind: str, parts: dict) -> Path:
         m = mask_method if kind == "masks" else None
@@ -315,21 +349,26 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     # the same pairs with chosen and rejected swapped (e.g. TIS-DPO's reverse DPO) are the same sequences:
     # their values are read from the other orientation's file, each pair's two entries swapped back
     swapped_parts = {**key_parts, "data": [(prompt, list(responses)[::-1]) for prompt, responses in key_parts["data"]]}
-    for kind in sorted(kinds):
-        path, other = cache_path(kind, key_parts), cache_path(kind, swapped_parts)
-        if path.exists() or other.exists():
-            stored = torch.load(path if path.exists() else other)
-            if not path.exists():
-                stored = {k: [pair[::-1] for pair in v] for k, v in stored.items()} if kind == "summary" else \
-                    [pair[::-1] for pair in stored]
-            results.update(stored if kind == "summary" else {kind: stored})
-        else:
-            missing[kind] = path
+    paths = {kind: cache_path(kind, key_parts) for kind in kinds}
+
+    def read(kind: str) -> bool:
+        path, other = paths[kind], cache_path(kind, swapped_parts)
+        if not (path.exists() or other.exists()):
+            return False
+        stored = torch.load(path if path.exists() else other)
+        if not path.exists():
+            stored = {k: [pair[::-1] for pair in v] for k, v in stored.items()} if kind == "summary" else \
+                [pair[::-1] for pair in stored]
+        results.update(stored if kind == "summary" else {kind: stored})
+        return True
+
+    missing = {kind for kind in sorted(kinds) if not read(kind)}
     # masks need full logits (a pass of their own); the summary and hidden kinds a fixed batch size
     groups = [frozenset({kind}) for kind in ("masks", "logps") if kind in missing]
-    if set(missing) & {"summary", "hidden"}:
+    if missing & {"summary", "hidden"}:
         groups.append(frozenset(missing) & {"summary", "hidden"})
-    for group in groups:
+
+    def compute(group: frozenset[str]) -> None:
         fixed = group & {"summary", "hidden"}
         computed = reference_pass(reference, examples, pad_id, kinds=group,
                                   mask_method=mask_method if "masks" in group else None, precision=config.precision,
@@ -337,12 +376,49 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
                                   device=device)
         results.update(computed)
         if not is_main:
-            continue
+            return
         for kind in group:
             buffer = io.BytesIO()
             torch.save({k: computed[k] for k in SUMMARY_KEYS} if kind == "summary" else computed[kind], buffer)
-            atomic_write_bytes(missing[kind], buffer.getvalue())
+            atomic_write_bytes(paths[kind], buffer.getvalue())
+
+    if not exclusive:
+        for group in groups:
+            compute(group)
+        return results
+
+    def under_locks(group: frozenset[str], wait: bool) -> bool:
+        """Compute what of ``group`` is still missing while holding its kinds' locks (taken in one order,
+        one group at a time: no two runs can wait on each other); False: another run holds one."""
+        with contextlib.ExitStack() as held:
+            for kind in sorted(group):
+                lock = _pass_lock(paths[kind], wait)
+                if lock is None:
+                    return False
+                held.enter_context(lock)
+            todo = frozenset(kind for kind in group if not read(kind))  # done meanwhile by another run: read
+            if todo:
+                compute(todo)
+        return True
+
+    # first the passes no other run is computing, then wait for the others (and read what they wrote)
+    waiting = [group for group in groups if not under_locks(group, wait=False)]
+    for group in waiting:
+        under_locks(group, wait=True)
     return results
+
+
+def _pass_lock(path: Path, wait: bool):
+    """The open file ``<pass file>.lock`` under an exclusive flock, or None when another process holds it
+    and ``wait`` is False. Closing the file (``with`` it) releases the lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 # --------------------------------------------------------------------------- the trainable module
@@ -476,12 +552,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     hidden_size, num_layers = model_shape(policy)
     method.setup(hidden_size, num_layers)
     plan = reference_plan(method, config, policy)
-    token_needs = method.needs & ONLINE_REFERENCE_NEEDS
-    kinds = set()
-    if plan == "cached":
-        kinds = {"logps"} | ({"summary"} if "fkl" in token_needs else set()) \
-            | ({"hidden"} if "ref_hidden" in token_needs else set())
-    kinds |= {"masks"} if "masks" in method.needs else set()
+    kinds = set(reference_pass_kinds(method, plan))
     note = None
     hidden_bytes = cached_hidden_bytes(examples, hidden_size, num_layers) if "hidden" in kinds else 0
     if hidden_bytes > MAX_CACHED_HIDDEN_BYTES:
@@ -502,7 +573,8 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     def reference_cache(kinds: set[str]) -> dict[str, list]:
         return cached_reference_pass(key_parts, reference, examples, tokenizer.pad_token_id, kinds=frozenset(kinds),
                                      mask_method=method if "masks" in kinds else None, config=config,
-                                     device=accelerator.device, is_main=accelerator.is_main_process)
+                                     device=accelerator.device, is_main=accelerator.is_main_process,
+                                     exclusive=accelerator.num_processes == 1)
 
     pass_started = time.perf_counter()
     if note is None and kinds:

@@ -390,3 +390,41 @@ def test_swapped_pairs_read_the_reference_pass_of_the_unswapped_ones(tmp_path, m
 
     assert values("reused") == values("own")  # exactly: the same rows, in the same batches, give the same bits
     assert values("reused")[-1]["loss"] != values("unswapped")[-1]["loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("other_run_finishes", [True, False])
+def test_a_run_computes_first_the_pass_nobody_else_is_on(tmp_path, monkeypatch, other_run_finishes):
+    """Two runs side by side (executor.jobs): while another run holds the reference log-probs pass, TDPO2
+    computes its KL summary, then waits for the log-probs and reads them (or computes them itself when
+    that run wrote nothing), and trains exactly as alone."""
+    from bench.train import preference
+
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "cache"))
+    config = quick(lora=LoraSettings(r=4, alpha=8), steps=2, lr=1e-2)
+    train_preference(config, PAIRS, methods.get("tdpo2"), tmp_path / "alone")
+    written = {path.name: path.read_bytes() for path in (tmp_path / "cache" / "reference").glob("*.pt")}
+    for path in (tmp_path / "cache" / "reference").glob("*.pt"):
+        path.unlink()
+    passes, locks = [], []
+    real_pass, real_lock = preference.reference_pass, preference._pass_lock
+
+    def recording_pass(*args, kinds, **kwargs):
+        passes.append(sorted(kinds))
+        return real_pass(*args, kinds=kinds, **kwargs)
+
+    def lock(path, wait):
+        kind = path.name.split("-")[0]
+        locks.append((kind, wait))
+        if kind == "logps" and not wait:
+            return None  # another run is computing the log-probs
+        if kind == "logps" and other_run_finishes:
+            path.write_bytes(written[path.name])
+        return real_lock(path, wait)
+
+    monkeypatch.setattr(preference, "reference_pass", recording_pass)
+    monkeypatch.setattr(preference, "_pass_lock", lock)
+    train_preference(config, PAIRS, methods.get("tdpo2"), tmp_path / "side")
+    assert locks == [("logps", False), ("summary", False), ("logps", True)]
+    assert passes == ([["summary"]] if other_run_finishes else [["summary"], ["logps"]])
+    assert _steps(tmp_path / "side")[-1]["loss"] == _steps(tmp_path / "alone")[-1]["loss"]
