@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import functools
 import importlib.util
 import json
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+
+from bench.store import locked_file
 
 __all__ = ["ModelSpec", "ResolvedModel", "MODELS", "ModelSourceError", "cache_dir", "resolve_model",
            "load_model", "tiny_model", "gpt2_tokenizer", "DTYPES", "parse_dtype", "kept_logits"]
@@ -287,20 +288,6 @@ def _gguf_parsed_once() -> Iterator[None]:
         hf_gguf.load_gguf_checkpoint = load_checkpoint
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An flock on ``lock_path``. Why: stages started side by side (``executor.jobs``) each converted
-    the GGUF at once (26-28 s each in the default suite's first minute); now the second waits for
-    the first and reads its result."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _convert_gguf(gguf_path: Path, final: Path) -> Path:
     """Dequantise a GGUF into a safetensors directory (once; cached; one process at a time)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -322,7 +309,9 @@ def _convert_gguf(gguf_path: Path, final: Path) -> Path:
 
     if final.exists():
         return final
-    with _exclusive(final.parent / f".{final.name}.lock"):
+    # stages started side by side (executor.jobs) each converted the GGUF at once (26-28 s each in the
+    # default suite's first minute): the second now waits for the first and reads its result
+    with locked_file(final.parent / f".{final.name}.lock"):
         return _atomic_dir(final, build)
 
 

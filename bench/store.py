@@ -170,6 +170,20 @@ class StageOutput:
         return json.loads((self.path / RECORD).read_text())
 
 
+def locked_file(path: str | os.PathLike[str], wait: bool = True):
+    """``path`` opened for appending under an exclusive flock, or None when another process holds it and
+    ``wait`` is False. Closing the file (``with`` it) releases the lock. For work outside the store that
+    processes side by side would otherwise do twice (a model conversion, a reference pass)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 #: lock files this process holds (a path may be locked again by the same process: flock on a second
 #: open file would wait for the first forever)
 _HELD: dict[str, int] = {}

@@ -21,11 +21,9 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 """
 from __future__ import annotations
 
-import fcntl
 import io
 import time
-import contextlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +35,7 @@ from methods import Method, NonFiniteLoss, PairBatch, token_stats
 from methods.activations import record_activations
 from methods.token_math import fkl_from_reference_summary
 from bench.models import cache_dir, kept_logits, parse_dtype
-from bench.store import atomic_write_bytes
+from bench.store import atomic_write_bytes, locked_file
 from bench.train.config import PreferenceTrainConfig, TrainConfigError, fingerprint
 from bench.train.data import Batch, Tokenized, collate, tokenize_rows
 from bench.train.engine import (NonFiniteTerm, StepOutput, TrainResult, autocast, close_run, open_run, policy_saver,
@@ -390,9 +388,9 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     def under_locks(group: frozenset[str], wait: bool) -> bool:
         """Compute what of ``group`` is still missing while holding its kinds' locks (taken in one order,
         one group at a time: no two runs can wait on each other); False: another run holds one."""
-        with contextlib.ExitStack() as held:
+        with ExitStack() as held:
             for kind in sorted(group):
-                lock = _pass_lock(paths[kind], wait)
+                lock = locked_file(paths[kind].with_name(paths[kind].name + ".lock"), wait)
                 if lock is None:
                     return False
                 held.enter_context(lock)
@@ -406,19 +404,6 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     for group in waiting:
         under_locks(group, wait=True)
     return results
-
-
-def _pass_lock(path: Path, wait: bool):
-    """The open file ``<pass file>.lock`` under an exclusive flock, or None when another process holds it
-    and ``wait`` is False. Closing the file (``with`` it) releases the lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path.with_name(path.name + ".lock"), "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
 
 
 # --------------------------------------------------------------------------- the trainable module

@@ -407,23 +407,23 @@ def test_a_run_computes_first_the_pass_nobody_else_is_on(tmp_path, monkeypatch, 
     for path in (tmp_path / "cache" / "reference").glob("*.pt"):
         path.unlink()
     passes, locks = [], []
-    real_pass, real_lock = preference.reference_pass, preference._pass_lock
+    real_pass, real_lock = preference.reference_pass, preference.locked_file
 
     def recording_pass(*args, kinds, **kwargs):
         passes.append(sorted(kinds))
         return real_pass(*args, kinds=kinds, **kwargs)
 
-    def lock(path, wait):
-        kind = path.name.split("-")[0]
+    def lock(path, wait):  # <kind>-<hash>.pt.lock
+        kind, cache_file = path.name.split("-")[0], path.with_suffix("")
         locks.append((kind, wait))
         if kind == "logps" and not wait:
             return None  # another run is computing the log-probs
         if kind == "logps" and other_run_finishes:
-            path.write_bytes(written[path.name])
+            cache_file.write_bytes(written[cache_file.name])
         return real_lock(path, wait)
 
     monkeypatch.setattr(preference, "reference_pass", recording_pass)
-    monkeypatch.setattr(preference, "_pass_lock", lock)
+    monkeypatch.setattr(preference, "locked_file", lock)
     train_preference(config, PAIRS, methods.get("tdpo2"), tmp_path / "side")
     assert locks == [("logps", False), ("summary", False), ("logps", True)]
     assert passes == ([["summary"]] if other_run_finishes else [["summary"], ["logps"]])
