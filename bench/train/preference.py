@@ -81,12 +81,12 @@ def _config_blocker(needs: frozenset[str], config: PreferenceTrainConfig) -> str
     return None
 
 
-def summary_blocker(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None) -> str | None:
+def summary_blocker(method: Method, config: PreferenceTrainConfig, output_frozen: bool) -> str | None:
     """Why this run's token-level needs cannot be served by the cached reference summary (None: they can)."""
     if config.token_reference == "online":
         return "token_reference is online"
     blocker = _config_blocker(method.needs, config)
-    if blocker is None and (policy is None or not output_layer_frozen(policy)):
+    if blocker is None and not output_frozen:
         return "the output layer is trained (adapters on it), so it is not the reference's"
     return blocker
 
@@ -100,14 +100,18 @@ def unread_train_fields(method_name: str, hparams: dict[str, Any], config: Prefe
     return {}
 
 
-def reference_plan(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None = None) -> str:
+def reference_plan(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None = None, *,
+                   output_frozen: bool | None = None) -> str:
     """"none" | "cached" | "online": whether the reference runs at every step ("online") or everything
     needed from it comes from one cached pass per dataset ("cached"). ``policy``: the model being trained
-    (its output layer decides whether token-level needs can be cached; None = they cannot)."""
+    (its output layer decides whether token-level needs can be cached; None = they cannot), or
+    ``output_frozen`` as expected before it is loaded."""
     if not method.uses_reference and not (method.needs & ONLINE_REFERENCE_NEEDS):
         return "none"
     token_needs = method.needs & ONLINE_REFERENCE_NEEDS
-    blocker = summary_blocker(method, config, policy) if token_needs else None
+    if output_frozen is None:
+        output_frozen = policy is not None and output_layer_frozen(policy)
+    blocker = summary_blocker(method, config, output_frozen) if token_needs else None
     if config.precompute_reference is True and blocker:
         raise TrainConfigError(f"precompute_reference=True, but method {method.name!r} needs "
                                f"{sorted(token_needs)} from the reference at every step here ({blocker}); "
@@ -131,16 +135,12 @@ def planned_reference_kinds(method: Method, config: PreferenceTrainConfig) -> fr
     """:func:`reference_pass_kinds` as far as the config tells before the policy is loaded: LoRA adapters
     whose targets leave the output layer alone keep it frozen (the run itself checks the loaded policy).
     For scheduling only (:func:`bench.stages.train.train_shares`), never for what a run computes."""
-    token_needs = method.needs & ONLINE_REFERENCE_NEEDS
-    if not method.uses_reference and not token_needs:
-        plan = "none"
-    elif config.precompute_reference is False:
-        plan = "online"
-    elif token_needs and (config.token_reference == "online" or _config_blocker(method.needs, config)
-                          or any("lm_head" in target for target in config.lora.target_modules or ())):
-        plan = "online"
-    else:
-        plan = "cached"
+    output_frozen = config.lora is not None and not any("lm_head" in target
+                                                        for target in config.lora.target_modules or ())
+    try:
+        plan = reference_plan(method, config, output_frozen=output_frozen)
+    except TrainConfigError:  # the run itself stops with this message; it computes no pass
+        return frozenset()
     return reference_pass_kinds(method, plan)
 
 
