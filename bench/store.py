@@ -327,27 +327,24 @@ class Store:
             finally:
                 _HELD[name] -= 1
             return
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                self.notify(f"[pobench] waiting: {holder} is computing {stage} {label or key} in the same work dir "
-                            f"{self.root}; this run continues when it is done")
-                fcntl.flock(handle, fcntl.LOCK_EX)
+        handle = locked_file(lock_path, wait=False)
+        if handle is None:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = lock_path.read_text().strip()
+            self.notify(f"[pobench] waiting: {holder or 'another process'} is computing {stage} {label or key} in "
+                        f"the same work dir {self.root}; this run continues when it is done")
+            handle = locked_file(lock_path, wait=True)
+        with handle:
             with contextlib.suppress(OSError):  # who holds it, for a process that has to wait
-                handle.seek(0)
-                handle.truncate()
+                handle.truncate(0)
                 handle.write(f"pobench pid {os.getpid()} on {socket.gethostname()}\n")
                 handle.flush()
             _HELD[name] = 1
             try:
                 yield
             finally:
-                _HELD.pop(name, None)
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                _HELD.pop(name, None)  # closing the file releases the lock
 
     def run(self, stage: str, key: str, fn: Callable[[Path], dict[str, Any] | None],
             inputs: dict[str, Any] | None = None, owned: Iterable[str | os.PathLike[str]] = (),
