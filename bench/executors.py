@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable
 
 from bench.plan import Node, Plan
-from bench.stages import StageContext, execute_node, stage
+from bench.stages import StageContext, execute_node
 from bench.store import Store
 
 log = logging.getLogger("pobench")
@@ -91,25 +91,12 @@ def longest_chains(plan: Plan) -> dict[tuple[str, str], int]:
     return chain
 
 
-def next_to_start(ready: list[Node], running: list[Node], shares: Callable[[Node], frozenset[str]]) -> Node | None:
-    """The first of ``ready`` (in priority order) that does not wait on the running stages: one whose
-    shared results (``Stage.shares``, e.g. a training run's reference passes) are all being computed by
-    running stages would wait for them or compute them again, so any other goes first; when all of
-    them would, the first (a stage started is never worse than a core left idle)."""
-    busy = set().union(*(shares(node) for node in running))
-    for node in ready:
-        mine = shares(node)
-        if not (mine and mine <= busy):
-            return node
-    return ready[0] if ready else None
-
-
 def run_local_parallel(plan: Plan, store: Store, progress: Progress | None = None) -> dict[str, Any]:
     """``executor.jobs`` stages at once on this machine, each in a worker process with
     ``executor.threads`` torch threads, started as soon as its inputs are done (among the ready ones,
-    those heading the longest chains of later stages first, then plan order; one that would only wait
-    for what running stages compute, e.g. a training run whose reference passes are all being computed,
-    after the others: :func:`next_to_start`). Why processes: on this 2-core CPU two one-thread generate
+    those heading the longest chains of later stages first, then plan order; training runs started side
+    by side split their shared reference pass, see :func:`bench.train.preference.cached_reference_pass`).
+    Why processes: on this 2-core CPU two one-thread generate
     stages side by side did 1.5x the work of one two-thread stage (decode matmuls of ~100 rows do not
     scale to two threads).
     Cached stages are found here without starting a worker; the first error stops new stages, lets
@@ -121,7 +108,6 @@ def run_local_parallel(plan: Plan, store: Store, progress: Progress | None = Non
     threads = stage_threads(cfg.jobs, cfg.threads)
     ident = lambda node: (node.stage, node.key)  # noqa: E731
     chain = longest_chains(plan)
-    shares = {ident(node): stage(node.stage).shares(node) for node in plan.nodes}
     # among the ready stages, those heading the longest chains of stages after them first (TIS-DPO's reverse
     # DPO before the other trainings: its weights and training come after it), then plan order
     pending, finished = sorted(plan.nodes, key=lambda node: -chain[ident(node)]), set()
@@ -148,8 +134,7 @@ def run_local_parallel(plan: Plan, store: Store, progress: Progress | None = Non
                 else:
                     to_compute.add(ident(node))
             while failure is None and len(running) < cfg.jobs:
-                node = next_to_start([n for n in pending if ident(n) in to_compute],
-                                     [n for n, _ in running.values()], lambda n: shares[ident(n)])
+                node = next((n for n in pending if ident(n) in to_compute), None)
                 if node is None:
                     break
                 pending.remove(node)

@@ -40,6 +40,10 @@ class Node:
     label: str = ""
     #: ray resource request for this node (cells' heavy stages ask for the executor's per-cell share)
     heavy: bool = False
+    #: what the plan's other nodes will read from intermediate results this node computes along its own
+    #: (``Stage.companions``: a training run's fellow runs on the same pairs); set by :func:`build_plan`,
+    #: never keyed, never needed for correctness
+    companions: tuple = field(default=(), compare=False)
 
     def __hash__(self) -> int:
         return hash((self.stage, self.key))
@@ -264,6 +268,8 @@ def build_plan(suite: SuiteConfig) -> Plan:
                                                        label, on=on)
                             cells.append(Cell(on.name, model.id, spec.name, point, seed, label, score, train, {},
                                               final))
+    for node in b.order:
+        node.companions = stage(node.stage).companions(node, b.order)
     return Plan(suite=suite, cells=cells, nodes=b.order)
 
 

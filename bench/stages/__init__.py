@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from bench import interrupts
 from bench.hashing import plain, stable_hash
@@ -70,11 +70,10 @@ class Stage:
     work: Callable[["Node"], dict[str, int | None]] = lambda node: {}
     #: heavy nodes ask Ray for the executor's per-cell CPU/GPU share
     heavy: bool = True
-    #: names of intermediate results the node computes when they are not cached yet, and that other nodes
-    #: read too (a training run's reference passes): the local executor with jobs > 1 does not start a node
-    #: next to running ones that compute all of its shared results when another node can start instead.
-    #: A scheduling hint: never keyed, never needed for correctness (the results are computed under locks)
-    shares: Callable[["Node"], frozenset[str]] = lambda node: frozenset()
+    #: (node, the plan's nodes) -> what other nodes need from intermediate results this node computes anyway
+    #: (a training run's reference pass: the methods trained on the same pairs), so that it computes them in
+    #: the same forwards (``Node.companions``). Never keyed, never needed for correctness
+    companions: Callable[["Node", Sequence["Node"]], tuple] = lambda node, nodes: ()
 
 
 STAGES: dict[str, Stage] = {}

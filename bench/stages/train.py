@@ -3,10 +3,11 @@ hyperparameter point, one seed). Both hand the trainer its own config (:mod:`ben
 the suite's section with the run identity (model directory, seed) filled in."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from bench.config.schema import SuiteSFTConfig, SuiteTrainConfig
 from bench.hashing import plain, stable_hash
@@ -109,7 +110,8 @@ def run_train(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
         load_pairs(inputs["prefdata"], swap=p.swap_pairs)
     method = methods.get(p.method, **p.hparams)
     config = trainer_config(p.train, reference_path(p.model, inputs), p.seed)
-    result = train_preference(config, pairs, method, ctx.trainer_dir(node))
+    share_with = [methods.get(name, **json.loads(hparams)) for name, hparams in node.companions]
+    result = train_preference(config, pairs, method, ctx.trainer_dir(node), share_with=share_with)
     return {"method": p.method, "hparams": method.hparams(), **train_record(result)}
 
 
@@ -119,24 +121,28 @@ def train_work(node: "Node") -> dict[str, int | None]:
     return {"train_steps": optimizer_steps(node.params.train, expected_pairs(prefdata) if prefdata else None)}
 
 
-def train_shares(node: "Node") -> frozenset[str]:
-    """The reference passes this run computes unless another run with the same reference, pairs and
-    tokenization has cached them (:func:`bench.train.preference.cached_reference_pass`); a swapped run
-    reads the unswapped one's, a preparation step's pairs are the preference pairs with extra fields."""
-    import methods
-    from bench.train.preference import planned_reference_kinds
-
+def reference_pass_identity(node: "Node") -> str:
+    """What a training run's reference pass is over: reference, pairs, tokenization and precision (runs with
+    the same identity tokenize the same sequences; a swapped run's pass is the unswapped one's, a
+    preparation step's pairs are the preference pairs with extra fields)."""
     p: TrainParams = node.params
     train = p.train
-    data = stable_hash({"model": plain(p.model), "reference": node.deps["reference"].key if "reference" in node.deps
+    return stable_hash({"model": plain(p.model), "reference": node.deps["reference"].key if "reference" in node.deps
                         else None, "pairs": node.deps["prefdata"].key if "prefdata" in node.deps else node.key,
                         "lora": train.lora is not None, "tokens": [train.max_length, train.max_prompt_length,
                                                                     train.add_eos, train.chat_template],
                         "precision": train.precision, "reference_dtype": train.reference_dtype})
-    kinds = planned_reference_kinds(methods.get(p.method, **p.hparams), train)
-    return frozenset(f"reference {kind}" + (f" {p.method} {stable_hash(p.hparams)}" if kind == "masks" else "")
-                     + f" of {data}" for kind in kinds)
+
+
+def train_companions(node: "Node", nodes: Sequence["Node"]) -> tuple:
+    """The other methods ((name, hparams as JSON), sorted) trained on this run's reference pass: the run
+    computes what they need from the reference in its own forwards (as its config would ask of them:
+    :func:`bench.train.preference.kinds_along`), so the runs of a suite split one pass between them."""
+    mine = reference_pass_identity(node)
+    others = {(n.params.method, json.dumps(plain(n.params.hparams), sort_keys=True)) for n in nodes
+              if n.stage == "train" and n is not node and reference_pass_identity(n) == mine}
+    return tuple(sorted(others - {(node.params.method, json.dumps(plain(node.params.hparams), sort_keys=True))}))
 
 
 SFT = register_stage(Stage("sft", "2", SFTParams, run_sft, sft_work))
-TRAIN = register_stage(Stage("train", "2", TrainParams, run_train, train_work, shares=train_shares))
+TRAIN = register_stage(Stage("train", "2", TrainParams, run_train, train_work, companions=train_companions))

@@ -22,8 +22,9 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 from __future__ import annotations
 
 import io
+import math
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,10 +48,13 @@ WEIGHT_KEYS = ("weights_chosen", "weights_rejected")
 #: above this many bytes of per-layer reference hidden states (``ref_hidden``: tokens x layers x d fp32)
 #: the reference runs at every step instead of being cached (the cache is held in memory while training)
 MAX_CACHED_HIDDEN_BYTES = 2 << 30
-#: examples per batch of the reference pass for the ``summary`` and ``hidden`` kinds: fixed, not the run's
-#: batch size, so that every run (and every process of a distributed one) reads the same values whatever its
-#: batching (padding changes float rounding, which the KL's difference of two models' terms would show)
-SUMMARY_PASS_BATCH = 8
+#: examples per batch of the reference pass: fixed, not the run's batch size, so that every run (and every
+#: process of a distributed one, and a run computing a pass for others) reads the same values whatever its
+#: batching (padding may change float rounding, which the KL's difference of two models' terms would show)
+REFERENCE_PASS_BATCH = 8
+#: a reference pass is cut into about this many shards (whole batches), the unit that runs side by side
+#: split between them (:func:`cached_reference_pass`)
+REFERENCE_PASS_SHARDS = 8
 #: per completion token, what the cached reference pass stores for ``fkl`` (see fkl_from_reference_summary)
 SUMMARY_KEYS = ("ref_lse", "ref_final_hidden", "ref_expected_embedding")
 #: cached reference kinds -> the PreferenceModule input they become
@@ -100,17 +104,14 @@ def unread_train_fields(method_name: str, hparams: dict[str, Any], config: Prefe
     return {}
 
 
-def reference_plan(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None = None, *,
-                   output_frozen: bool | None = None) -> str:
+def reference_plan(method: Method, config: PreferenceTrainConfig, policy: nn.Module | None = None) -> str:
     """"none" | "cached" | "online": whether the reference runs at every step ("online") or everything
     needed from it comes from one cached pass per dataset ("cached"). ``policy``: the model being trained
-    (its output layer decides whether token-level needs can be cached; None = they cannot), or
-    ``output_frozen`` as expected before it is loaded."""
+    (its output layer decides whether token-level needs can be cached; None = they cannot)."""
     if not method.uses_reference and not (method.needs & ONLINE_REFERENCE_NEEDS):
         return "none"
     token_needs = method.needs & ONLINE_REFERENCE_NEEDS
-    if output_frozen is None:
-        output_frozen = policy is not None and output_layer_frozen(policy)
+    output_frozen = policy is not None and output_layer_frozen(policy)
     blocker = summary_blocker(method, config, output_frozen) if token_needs else None
     if config.precompute_reference is True and blocker:
         raise TrainConfigError(f"precompute_reference=True, but method {method.name!r} needs "
@@ -129,19 +130,6 @@ def reference_pass_kinds(method: Method, plan: str) -> frozenset[str]:
         kinds = {"logps"} | ({"summary"} if "fkl" in token_needs else set()) \
             | ({"hidden"} if "ref_hidden" in token_needs else set())
     return frozenset(kinds | ({"masks"} if "masks" in method.needs else set()))
-
-
-def planned_reference_kinds(method: Method, config: PreferenceTrainConfig) -> frozenset[str]:
-    """:func:`reference_pass_kinds` as far as the config tells before the policy is loaded: LoRA adapters
-    whose targets leave the output layer alone keep it frozen (the run itself checks the loaded policy).
-    For scheduling only (:func:`bench.stages.train.train_shares`), never for what a run computes."""
-    output_frozen = config.lora is not None and not any("lm_head" in target
-                                                        for target in config.lora.target_modules or ())
-    try:
-        plan = reference_plan(method, config, output_frozen=output_frozen)
-    except TrainConfigError:  # the run itself stops with this message; it computes no pass
-        return frozenset()
-    return reference_pass_kinds(method, plan)
 
 
 def shifted(t: Tensor) -> Tensor:
@@ -180,12 +168,18 @@ def _output_layer_io(model):
         handle.remove()
 
 
-def completion_forward_with_hidden(model, batch: Batch, **kwargs):
+def completion_forward_with_hidden(model, batch: Batch, *, every_position: bool = False, **kwargs):
     """:func:`completion_forward` plus the ``[N, d]`` hidden states its output layer turned into the
-    ``[N, V]`` logits. Raises :class:`SummaryUnavailable` when the model changes the output layer's
-    result before returning it (e.g. logit soft-capping): then logits are not linear in those states."""
+    ``[N, V]`` logits (``every_position``: the forward computes every position's logits, e.g. for hooks
+    on the output layer, and the completion rows are taken from them). Raises :class:`SummaryUnavailable`
+    when the model changes the output layer's result before returning it (e.g. logit soft-capping): then
+    logits are not linear in those states."""
     with _output_layer_io(model) as seen:
-        logits, out = completion_forward(model, batch, **kwargs)
+        if every_position:
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+            logits = out.logits[:, :-1][batch.completion_mask[:, 1:] > 0]
+        else:
+            logits, out = completion_forward(model, batch, **kwargs)
     produced = seen.get("logits")
     if produced is None or produced.shape != out.logits.shape or produced.data_ptr() != out.logits.data_ptr():
         raise SummaryUnavailable("the model transforms its output layer's logits before returning them")
@@ -249,23 +243,28 @@ def model_identity(resolved) -> dict[str, Any]:
 def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pad_id: int, *,
                    kinds: frozenset[str], mask_method: Method | None, precision: str, batch_size: int,
                    device: torch.device, summary_chunk: int = 256) -> dict[str, list[list[Tensor]]]:
-    """Per example, [chosen, rejected] values on completion tokens of what ``kinds`` asks for:
+    """Per example, [chosen, rejected] values on completion tokens of what ``kinds`` asks for, all from
+    one forward of the reference per batch:
 
     * ``logps``: the reference's token log-probs [n];
-    * ``masks``: MaPO's masks [n] from hooked activations (``mask_method``; a pass of its own, since it
-      needs the full logits);
+    * ``masks``: MaPO's masks [n] from hooked activations (``mask_method``; its hooks need every position,
+      so the forward then computes the logits of every position, of which the completion rows are used);
     * ``summary``: ``SUMMARY_KEYS`` for ``fkl`` - log-normaliser [n], the output layer's input [n, d] and
       the expected output embedding sum_v p_ref(v) W_v [n, d] (computed ``summary_chunk`` rows at a time);
     * ``hidden``: every layer's hidden state [n, L, d] (embedding output excluded), for ``ref_hidden``.
+
+    Which kinds share the forward does not change any of them: the completion rows' logits are the same
+    bits whether only they or all positions reach the output layer, with or without hidden states
+    (checked on SmolLM2 and in tests/train/test_train_engine.py), so one run may compute them for others.
     """
-    if "masks" in kinds and kinds != {"masks"}:
-        raise ValueError("reference_pass: masks need a pass of their own")
+    if ("masks" in kinds) != (mask_method is not None):
+        raise ValueError("reference_pass: masks need their method, and only masks do")
     names = {"summary": SUMMARY_KEYS, "hidden": ("hidden",)}
     out: dict[str, list[list[Tensor]]] = {name: [] for kind in kinds for name in names.get(kind, (kind,))}
     dtype_ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     weight = reference.get_output_embeddings().weight.float() if "summary" in kinds else None
-    for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start:start + batch_size])
+    for first in range(0, len(examples), batch_size):
+        chunk = list(examples[first:first + batch_size])
         batch = collate(chunk, pad_id).to(device)
         mask = shifted(batch.completion_mask)
         # MaPO hooks the output layer too: its activations must cover every position
@@ -274,9 +273,13 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
                  else _no_hooks())
         hidden = ref_out = None
         with hooks as activations, dtype_ctx:
-            if mask_method is not None:  # full logits: the output layer is one of the hooked activations
-                logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                logits = logits[:, :-1][batch.completion_mask[:, 1:] > 0]
+            if mask_method is not None and "summary" in kinds:  # every position: the output layer is hooked
+                logits, hidden, ref_out = completion_forward_with_hidden(
+                    reference, batch, output_hidden_states="hidden" in kinds, every_position=True)
+            elif mask_method is not None:
+                ref_out = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    output_hidden_states="hidden" in kinds)
+                logits = ref_out.logits[:, :-1][batch.completion_mask[:, 1:] > 0]
             elif "summary" in kinds:
                 logits, hidden, ref_out = completion_forward_with_hidden(reference, batch,
                                                                          output_hidden_states="hidden" in kinds)
@@ -324,85 +327,97 @@ def cached_hidden_bytes(examples: Sequence[Tokenized], hidden_size: int, num_lay
     return tokens * hidden_size * num_layers * 4
 
 
+def pass_shards(count: int) -> list[range]:
+    """The example ranges a reference pass over ``count`` examples is cut into: about
+    ``REFERENCE_PASS_SHARDS`` of them, each whole batches of ``REFERENCE_PASS_BATCH`` (so every example is
+    in the batch it would be in without shards, and gets the same bits)."""
+    size = REFERENCE_PASS_BATCH * max(1, math.ceil(count / (REFERENCE_PASS_SHARDS * REFERENCE_PASS_BATCH)))
+    return [range(first, min(first + size, count)) for first in range(0, count, size)]
+
+
 def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples, pad_id, *, kinds: frozenset[str],
                           mask_method: Method | None, config: PreferenceTrainConfig, device,
-                          is_main: bool, exclusive: bool = False) -> dict[str, list]:
-    """``reference_pass`` cached under ``<cache>/reference/<kind>-<hash>.pt`` (one file per model + data +
-    kind); the kinds not cached yet are computed together in one pass (masks in one of their own).
-    Returns per-example lists keyed like :func:`reference_pass`'s output.
+                          is_main: bool, exclusive: bool = False, along: frozenset[str] = frozenset()
+                          ) -> dict[str, list]:
+    """``reference_pass`` over ``examples``, cached per kind and shard (:func:`pass_shards`) under
+    ``<cache>/reference/<kind>-<hash>-<shard>.pt`` (hash: model, data, kind, precision, the mask method).
+    Returns per-example lists of ``kinds`` keyed like :func:`reference_pass`'s output.
 
-    ``exclusive`` (a run of one process): each pass is computed under a lock on its file, passes that
-    another run is computing come last, and a pass found done after waiting is read, not computed
-    again; so two runs started side by side (``executor.jobs``) compute each pass once, and a run that
-    needs two passes computes the one nobody else is on while the other is being computed. Not with
-    several processes per run: their passes may hold collectives, which a lock must not split."""
-    results: dict[str, list] = {}
+    Every kind a shard misses is computed in one forward. ``along``: kinds other runs on the same data
+    will read (a suite's TDPO summary and MaPO masks next to its DPO; ``mask_method`` is whose masks):
+    computed in the same forwards and cached for them, not returned.
 
-    def cache_path(kind: str, parts: dict) -> Path:
-        m = mask_method if kind == "masks" else None
-        key = fingerprint(parts, kind, config.precision,
-                          None if m is None else (type(m).__module__, type(m).__qualname__, m.hparams()))
-        return cache_dir() / "reference" / f"{kind}-{key}.pt"
-
+    ``exclusive`` (a run of one process): each shard is computed under a lock; a run skips the shards
+    another run holds and comes back to them at the end (reading what was written, computing only what
+    it needs and is still missing), so runs started side by side (``executor.jobs``) split one pass
+    between them instead of computing it twice. Not with several processes per run: their passes may
+    hold collectives, which a lock must not split."""
+    shards = pass_shards(len(examples))
+    kinds, wanted = frozenset(kinds), frozenset(kinds) | frozenset(along)
+    own_names = {name for kind in kinds for name in (SUMMARY_KEYS if kind == "summary" else (kind,))}
     # the same pairs with chosen and rejected swapped (e.g. TIS-DPO's reverse DPO) are the same sequences:
-    # their values are read from the other orientation's file, each pair's two entries swapped back
+    # their values are read from the other orientation's files, each pair's two entries swapped back
     swapped_parts = {**key_parts, "data": [(prompt, list(responses)[::-1]) for prompt, responses in key_parts["data"]]}
-    paths = {kind: cache_path(kind, key_parts) for kind in kinds}
+    layout = (config.precision, REFERENCE_PASS_BATCH, len(shards[0]) if shards else 0)
+    mask_id = None if mask_method is None else (type(mask_method).__module__, type(mask_method).__qualname__,
+                                                mask_method.hparams())
+    keys = {id(parts): {kind: fingerprint(parts, kind, *layout, mask_id if kind == "masks" else None)
+                        for kind in wanted} for parts in (key_parts, swapped_parts)}
+    folder = cache_dir() / "reference"
 
-    def read(kind: str) -> bool:
-        path, other = paths[kind], cache_path(kind, swapped_parts)
-        if not (path.exists() or other.exists()):
-            return False
-        stored = torch.load(path if path.exists() else other)
-        if not path.exists():
+    def paths(kind: str, shard: int) -> tuple[Path, Path]:
+        own, other = (folder / f"{kind}-{keys[id(parts)][kind]}-{shard}.pt" for parts in (key_parts, swapped_parts))
+        return own, other
+
+    def cached(kind: str, shard: int) -> bool:
+        return any(path.exists() for path in paths(kind, shard))
+
+    values: list[dict[str, list]] = [{} for _ in shards]  # per shard: output name -> per-example values
+
+    def read(kind: str, shard: int) -> None:
+        own, other = paths(kind, shard)
+        stored = torch.load(own if own.exists() else other)
+        if not own.exists():
             stored = {k: [pair[::-1] for pair in v] for k, v in stored.items()} if kind == "summary" else \
                 [pair[::-1] for pair in stored]
-        results.update(stored if kind == "summary" else {kind: stored})
-        return True
+        values[shard].update(stored if kind == "summary" else {kind: stored})
 
-    missing = {kind for kind in sorted(kinds) if not read(kind)}
-    # masks need full logits (a pass of their own); the summary and hidden kinds a fixed batch size
-    groups = [frozenset({kind}) for kind in ("masks", "logps") if kind in missing]
-    if missing & {"summary", "hidden"}:
-        groups.append(frozenset(missing) & {"summary", "hidden"})
+    def fill(shard: int, want: frozenset[str]) -> None:
+        """Compute (one forward) what of ``want`` the shard misses, write it, read the rest of ``kinds``."""
+        todo = frozenset(kind for kind in want if not cached(kind, shard))
+        if todo:
+            computed = reference_pass(reference, [examples[i] for i in shards[shard]], pad_id, kinds=todo,
+                                      mask_method=mask_method if "masks" in todo else None,
+                                      precision=config.precision, batch_size=REFERENCE_PASS_BATCH, device=device)
+            values[shard].update({name: v for name, v in computed.items() if name in own_names})
+            if is_main:
+                for kind in todo:
+                    buffer = io.BytesIO()
+                    torch.save({k: computed[k] for k in SUMMARY_KEYS} if kind == "summary" else computed[kind], buffer)
+                    atomic_write_bytes(paths(kind, shard)[0], buffer.getvalue())
+        for kind in kinds - todo:
+            read(kind, shard)
 
-    def compute(group: frozenset[str]) -> None:
-        fixed = group & {"summary", "hidden"}
-        computed = reference_pass(reference, examples, pad_id, kinds=group,
-                                  mask_method=mask_method if "masks" in group else None, precision=config.precision,
-                                  batch_size=SUMMARY_PASS_BATCH if fixed else max(1, config.batch_size),
-                                  device=device)
-        results.update(computed)
-        if not is_main:
-            return
-        for kind in group:
-            buffer = io.BytesIO()
-            torch.save({k: computed[k] for k in SUMMARY_KEYS} if kind == "summary" else computed[kind], buffer)
-            atomic_write_bytes(paths[kind], buffer.getvalue())
-
-    if not exclusive:
-        for group in groups:
-            compute(group)
-        return results
-
-    def under_locks(group: frozenset[str], wait: bool) -> bool:
-        """Compute what of ``group`` is still missing while holding its kinds' locks (taken in one order,
-        one group at a time: no two runs can wait on each other); False: another run holds one."""
-        with ExitStack() as held:
-            for kind in sorted(group):
-                lock = locked_file(paths[kind].with_name(paths[kind].name + ".lock"), wait)
-                if lock is None:
-                    return False
-                held.enter_context(lock)
-            todo = frozenset(kind for kind in group if not read(kind))  # done meanwhile by another run: read
-            if todo:
-                compute(todo)
-        return True
-
-    # first the passes no other run is computing, then wait for the others (and read what they wrote)
-    waiting = [group for group in groups if not under_locks(group, wait=False)]
-    for group in waiting:
-        under_locks(group, wait=True)
+    # one lock per shard whichever orientation computes it
+    lock_key = min(fingerprint(parts, *layout) for parts in (key_parts, swapped_parts))
+    deferred = []
+    for shard in range(len(shards)):
+        if not exclusive or all(cached(kind, shard) for kind in wanted):
+            fill(shard, wanted)
+            continue
+        lock = locked_file(folder / f"pass-{lock_key}-{shard}.lock", wait=False)
+        if lock is None:  # another run is computing it: come back at the end
+            deferred.append(shard)
+            continue
+        with lock:
+            fill(shard, wanted)
+    for shard in deferred:
+        with locked_file(folder / f"pass-{lock_key}-{shard}.lock", wait=True):
+            fill(shard, frozenset(kinds))
+    results: dict[str, list] = {name: [] for name in own_names}
+    for shard_values in values:
+        for name in own_names:
+            results[name].extend(shard_values[name])
     return results
 
 
@@ -495,8 +510,31 @@ def parameter_counts(policy: nn.Module, extra_params: Sequence[Tensor] = ()) -> 
                                                 if p.requires_grad and "lora_" not in name)}
 
 
+def kinds_along(share_with: Sequence[Method], config: PreferenceTrainConfig, policy: nn.Module, hidden_bytes: int,
+                mask_method: Method | None) -> tuple[set[str], Method | None]:
+    """The reference-pass kinds that runs of ``share_with`` (same pairs, same config) will read, and the
+    method whose masks a pass computes (``mask_method``, this run's own if it needs masks; else the first
+    of ``share_with`` that does: a pass holds one method's masks)."""
+    along: set[str] = set()
+    for other in share_with:
+        try:
+            other_kinds = reference_pass_kinds(other, reference_plan(other, config, policy))
+        except TrainConfigError:  # that run stops with this message; it reads nothing
+            continue
+        if "masks" in other_kinds:
+            if mask_method is None:
+                mask_method = other
+            if mask_method is not other and (type(mask_method), mask_method.hparams()) != (type(other), other.hparams()):
+                other_kinds = other_kinds - {"masks"}
+        if "hidden" in other_kinds and hidden_bytes > MAX_CACHED_HIDDEN_BYTES:
+            other_kinds = other_kinds - {"hidden"}  # that run runs the reference every step instead
+        along |= other_kinds
+    return along, mask_method
+
+
 def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], method: Method | str,
-                     output_dir: str | Path, *, overwrite: bool = False) -> TrainResult:
+                     output_dir: str | Path, *, overwrite: bool = False,
+                     share_with: Sequence[Method] = ()) -> TrainResult:
     """Train ``config.model`` on preference ``pairs`` with ``method``; return a :class:`TrainResult`.
 
     Args:
@@ -510,6 +548,9 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
             ``bench.models.load_model``; ``method_modules.pt`` holds e.g. SparsePO mask heads),
             ``metrics.jsonl`` (one line per step), ``tensorboard/``, ``checkpoints/`` while running,
             ``run.json`` and ``result.json``.
+        share_with: methods that other runs train on the same pairs under the same config (a suite's other
+            trainings): what they need from the reference pass is computed in this run's forwards too and
+            cached for them (:func:`cached_reference_pass`'s ``along``). Changes no value of this run.
 
     Calling again with a finished ``output_dir`` (same config, method and data) returns the stored
     result without training; an interrupted run (even ``kill -9``) resumes from its newest
@@ -539,8 +580,8 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     plan = reference_plan(method, config, policy)
     kinds = set(reference_pass_kinds(method, plan))
     note = None
-    hidden_bytes = cached_hidden_bytes(examples, hidden_size, num_layers) if "hidden" in kinds else 0
-    if hidden_bytes > MAX_CACHED_HIDDEN_BYTES:
+    hidden_bytes = cached_hidden_bytes(examples, hidden_size, num_layers)
+    if "hidden" in kinds and hidden_bytes > MAX_CACHED_HIDDEN_BYTES:
         note = (f"per-layer hidden states of {hidden_bytes / 2**30:.1f} GiB exceed the cache limit of "
                 f"{MAX_CACHED_HIDDEN_BYTES / 2**30:.0f} GiB")
     needs_reference_model = plan != "none" or "masks" in method.needs
@@ -554,22 +595,33 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     cache: dict[str, list] = {}
     key_parts = {"model": model_identity(resolved), "lora": config.lora is not None, "dtype": str(ref_dtype),
                  "data": [(e.prompt, e.responses) for e in examples]}
+    along, mask_method = set(), method if "masks" in kinds else None
+    if reference is not None and note is None:
+        along, mask_method = kinds_along(share_with, config, policy, hidden_bytes, mask_method)
+        along -= kinds
 
-    def reference_cache(kinds: set[str]) -> dict[str, list]:
+    def reference_cache(kinds: set[str], along: set[str] = frozenset()) -> dict[str, list]:
+        masks = mask_method if "masks" in kinds | along else None
         return cached_reference_pass(key_parts, reference, examples, tokenizer.pad_token_id, kinds=frozenset(kinds),
-                                     mask_method=method if "masks" in kinds else None, config=config,
+                                     mask_method=masks, config=config, along=frozenset(along),
                                      device=accelerator.device, is_main=accelerator.is_main_process,
                                      exclusive=accelerator.num_processes == 1)
 
     pass_started = time.perf_counter()
     if note is None and kinds:
         try:
-            cache = reference_cache(kinds)
+            try:
+                cache = reference_cache(kinds, along)
+            except SummaryUnavailable:
+                if "summary" in kinds or "summary" not in along:
+                    raise
+                cache = reference_cache(kinds, along - {"summary"})  # only the others needed it
         except SummaryUnavailable as exc:
             note = str(exc)
     if note is not None:  # token-level needs from the reference at every step instead
         say(accelerator, f"[pobench] {method.name}: the reference runs at every step ({note})")
         plan = "online"
+        mask_method = method
         cache = reference_cache({"masks"}) if "masks" in method.needs else {}
     reference_pass_s = time.perf_counter() - pass_started  # ~0 when every kind was in the cache
     position = {e.index: i for i, e in enumerate(examples)}

@@ -66,40 +66,23 @@ def test_a_failing_stage_stops_the_run_with_its_label(tmp_path):
     assert "/nonexistent/model/dir" in proc.stdout + proc.stderr
 
 
-def test_a_stage_whose_shared_work_is_all_running_starts_after_the_others():
-    """next_to_start: DPO's reverse twin reads the reference log-probs DPO is computing, so TDPO (which
-    also has its KL summary to compute) starts next to DPO first; alone, the twin still starts."""
-    from types import SimpleNamespace
-
-    from bench.executors import next_to_start
-
-    logps, summary = "reference logps of d", "reference summary of d"
-    node = {name: SimpleNamespace(label=name, shares=frozenset(s)) for name, s in
-            {"dpo": {logps}, "dpo swapped": {logps}, "tdpo": {logps, summary}, "generate": set()}.items()}
-    shares = lambda n: n.shares  # noqa: E731
-    pick = lambda ready, running: next_to_start([node[r] for r in ready], [node[r] for r in running], shares).label  # noqa: E731,E501
-    assert pick(["dpo", "dpo swapped", "tdpo"], []) == "dpo"
-    assert pick(["dpo swapped", "tdpo"], ["dpo"]) == "tdpo"  # the twin would wait or compute the same pass
-    assert pick(["dpo swapped", "generate"], ["tdpo"]) == "generate"  # a stage without shared work
-    assert pick(["dpo swapped"], ["dpo"]) == "dpo swapped"  # nothing else to start: a core is not left idle
-    assert pick(["tdpo"], ["dpo swapped"]) == "tdpo"
-    assert next_to_start([], [node["dpo"]], shares) is None
-
-
-def test_default_suite_trainings_share_their_reference_passes():
-    """The train stage's shares: one log-probs pass for every method of the default suite's pairs, the
-    KL summary for TDPO, its own mask pass for SparsePO-MaPO; nothing shared across data."""
+def test_default_suite_trainings_know_their_companions_on_the_same_pairs():
+    """Every training of the default suite is told the other methods trained on its pairs (so that the first
+    runs compute one reference pass for all of them); nothing but training has companions, and they are
+    not part of any key (a suite of two methods trains DPO under the same key)."""
     from bench.config import load_suite
     from bench.plan import build_plan
-    from bench.stages import stage
 
     plan = build_plan(load_suite("default"))
-    shares = {node.label: stage(node.stage).shares(node) for node in plan.nodes if node.stage == "train"}
-    logps = {s for s in shares["train dpo s0"]}
-    assert len(logps) == 1 and all(logps <= s for s in shares.values())
-    assert shares["train dpo(beta=0.1) swapped s0"] == shares["train tis_dpo s0"] == shares["train dpo s0"]
-    assert shares["train tdpo1 s0"] == shares["train tdpo2 s0"] and len(shares["train tdpo1 s0"]) == 2
-    assert any("masks sparsepo_mapo" in s for s in shares["train sparsepo_mapo s0"])
-    assert all(not stage(n.stage).shares(n) for n in plan.nodes if n.stage != "train")
-    other = build_plan(load_suite("default", ["prefdata.data_seed=1"]))
-    assert not {s for n in other.nodes if n.stage == "train" for s in stage(n.stage).shares(n)} & logps
+    trains = {node.label: node for node in plan.nodes if node.stage == "train"}
+    everyone = {(n.params.method, json.dumps(n.params.hparams, sort_keys=True)) for n in trains.values()}
+    assert len(everyone) == 7  # DPO and its swapped twin have the same method and hparams
+    for node in trains.values():
+        mine = (node.params.method, json.dumps(node.params.hparams, sort_keys=True))
+        assert set(node.companions) == everyone - {mine}, node.label
+    assert {name for name, _ in trains["train dpo s0"].companions} == {
+        "tdpo1", "tdpo2", "tis_dpo", "bcr", "sparsepo_mapo", "sparsepo"}
+    assert all(not n.companions for n in plan.nodes if n.stage != "train")
+    again = build_plan(load_suite("default", ["methods={dpo: {}, tdpo2: {}}"]))
+    assert [n.key for n in again.nodes if n.label == "train dpo s0"] == [trains["train dpo s0"].key]
+    assert {name for name, _ in next(n for n in again.nodes if n.label == "train dpo s0").companions} == {"tdpo2"}

@@ -392,39 +392,118 @@ def test_swapped_pairs_read_the_reference_pass_of_the_unswapped_ones(tmp_path, m
     assert values("reused")[-1]["loss"] != values("unswapped")[-1]["loss"]
 
 
+def test_one_reference_forward_gives_every_kind_the_bits_of_a_pass_of_its_own():
+    """Log-probs, the KL summary, per-layer hidden states and MaPO's masks computed in one forward (every
+    position's logits, hooks on) equal, bit for bit, each computed in a pass of its own: which kinds a
+    run computes along with its own never changes a value."""
+    from peft import LoraConfig, get_peft_model
+
+    from bench.train.policy import FrozenReference
+    from bench.train.preference import reference_pass
+
+    model, tokenizer = load_model("tiny")
+    policy = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    reference = FrozenReference(policy, True, torch.float32)
+    examples = tokenize_rows(PAIRS, tokenizer, response_keys=("chosen", "rejected"), max_length=64,
+                             prompt_format=PromptFormat(False, 32))[0]
+    mapo = methods.get("sparsepo_mapo")
+
+    def run(kinds):
+        return reference_pass(reference, examples, tokenizer.pad_token_id, kinds=frozenset(kinds),
+                              mask_method=mapo if "masks" in kinds else None, precision="fp32", batch_size=4,
+                              device=torch.device("cpu"))
+
+    together = run({"logps", "summary", "hidden", "masks"})
+    alone = {**run({"logps"}), **run({"summary"}), **run({"hidden"}), **run({"masks"})}
+    assert sorted(together) == sorted(alone) and len(together["logps"]) == len(PAIRS)
+    for name in alone:
+        for a, b in zip(together[name], alone[name], strict=True):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), name
+    assert not torch.equal(together["masks"][0][0], together["logps"][0][0])  # not the same tensor twice
+
+
+@pytest.fixture
+def small_shards(monkeypatch):
+    """Reference passes in batches of 2 examples: PAIRS make 3 shards."""
+    from bench.train import preference
+
+    monkeypatch.setattr(preference, "REFERENCE_PASS_BATCH", 2)
+    assert [len(r) for r in preference.pass_shards(len(PAIRS))] == [2, 2, 2]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("other_run_finishes", [True, False])
-def test_a_run_computes_first_the_pass_nobody_else_is_on(tmp_path, monkeypatch, other_run_finishes):
-    """Two runs side by side (executor.jobs): while another run holds the reference log-probs pass, TDPO2
-    computes its KL summary, then waits for the log-probs and reads them (or computes them itself when
-    that run wrote nothing), and trains exactly as alone."""
+def test_runs_side_by_side_split_the_reference_pass_by_shards(tmp_path, monkeypatch, small_shards,
+                                                               other_run_finishes):
+    """Two runs side by side (executor.jobs): TDPO2 skips the shard another run is computing, computes the
+    others (log-probs and KL summary in one forward each), then waits for the skipped one and reads it (or
+    computes it when that run wrote nothing), and trains exactly as alone."""
     from bench.train import preference
 
     monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "cache"))
     config = quick(lora=LoraSettings(r=4, alpha=8), steps=2, lr=1e-2)
     train_preference(config, PAIRS, methods.get("tdpo2"), tmp_path / "alone")
-    written = {path.name: path.read_bytes() for path in (tmp_path / "cache" / "reference").glob("*.pt")}
-    for path in (tmp_path / "cache" / "reference").glob("*.pt"):
+    folder = tmp_path / "cache" / "reference"
+    written = {path.name: path.read_bytes() for path in folder.glob("*.pt")}
+    assert len(written) == 6  # log-probs and summary, 3 shards each
+    for path in folder.glob("*.pt"):
         path.unlink()
     passes, locks = [], []
     real_pass, real_lock = preference.reference_pass, preference.locked_file
 
-    def recording_pass(*args, kinds, **kwargs):
-        passes.append(sorted(kinds))
-        return real_pass(*args, kinds=kinds, **kwargs)
+    def recording_pass(reference, examples, *args, kinds, **kwargs):
+        passes.append((sorted(kinds), len(examples)))
+        return real_pass(reference, examples, *args, kinds=kinds, **kwargs)
 
-    def lock(path, wait):  # <kind>-<hash>.pt.lock
-        kind, cache_file = path.name.split("-")[0], path.with_suffix("")
-        locks.append((kind, wait))
-        if kind == "logps" and not wait:
-            return None  # another run is computing the log-probs
-        if kind == "logps" and other_run_finishes:
-            cache_file.write_bytes(written[cache_file.name])
+    def lock(path, wait):  # pass-<hash>-<shard>.lock
+        shard = int(path.stem.rsplit("-", 1)[1])
+        locks.append((shard, wait))
+        if shard == 1 and not wait:
+            return None  # another run is computing shard 1
+        if shard == 1 and other_run_finishes:
+            for name, data in written.items():
+                if name.endswith("-1.pt"):
+                    (folder / name).write_bytes(data)
         return real_lock(path, wait)
 
     monkeypatch.setattr(preference, "reference_pass", recording_pass)
     monkeypatch.setattr(preference, "locked_file", lock)
     train_preference(config, PAIRS, methods.get("tdpo2"), tmp_path / "side")
-    assert locks == [("logps", False), ("summary", False), ("logps", True)]
-    assert passes == ([["summary"]] if other_run_finishes else [["summary"], ["logps"]])
+    assert locks == [(0, False), (1, False), (2, False), (1, True)]
+    both = ["logps", "summary"]
+    assert passes == [(both, 2), (both, 2)] + ([] if other_run_finishes else [(both, 2)])
     assert _steps(tmp_path / "side")[-1]["loss"] == _steps(tmp_path / "alone")[-1]["loss"]
+
+
+@pytest.mark.slow
+def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, monkeypatch, small_shards):
+    """DPO told that TDPO2 and SparsePO-MaPO train on the same pairs computes their KL summary and masks
+    in the forwards of its own log-probs pass (one per shard); they then run no reference pass at all and
+    train exactly as they do from a pass of their own."""
+    from bench.train import preference
+
+    config = quick(lora=LoraSettings(r=4, alpha=8), steps=2, lr=1e-2)
+    alone = {}
+    for name in ("tdpo2", "sparsepo_mapo"):
+        monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / f"cache-{name}"))
+        train_preference(config, PAIRS, methods.get(name), tmp_path / f"alone-{name}")
+        alone[name] = _steps(tmp_path / f"alone-{name}")
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "shared"))
+    passes = []
+    real_pass = preference.reference_pass
+
+    def recording_pass(*args, kinds, **kwargs):
+        passes.append(sorted(kinds))
+        return real_pass(*args, kinds=kinds, **kwargs)
+
+    monkeypatch.setattr(preference, "reference_pass", recording_pass)
+    companions = [methods.get("tdpo2"), methods.get("sparsepo_mapo")]
+    train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "dpo", share_with=companions)
+    assert passes == [["logps", "masks", "summary"]] * 3
+    def values(steps: list[dict]) -> list[dict]:  # what training computed (timings left out)
+        return [{k: v for k, v in step.items() if not k.endswith(("_s", "per_s"))} for step in steps]
+
+    for name in ("tdpo2", "sparsepo_mapo"):
+        train_preference(config, PAIRS, methods.get(name), tmp_path / name)
+        assert values(_steps(tmp_path / name)) == values(alone[name]), name
+    assert len(passes) == 3  # neither ran a pass
