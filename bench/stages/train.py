@@ -110,7 +110,8 @@ def run_train(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
         load_pairs(inputs["prefdata"], swap=p.swap_pairs)
     method = methods.get(p.method, **p.hparams)
     config = trainer_config(p.train, reference_path(p.model, inputs), p.seed)
-    share_with = [methods.get(name, **json.loads(hparams)) for name, hparams in node.companions]
+    share_with = [(methods.get(name, **json.loads(hparams)), json.loads(settings))
+                  for name, hparams, settings in node.companions]
     result = train_preference(config, pairs, method, ctx.trainer_dir(node), share_with=share_with)
     return {"method": p.method, "hparams": method.hparams(), **train_record(result)}
 
@@ -135,13 +136,24 @@ def reference_pass_identity(node: "Node") -> str:
 
 
 def train_companions(node: "Node", nodes: Sequence["Node"]) -> tuple:
-    """The other methods ((name, hparams as JSON), sorted) trained on this run's reference pass: the run
-    computes what they need from the reference in its own forwards (as its config would ask of them:
-    :func:`bench.train.preference.kinds_along`), so the runs of a suite split one pass between them."""
+    """The other runs on this run's reference pass, sorted and without repeats: (method, hparams, the
+    train settings that decide what a run reads from the pass), each as JSON. The run computes what they
+    need from the reference in its own forwards (:func:`bench.train.preference.kinds_along`), so the runs
+    of a suite split one pass between them."""
+    def describe(n: "Node") -> tuple[str, str, str]:
+        train = n.params.train.all_fields()
+        return (n.params.method, json.dumps(plain(n.params.hparams), sort_keys=True),
+                json.dumps({field: train.get(field) for field in COMPANION_FIELDS}, sort_keys=True))
+
     mine = reference_pass_identity(node)
-    others = {(n.params.method, json.dumps(plain(n.params.hparams), sort_keys=True)) for n in nodes
-              if n.stage == "train" and n is not node and reference_pass_identity(n) == mine}
-    return tuple(sorted(others - {(node.params.method, json.dumps(plain(node.params.hparams), sort_keys=True))}))
+    others = {describe(n) for n in nodes if n.stage == "train" and n is not node
+              and reference_pass_identity(n) == mine}
+    return tuple(sorted(others - {describe(node)}))
+
+
+#: the train settings (besides the pass identity) that decide which reference kinds a run reads (a method
+#: that reads no token-level values has token_reference "online" in its key whatever the suite says)
+COMPANION_FIELDS = ("token_reference", "precompute_reference")
 
 
 SFT = register_stage(Stage("sft", "2", SFTParams, run_sft, sft_work))

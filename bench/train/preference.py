@@ -21,6 +21,7 @@ The trainer never branches on a method's name; it reads ``method.needs`` and
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -340,7 +341,8 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
                           is_main: bool, exclusive: bool = False, along: frozenset[str] = frozenset()
                           ) -> dict[str, list]:
     """``reference_pass`` over ``examples``, cached per kind and shard (:func:`pass_shards`) under
-    ``<cache>/reference/<kind>-<hash>-<shard>.pt`` (hash: model, data, kind, precision, the mask method).
+    ``<cache>/reference/<kind>-<hash>-<shard>.pt`` (hash: model, data in one of its two orientations,
+    kind, precision, batching, the mask method).
     Returns per-example lists of ``kinds`` keyed like :func:`reference_pass`'s output.
 
     Every kind a shard misses is computed in one forward. ``along``: kinds other runs on the same data
@@ -356,37 +358,34 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     kinds, wanted = frozenset(kinds), frozenset(kinds) | frozenset(along)
     own_names = {name for kind in kinds for name in (SUMMARY_KEYS if kind == "summary" else (kind,))}
     # the same pairs with chosen and rejected swapped (e.g. TIS-DPO's reverse DPO) are the same sequences:
-    # their values are read from the other orientation's files, each pair's two entries swapped back
+    # both orientations compute and cache the pass in one of them (the one whose token ids have the smaller
+    # fingerprint: the same on every machine), each pair's two entries swapped back for the other; so every
+    # value is computed the same way whoever computes it (MaPO's masks are not the same bits with the rows
+    # of a batch in the other order)
     swapped_parts = {**key_parts, "data": [(prompt, list(responses)[::-1]) for prompt, responses in key_parts["data"]]}
+    flip = fingerprint(swapped_parts["data"]) < fingerprint(key_parts["data"])
+    canonical = swapped_parts if flip else key_parts
+    pass_examples = [swap_responses(e) for e in examples] if flip else list(examples)
     layout = (config.precision, REFERENCE_PASS_BATCH, len(shards[0]) if shards else 0)
     mask_id = None if mask_method is None else (type(mask_method).__module__, type(mask_method).__qualname__,
                                                 mask_method.hparams())
-    keys = {id(parts): {kind: fingerprint(parts, kind, *layout, mask_id if kind == "masks" else None)
-                        for kind in wanted} for parts in (key_parts, swapped_parts)}
+    keys = {kind: fingerprint(canonical, kind, *layout, mask_id if kind == "masks" else None) for kind in wanted}
     folder = cache_dir() / "reference"
 
-    def paths(kind: str, shard: int) -> tuple[Path, Path]:
-        own, other = (folder / f"{kind}-{keys[id(parts)][kind]}-{shard}.pt" for parts in (key_parts, swapped_parts))
-        return own, other
+    def path(kind: str, shard: int) -> Path:
+        return folder / f"{kind}-{keys[kind]}-{shard}.pt"
 
-    def cached(kind: str, shard: int) -> bool:
-        return any(path.exists() for path in paths(kind, shard))
-
-    values: list[dict[str, list]] = [{} for _ in shards]  # per shard: output name -> per-example values
+    values: list[dict[str, list]] = [{} for _ in shards]  # per shard, in the cached orientation
 
     def read(kind: str, shard: int) -> None:
-        own, other = paths(kind, shard)
-        stored = torch.load(own if own.exists() else other)
-        if not own.exists():
-            stored = {k: [pair[::-1] for pair in v] for k, v in stored.items()} if kind == "summary" else \
-                [pair[::-1] for pair in stored]
+        stored = torch.load(path(kind, shard))
         values[shard].update(stored if kind == "summary" else {kind: stored})
 
     def fill(shard: int, want: frozenset[str]) -> None:
         """Compute (one forward) what of ``want`` the shard misses, write it, read the rest of ``kinds``."""
-        todo = frozenset(kind for kind in want if not cached(kind, shard))
+        todo = frozenset(kind for kind in want if not path(kind, shard).exists())
         if todo:
-            computed = reference_pass(reference, [examples[i] for i in shards[shard]], pad_id, kinds=todo,
+            computed = reference_pass(reference, [pass_examples[i] for i in shards[shard]], pad_id, kinds=todo,
                                       mask_method=mask_method if "masks" in todo else None,
                                       precision=config.precision, batch_size=REFERENCE_PASS_BATCH, device=device)
             values[shard].update({name: v for name, v in computed.items() if name in own_names})
@@ -394,15 +393,14 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
                 for kind in todo:
                     buffer = io.BytesIO()
                     torch.save({k: computed[k] for k in SUMMARY_KEYS} if kind == "summary" else computed[kind], buffer)
-                    atomic_write_bytes(paths(kind, shard)[0], buffer.getvalue())
+                    atomic_write_bytes(path(kind, shard), buffer.getvalue())
         for kind in kinds - todo:
             read(kind, shard)
 
-    # one lock per shard whichever orientation computes it
-    lock_key = min(fingerprint(parts, *layout) for parts in (key_parts, swapped_parts))
+    lock_key = fingerprint(canonical, *layout)
     deferred = []
     for shard in range(len(shards)):
-        if not exclusive or all(cached(kind, shard) for kind in wanted):
+        if not exclusive or all(path(kind, shard).exists() for kind in wanted):
             fill(shard, wanted)
             continue
         lock = locked_file(folder / f"pass-{lock_key}-{shard}.lock", wait=False)
@@ -417,8 +415,16 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     results: dict[str, list] = {name: [] for name in own_names}
     for shard_values in values:
         for name in own_names:
-            results[name].extend(shard_values[name])
+            per_example = shard_values[name]
+            results[name].extend([pair[::-1] for pair in per_example] if flip else per_example)
     return results
+
+
+def swap_responses(example: Tokenized) -> Tokenized:
+    """The example with chosen and rejected (and their per-token fields) swapped."""
+    return dataclasses.replace(example, responses=example.responses[::-1],
+                               weights=None if example.weights is None else example.weights[::-1],
+                               eos_last=example.eos_last[::-1])
 
 
 # --------------------------------------------------------------------------- the trainable module
@@ -510,15 +516,17 @@ def parameter_counts(policy: nn.Module, extra_params: Sequence[Tensor] = ()) -> 
                                                 if p.requires_grad and "lora_" not in name)}
 
 
-def kinds_along(share_with: Sequence[Method], config: PreferenceTrainConfig, policy: nn.Module, hidden_bytes: int,
-                mask_method: Method | None) -> tuple[set[str], Method | None]:
-    """The reference-pass kinds that runs of ``share_with`` (same pairs, same config) will read, and the
-    method whose masks a pass computes (``mask_method``, this run's own if it needs masks; else the first
-    of ``share_with`` that does: a pass holds one method's masks)."""
+def kinds_along(share_with: Sequence[Method | tuple[Method, dict[str, Any]]], config: PreferenceTrainConfig,
+                policy: nn.Module, hidden_bytes: int, mask_method: Method | None) -> tuple[set[str], Method | None]:
+    """The reference-pass kinds that runs of ``share_with`` (same pairs, this run's config or it updated
+    with the given fields) will read, and the method whose masks a pass computes (``mask_method``, this
+    run's own if it needs masks; else the first of ``share_with`` that does: a pass holds one method's masks)."""
     along: set[str] = set()
-    for other in share_with:
+    for item in share_with:
+        other, settings = item if isinstance(item, tuple) else (item, {})
         try:
-            other_kinds = reference_pass_kinds(other, reference_plan(other, config, policy))
+            other_config = config.model_copy(update=settings) if settings else config
+            other_kinds = reference_pass_kinds(other, reference_plan(other, other_config, policy))
         except TrainConfigError:  # that run stops with this message; it reads nothing
             continue
         if "masks" in other_kinds:
@@ -534,7 +542,7 @@ def kinds_along(share_with: Sequence[Method], config: PreferenceTrainConfig, pol
 
 def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], method: Method | str,
                      output_dir: str | Path, *, overwrite: bool = False,
-                     share_with: Sequence[Method] = ()) -> TrainResult:
+                     share_with: Sequence[Method | tuple[Method, dict[str, Any]]] = ()) -> TrainResult:
     """Train ``config.model`` on preference ``pairs`` with ``method``; return a :class:`TrainResult`.
 
     Args:
@@ -548,8 +556,9 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
             ``bench.models.load_model``; ``method_modules.pt`` holds e.g. SparsePO mask heads),
             ``metrics.jsonl`` (one line per step), ``tensorboard/``, ``checkpoints/`` while running,
             ``run.json`` and ``result.json``.
-        share_with: methods that other runs train on the same pairs under the same config (a suite's other
-            trainings): what they need from the reference pass is computed in this run's forwards too and
+        share_with: methods that other runs train on the same pairs (a suite's other trainings), each alone
+            (the same config) or with the config fields its run sets otherwise (``(method, {"token_reference":
+            "cached"})``): what they need from the reference pass is computed in this run's forwards too and
             cached for them (:func:`cached_reference_pass`'s ``along``). Changes no value of this run.
 
     Calling again with a finished ``output_dir`` (same config, method and data) returns the stored

@@ -79,10 +79,12 @@ def test_default_suite_trainings_know_their_companions_on_the_same_pairs():
     assert len(everyone) == 7  # DPO and its swapped twin have the same method and hparams
     for node in trains.values():
         mine = (node.params.method, json.dumps(node.params.hparams, sort_keys=True))
-        assert set(node.companions) == everyone - {mine}, node.label
-    assert {name for name, _ in trains["train dpo s0"].companions} == {
-        "tdpo1", "tdpo2", "tis_dpo", "bcr", "sparsepo_mapo", "sparsepo"}
+        assert {(name, hparams) for name, hparams, _ in node.companions} == everyone - {mine}, node.label
+    settings = {name: json.loads(s) for name, _, s in trains["train dpo s0"].companions}
+    assert set(settings) == {"tdpo1", "tdpo2", "tis_dpo", "bcr", "sparsepo_mapo", "sparsepo"}
+    # what each companion's own run reads: TDPO its summary (the suite's default), BCR never
+    assert settings["tdpo1"]["token_reference"] == "cached" and settings["bcr"]["token_reference"] == "online"
     assert all(not n.companions for n in plan.nodes if n.stage != "train")
     again = build_plan(load_suite("default", ["methods={dpo: {}, tdpo2: {}}"]))
     assert [n.key for n in again.nodes if n.label == "train dpo s0"] == [trains["train dpo s0"].key]
-    assert {name for name, _ in next(n for n in again.nodes if n.label == "train dpo s0").companions} == {"tdpo2"}
+    assert [c[0] for c in next(n for n in again.nodes if n.label == "train dpo s0").companions] == ["tdpo2"]

@@ -371,10 +371,11 @@ def test_logits_transformed_after_the_output_layer_rule_the_summary_out():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dpo", "tdpo2"])  # reference log-probs / log-probs + the KL summary
+@pytest.mark.parametrize("name", ["dpo", "tdpo2", "sparsepo_mapo"])  # log-probs / + the KL summary / + masks
 def test_swapped_pairs_read_the_reference_pass_of_the_unswapped_ones(tmp_path, monkeypatch, name):
-    """Chosen and rejected swapped (TIS-DPO's reverse DPO) are the same sequences: the run reads the
-    reference's values from the other orientation's cache file and trains exactly as with a pass of its own."""
+    """Chosen and rejected swapped (TIS-DPO's reverse DPO) are the same sequences: both orientations
+    compute and cache the pass in one of them, so the run reads the values the unswapped run cached and
+    trains exactly as with a pass of its own."""
     swapped = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in PAIRS]
     config = quick(lora=LoraSettings(r=4, alpha=8), steps=3, lr=1e-2)
     monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "own"))
@@ -479,7 +480,8 @@ def test_runs_side_by_side_split_the_reference_pass_by_shards(tmp_path, monkeypa
 def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, monkeypatch, small_shards):
     """DPO told that TDPO2 and SparsePO-MaPO train on the same pairs computes their KL summary and masks
     in the forwards of its own log-probs pass (one per shard); they then run no reference pass at all and
-    train exactly as they do from a pass of their own."""
+    train exactly as they do from a pass of their own. As in a suite, DPO's own config says
+    token_reference "online" (a field it never reads) and the companions' settings say "cached"."""
     from bench.train import preference
 
     config = quick(lora=LoraSettings(r=4, alpha=8), steps=2, lr=1e-2)
@@ -497,8 +499,9 @@ def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, m
         return real_pass(*args, kinds=kinds, **kwargs)
 
     monkeypatch.setattr(preference, "reference_pass", recording_pass)
-    companions = [methods.get("tdpo2"), methods.get("sparsepo_mapo")]
-    train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "dpo", share_with=companions)
+    companions = [(methods.get(name), {"token_reference": "cached"}) for name in ("tdpo2", "sparsepo_mapo")]
+    dpo_config = config.model_copy(update={"token_reference": "online"})
+    train_preference(dpo_config, PAIRS, methods.get("dpo"), tmp_path / "dpo", share_with=companions)
     assert passes == [["logps", "masks", "summary"]] * 3
     def values(steps: list[dict]) -> list[dict]:  # what training computed (timings left out)
         return [{k: v for k, v in step.items() if not k.endswith(("_s", "per_s"))} for step in steps]
