@@ -112,7 +112,8 @@ def run_train(ctx: StageContext, node: "Node", inputs: dict[str, StageOutput], o
     config = trainer_config(p.train, reference_path(p.model, inputs), p.seed)
     share_with = [(methods.get(name, **json.loads(hparams)), json.loads(settings))
                   for name, hparams, settings in node.companions]
-    result = train_preference(config, pairs, method, ctx.trainer_dir(node), share_with=share_with)
+    result = train_preference(config, pairs, method, ctx.trainer_dir(node), share_with=share_with,
+                              swapped_pairs=p.swap_pairs)
     return {"method": p.method, "hparams": method.hparams(), **train_record(result)}
 
 

@@ -169,18 +169,12 @@ def _output_layer_io(model):
         handle.remove()
 
 
-def completion_forward_with_hidden(model, batch: Batch, *, every_position: bool = False, **kwargs):
+def completion_forward_with_hidden(model, batch: Batch, **kwargs):
     """:func:`completion_forward` plus the ``[N, d]`` hidden states its output layer turned into the
-    ``[N, V]`` logits (``every_position``: the forward computes every position's logits, e.g. for hooks
-    on the output layer, and the completion rows are taken from them). Raises :class:`SummaryUnavailable`
-    when the model changes the output layer's result before returning it (e.g. logit soft-capping): then
-    logits are not linear in those states."""
+    ``[N, V]`` logits. Raises :class:`SummaryUnavailable` when the model changes the output layer's
+    result before returning it (e.g. logit soft-capping): then logits are not linear in those states."""
     with _output_layer_io(model) as seen:
-        if every_position:
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
-            logits = out.logits[:, :-1][batch.completion_mask[:, 1:] > 0]
-        else:
-            logits, out = completion_forward(model, batch, **kwargs)
+        logits, out = completion_forward(model, batch, **kwargs)
     produced = seen.get("logits")
     if produced is None or produced.shape != out.logits.shape or produced.data_ptr() != out.logits.data_ptr():
         raise SummaryUnavailable("the model transforms its output layer's logits before returning them")
@@ -248,18 +242,18 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
     one forward of the reference per batch:
 
     * ``logps``: the reference's token log-probs [n];
-    * ``masks``: MaPO's masks [n] from hooked activations (``mask_method``; its hooks need every position,
-      so the forward then computes the logits of every position, of which the completion rows are used);
+    * ``masks``: MaPO's masks [n] from hooked activations (``mask_method``; a pass of its own: it needs every
+      position's logits and holds every hooked activation of a batch, so it runs in the training's batches);
     * ``summary``: ``SUMMARY_KEYS`` for ``fkl`` - log-normaliser [n], the output layer's input [n, d] and
       the expected output embedding sum_v p_ref(v) W_v [n, d] (computed ``summary_chunk`` rows at a time);
     * ``hidden``: every layer's hidden state [n, L, d] (embedding output excluded), for ``ref_hidden``.
 
     Which kinds share the forward does not change any of them: the completion rows' logits are the same
-    bits whether only they or all positions reach the output layer, with or without hidden states
-    (checked on SmolLM2 and in tests/train/test_train_engine.py), so one run may compute them for others.
+    bits with or without hidden states (checked on SmolLM2 and in tests/train/test_train_engine.py), so
+    one run may compute them for others.
     """
-    if ("masks" in kinds) != (mask_method is not None):
-        raise ValueError("reference_pass: masks need their method, and only masks do")
+    if "masks" in kinds and kinds != {"masks"}:
+        raise ValueError("reference_pass: masks need a pass of their own")
     names = {"summary": SUMMARY_KEYS, "hidden": ("hidden",)}
     out: dict[str, list[list[Tensor]]] = {name: [] for kind in kinds for name in names.get(kind, (kind,))}
     dtype_ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -274,13 +268,9 @@ def reference_pass(reference: FrozenReference, examples: Sequence[Tokenized], pa
                  else _no_hooks())
         hidden = ref_out = None
         with hooks as activations, dtype_ctx:
-            if mask_method is not None and "summary" in kinds:  # every position: the output layer is hooked
-                logits, hidden, ref_out = completion_forward_with_hidden(
-                    reference, batch, output_hidden_states="hidden" in kinds, every_position=True)
-            elif mask_method is not None:
-                ref_out = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                    output_hidden_states="hidden" in kinds)
-                logits = ref_out.logits[:, :-1][batch.completion_mask[:, 1:] > 0]
+            if mask_method is not None:  # full logits: the output layer is one of the hooked activations
+                logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                logits = logits[:, :-1][batch.completion_mask[:, 1:] > 0]
             elif "summary" in kinds:
                 logits, hidden, ref_out = completion_forward_with_hidden(reference, batch,
                                                                          output_hidden_states="hidden" in kinds)
@@ -338,14 +328,15 @@ def pass_shards(count: int) -> list[range]:
 
 def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples, pad_id, *, kinds: frozenset[str],
                           mask_method: Method | None, config: PreferenceTrainConfig, device,
-                          is_main: bool, exclusive: bool = False, along: frozenset[str] = frozenset()
-                          ) -> dict[str, list]:
+                          is_main: bool, exclusive: bool = False, along: frozenset[str] = frozenset(),
+                          swapped: bool = False) -> dict[str, list]:
     """``reference_pass`` over ``examples``, cached per kind and shard (:func:`pass_shards`) under
     ``<cache>/reference/<kind>-<hash>-<shard>.pt`` (hash: model, data in one of its two orientations,
     kind, precision, batching, the mask method).
     Returns per-example lists of ``kinds`` keyed like :func:`reference_pass`'s output.
 
-    Every kind a shard misses is computed in one forward. ``along``: kinds other runs on the same data
+    Every kind a shard misses is computed in one forward (MaPO's masks in one of their own, in batches of
+    the run's size: they hold every hooked activation of a batch). ``along``: kinds other runs on the same data
     will read (a suite's TDPO summary and MaPO masks next to its DPO; ``mask_method`` is whose masks):
     computed in the same forwards and cached for them, not returned.
 
@@ -353,23 +344,28 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     another run holds and comes back to them at the end (reading what was written, computing only what
     it needs and is still missing), so runs started side by side (``executor.jobs``) split one pass
     between them instead of computing it twice. Not with several processes per run: their passes may
-    hold collectives, which a lock must not split."""
+    hold collectives, which a lock must not split.
+
+    ``swapped``: the examples are a dataset's pairs with chosen and rejected swapped (TIS-DPO's reverse
+    DPO); the pass is then computed and cached in the dataset's orientation and read swapped back."""
     shards = pass_shards(len(examples))
     kinds, wanted = frozenset(kinds), frozenset(kinds) | frozenset(along)
     own_names = {name for kind in kinds for name in (SUMMARY_KEYS if kind == "summary" else (kind,))}
-    # the same pairs with chosen and rejected swapped (e.g. TIS-DPO's reverse DPO) are the same sequences:
-    # both orientations compute and cache the pass in one of them (the one whose token ids have the smaller
-    # fingerprint: the same on every machine), each pair's two entries swapped back for the other; so every
+    # the same pairs with chosen and rejected swapped are the same sequences: a swapped run computes and
+    # caches the pass in the dataset's orientation, each pair's two entries swapped back for itself; so every
     # value is computed the same way whoever computes it (MaPO's masks are not the same bits with the rows
     # of a batch in the other order)
-    swapped_parts = {**key_parts, "data": [(prompt, list(responses)[::-1]) for prompt, responses in key_parts["data"]]}
-    flip = fingerprint(swapped_parts["data"]) < fingerprint(key_parts["data"])
-    canonical = swapped_parts if flip else key_parts
+    flip = swapped
+    canonical = {**key_parts, "data": [(prompt, list(responses)[::-1]) for prompt, responses in key_parts["data"]]} \
+        if flip else key_parts
     pass_examples = [swap_responses(e) for e in examples] if flip else list(examples)
     layout = (config.precision, REFERENCE_PASS_BATCH, len(shards[0]) if shards else 0)
     mask_id = None if mask_method is None else (type(mask_method).__module__, type(mask_method).__qualname__,
                                                 mask_method.hparams())
-    keys = {kind: fingerprint(canonical, kind, *layout, mask_id if kind == "masks" else None) for kind in wanted}
+    # masks: batches of the training's size (memory: every hooked activation of a batch is held at once)
+    mask_batch = max(1, config.batch_size)
+    keys = {kind: fingerprint(canonical, kind, *layout, (mask_id, mask_batch) if kind == "masks" else None)
+            for kind in wanted}
     folder = cache_dir() / "reference"
 
     def path(kind: str, shard: int) -> Path:
@@ -382,15 +378,19 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
         values[shard].update(stored if kind == "summary" else {kind: stored})
 
     def fill(shard: int, want: frozenset[str]) -> None:
-        """Compute (one forward) what of ``want`` the shard misses, write it, read the rest of ``kinds``."""
+        """Compute what of ``want`` the shard misses (one forward; masks in one of their own), write it,
+        read the rest of ``kinds``."""
         todo = frozenset(kind for kind in want if not path(kind, shard).exists())
-        if todo:
-            computed = reference_pass(reference, [pass_examples[i] for i in shards[shard]], pad_id, kinds=todo,
-                                      mask_method=mask_method if "masks" in todo else None,
-                                      precision=config.precision, batch_size=REFERENCE_PASS_BATCH, device=device)
+        for group in (todo - {"masks"}, todo & {"masks"}):
+            if not group:
+                continue
+            computed = reference_pass(reference, [pass_examples[i] for i in shards[shard]], pad_id, kinds=group,
+                                      mask_method=mask_method if "masks" in group else None,
+                                      precision=config.precision, device=device,
+                                      batch_size=mask_batch if "masks" in group else REFERENCE_PASS_BATCH)
             values[shard].update({name: v for name, v in computed.items() if name in own_names})
             if is_main:
-                for kind in todo:
+                for kind in group:
                     buffer = io.BytesIO()
                     torch.save({k: computed[k] for k in SUMMARY_KEYS} if kind == "summary" else computed[kind], buffer)
                     atomic_write_bytes(path(kind, shard), buffer.getvalue())
@@ -542,7 +542,8 @@ def kinds_along(share_with: Sequence[Method | tuple[Method, dict[str, Any]]], co
 
 def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], method: Method | str,
                      output_dir: str | Path, *, overwrite: bool = False,
-                     share_with: Sequence[Method | tuple[Method, dict[str, Any]]] = ()) -> TrainResult:
+                     share_with: Sequence[Method | tuple[Method, dict[str, Any]]] = (),
+                     swapped_pairs: bool = False) -> TrainResult:
     """Train ``config.model`` on preference ``pairs`` with ``method``; return a :class:`TrainResult`.
 
     Args:
@@ -560,6 +561,8 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
             (the same config) or with the config fields its run sets otherwise (``(method, {"token_reference":
             "cached"})``): what they need from the reference pass is computed in this run's forwards too and
             cached for them (:func:`cached_reference_pass`'s ``along``). Changes no value of this run.
+        swapped_pairs: ``pairs`` are a dataset's pairs with chosen and rejected swapped (TIS-DPO's reverse
+            DPO): the reference pass is shared with the runs on the dataset's orientation.
 
     Calling again with a finished ``output_dir`` (same config, method and data) returns the stored
     result without training; an interrupted run (even ``kill -9``) resumes from its newest
@@ -612,7 +615,7 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     def reference_cache(kinds: set[str], along: set[str] = frozenset()) -> dict[str, list]:
         masks = mask_method if "masks" in kinds | along else None
         return cached_reference_pass(key_parts, reference, examples, tokenizer.pad_token_id, kinds=frozenset(kinds),
-                                     mask_method=masks, config=config, along=frozenset(along),
+                                     mask_method=masks, config=config, along=frozenset(along), swapped=swapped_pairs,
                                      device=accelerator.device, is_main=accelerator.is_main_process,
                                      exclusive=accelerator.num_processes == 1)
 

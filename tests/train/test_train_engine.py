@@ -373,17 +373,17 @@ def test_logits_transformed_after_the_output_layer_rule_the_summary_out():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dpo", "tdpo2", "sparsepo_mapo"])  # log-probs / + the KL summary / + masks
 def test_swapped_pairs_read_the_reference_pass_of_the_unswapped_ones(tmp_path, monkeypatch, name):
-    """Chosen and rejected swapped (TIS-DPO's reverse DPO) are the same sequences: both orientations
-    compute and cache the pass in one of them, so the run reads the values the unswapped run cached and
-    trains exactly as with a pass of its own."""
+    """Chosen and rejected swapped (TIS-DPO's reverse DPO, ``swapped_pairs``) are the same sequences: the
+    swapped run computes and caches the pass in the dataset's orientation, so it reads the values the
+    unswapped run cached and trains exactly as with a pass of its own."""
     swapped = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in PAIRS]
     config = quick(lora=LoraSettings(r=4, alpha=8), steps=3, lr=1e-2)
     monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "own"))
-    own = train_preference(config, swapped, methods.get(name), tmp_path / "own")
+    own = train_preference(config, swapped, methods.get(name), tmp_path / "own", swapped_pairs=True)
     monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "shared"))
     train_preference(config, PAIRS, methods.get(name), tmp_path / "unswapped")
     files = sorted(p.name for p in (tmp_path / "shared" / "reference").iterdir())
-    reused = train_preference(config, swapped, methods.get(name), tmp_path / "reused")
+    reused = train_preference(config, swapped, methods.get(name), tmp_path / "reused", swapped_pairs=True)
     assert sorted(p.name for p in (tmp_path / "shared" / "reference").iterdir()) == files  # no pass of its own
     assert own.extra["reference"] == reused.extra["reference"] == "cached"
     def values(run: str) -> list[dict]:  # what training computed (timings left out)
@@ -394,9 +394,9 @@ def test_swapped_pairs_read_the_reference_pass_of_the_unswapped_ones(tmp_path, m
 
 
 def test_one_reference_forward_gives_every_kind_the_bits_of_a_pass_of_its_own():
-    """Log-probs, the KL summary, per-layer hidden states and MaPO's masks computed in one forward (every
-    position's logits, hooks on) equal, bit for bit, each computed in a pass of its own: which kinds a
-    run computes along with its own never changes a value."""
+    """Log-probs, the KL summary and per-layer hidden states computed in one forward equal, bit for bit,
+    each computed in a pass of its own: which kinds a run computes along with its own never changes a
+    value. MaPO's masks keep a pass of their own (every position's logits and every hooked activation)."""
     from peft import LoraConfig, get_peft_model
 
     from bench.train.policy import FrozenReference
@@ -414,13 +414,15 @@ def test_one_reference_forward_gives_every_kind_the_bits_of_a_pass_of_its_own():
                               mask_method=mapo if "masks" in kinds else None, precision="fp32", batch_size=4,
                               device=torch.device("cpu"))
 
-    together = run({"logps", "summary", "hidden", "masks"})
-    alone = {**run({"logps"}), **run({"summary"}), **run({"hidden"}), **run({"masks"})}
+    together = run({"logps", "summary", "hidden"})
+    alone = {**run({"logps"}), **run({"summary"}), **run({"hidden"})}
     assert sorted(together) == sorted(alone) and len(together["logps"]) == len(PAIRS)
     for name in alone:
         for a, b in zip(together[name], alone[name], strict=True):
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), name
-    assert not torch.equal(together["masks"][0][0], together["logps"][0][0])  # not the same tensor twice
+    assert not torch.equal(together["ref_lse"][0][0], together["logps"][0][0])  # not the same values twice
+    with pytest.raises(ValueError, match="masks need a pass of their own"):
+        run({"logps", "masks"})
 
 
 @pytest.fixture
@@ -478,8 +480,9 @@ def test_runs_side_by_side_split_the_reference_pass_by_shards(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, monkeypatch, small_shards):
-    """DPO told that TDPO2 and SparsePO-MaPO train on the same pairs computes their KL summary and masks
-    in the forwards of its own log-probs pass (one per shard); they then run no reference pass at all and
+    """DPO told that TDPO2 and SparsePO-MaPO train on the same pairs computes their KL summary in the
+    forwards of its own log-probs pass and their masks in a forward of their own (per shard); they then
+    run no reference pass at all and
     train exactly as they do from a pass of their own. As in a suite, DPO's own config says
     token_reference "online" (a field it never reads) and the companions' settings say "cached"."""
     from bench.train import preference
@@ -502,11 +505,11 @@ def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, m
     companions = [(methods.get(name), {"token_reference": "cached"}) for name in ("tdpo2", "sparsepo_mapo")]
     dpo_config = config.model_copy(update={"token_reference": "online"})
     train_preference(dpo_config, PAIRS, methods.get("dpo"), tmp_path / "dpo", share_with=companions)
-    assert passes == [["logps", "masks", "summary"]] * 3
+    assert passes == [["logps", "summary"], ["masks"]] * 3
     def values(steps: list[dict]) -> list[dict]:  # what training computed (timings left out)
         return [{k: v for k, v in step.items() if not k.endswith(("_s", "per_s"))} for step in steps]
 
     for name in ("tdpo2", "sparsepo_mapo"):
         train_preference(config, PAIRS, methods.get(name), tmp_path / name)
         assert values(_steps(tmp_path / name)) == values(alone[name]), name
-    assert len(passes) == 3  # neither ran a pass
+    assert len(passes) == 6  # neither ran a pass
