@@ -268,8 +268,10 @@ def build_plan(suite: SuiteConfig) -> Plan:
                                                        label, on=on)
                             cells.append(Cell(on.name, model.id, spec.name, point, seed, label, score, train, {},
                                               final))
-    for node in b.order:
-        node.companions = stage(node.stage).companions(node, b.order)
+    by_ident = {(node.stage, node.key): node for node in b.order}
+    for name in {node.stage for node in b.order}:
+        for ident, companions in stage(name).companions([n for n in b.order if n.stage == name]).items():
+            by_ident[ident].companions = companions
     return Plan(suite=suite, cells=cells, nodes=b.order)
 
 

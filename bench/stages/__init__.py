@@ -70,10 +70,10 @@ class Stage:
     work: Callable[["Node"], dict[str, int | None]] = lambda node: {}
     #: heavy nodes ask Ray for the executor's per-cell CPU/GPU share
     heavy: bool = True
-    #: (node, the plan's nodes) -> what other nodes need from intermediate results this node computes anyway
-    #: (a training run's reference pass: the methods trained on the same pairs), so that it computes them in
-    #: the same forwards (``Node.companions``). Never keyed, never needed for correctness
-    companions: Callable[["Node", Sequence["Node"]], tuple] = lambda node, nodes: ()
+    #: (the plan's nodes of this stage) -> {(stage, key): what other nodes need from intermediate results that
+    #: node computes anyway} (a training run's reference pass: the methods trained on the same pairs), so that
+    #: it computes them in the same forwards (``Node.companions``). Never keyed, never needed for correctness
+    companions: Callable[[Sequence["Node"]], dict[tuple[str, str], tuple]] = lambda nodes: {}
 
 
 STAGES: dict[str, Stage] = {}

@@ -136,20 +136,22 @@ def reference_pass_identity(node: "Node") -> str:
                         "precision": train.precision, "reference_dtype": train.reference_dtype})
 
 
-def train_companions(node: "Node", nodes: Sequence["Node"]) -> tuple:
-    """The other runs on this run's reference pass, sorted and without repeats: (method, hparams, the
-    train settings that decide what a run reads from the pass), each as JSON. The run computes what they
-    need from the reference in its own forwards (:func:`bench.train.preference.kinds_along`), so the runs
-    of a suite split one pass between them."""
+def train_companions(nodes: Sequence["Node"]) -> dict[tuple[str, str], tuple]:
+    """For each training node, the other runs on its reference pass, sorted and without repeats: (method,
+    hparams, the train settings that decide what a run reads from the pass), each as JSON. The run
+    computes what they need from the reference in its own forwards
+    (:func:`bench.train.preference.kinds_along`), so the runs of a suite split one pass between them."""
     def describe(n: "Node") -> tuple[str, str, str]:
         train = n.params.train.all_fields()
         return (n.params.method, json.dumps(plain(n.params.hparams), sort_keys=True),
                 json.dumps({field: train.get(field) for field in COMPANION_FIELDS}, sort_keys=True))
 
-    mine = reference_pass_identity(node)
-    others = {describe(n) for n in nodes if n.stage == "train" and n is not node
-              and reference_pass_identity(n) == mine}
-    return tuple(sorted(others - {describe(node)}))
+    described = {(n.stage, n.key): (reference_pass_identity(n), describe(n)) for n in nodes}
+    on_pass: dict[str, set[tuple[str, str, str]]] = {}
+    for identity, description in described.values():
+        on_pass.setdefault(identity, set()).add(description)
+    return {ident: tuple(sorted(on_pass[identity] - {description}))
+            for ident, (identity, description) in described.items()}
 
 
 #: the train settings (besides the pass identity) that decide which reference kinds a run reads (a method

@@ -355,10 +355,8 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     # caches the pass in the dataset's orientation, each pair's two entries swapped back for itself; so every
     # value is computed the same way whoever computes it (MaPO's masks are not the same bits with the rows
     # of a batch in the other order)
-    flip = swapped
-    canonical = {**key_parts, "data": [(prompt, list(responses)[::-1]) for prompt, responses in key_parts["data"]]} \
-        if flip else key_parts
-    pass_examples = [swap_responses(e) for e in examples] if flip else list(examples)
+    pass_examples = [swap_responses(e) for e in examples] if swapped else list(examples)
+    canonical = {**key_parts, "data": [(e.prompt, e.responses) for e in pass_examples]} if swapped else key_parts
     layout = (config.precision, REFERENCE_PASS_BATCH, len(shards[0]) if shards else 0)
     mask_id = None if mask_method is None else (type(mask_method).__module__, type(mask_method).__qualname__,
                                                 mask_method.hparams())
@@ -416,7 +414,7 @@ def cached_reference_pass(key_parts: dict, reference: FrozenReference, examples,
     for shard_values in values:
         for name in own_names:
             per_example = shard_values[name]
-            results[name].extend([pair[::-1] for pair in per_example] if flip else per_example)
+            results[name].extend([pair[::-1] for pair in per_example] if swapped else per_example)
     return results
 
 
@@ -633,7 +631,6 @@ def train_preference(config: PreferenceTrainConfig, pairs: Sequence[dict], metho
     if note is not None:  # token-level needs from the reference at every step instead
         say(accelerator, f"[pobench] {method.name}: the reference runs at every step ({note})")
         plan = "online"
-        mask_method = method
         cache = reference_cache({"masks"}) if "masks" in method.needs else {}
     reference_pass_s = time.perf_counter() - pass_started  # ~0 when every kind was in the cache
     position = {e.index: i for i, e in enumerate(examples)}
