@@ -6,7 +6,8 @@ vLLM spawns its engine in a subprocess, so the caller's script must build this b
 run eagerly: compiling CUDA graphs / torch.compile costs about a minute per start on CPU.
 Prompts go in as token ids (:func:`bench.prompts.encode`, as for hf and training) and completions
 are decoded with the same tokenizer as the hf backend, so greedy outputs of the two backends are
-comparable token for token.
+comparable token for token. Sampled outputs carry their token ids and the model's log-probs of them, as hf's
+do, so the score stage's KL needs only the reference's forward.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.backends import BackendError
+from bench.backends import BackendError, apply_stop
 from bench.backends.hf import decode_completion
 from bench.prompts import PromptFormat, encode
 
@@ -73,10 +74,12 @@ class VLLMBackend:
         ids = [encode(self.tokenizer, p.text, prompt_format) for p in prompts]
         n = max(1, int(sampling.n))
         greedy = sampling.temperature == 0
+        # logprobs=0: the log-prob of each sampled token only (vLLM's default logprobs_mode is the model's raw
+        # distribution, before temperature and top-p), what the score stage's KL from the sampler needs
         params = SamplingParams(
             n=1 if greedy else n, temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed,
-            detokenize=False)
+            detokenize=False, logprobs=None if greedy else 0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
         samples = []
         for prompt, out in zip(prompts, outputs):
@@ -84,8 +87,15 @@ class VLLMBackend:
                 completion = out.outputs[0 if greedy else k]  # greedy: the n copies are identical
                 tokens = list(completion.token_ids)
                 self.stats["generated_tokens"] += len(tokens)
-                samples.append(Sample.from_prompt(prompt, decode_completion(self.tokenizer, tokens, sampling.stop),
-                                                  index=k))
+                full = decode_completion(self.tokenizer, tokens, ())
+                text = apply_stop(full, sampling.stop)
+                logprobs = None
+                # as hf: the ids (EOS included when drawn) and their log-probs are the sample only when no stop
+                # string cut the text (else the score stage teacher-forces the text)
+                if completion.logprobs is not None and text == full:
+                    logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+                samples.append(Sample.from_prompt(prompt, text, index=k, logprobs=logprobs,
+                                                  meta={"token_ids": tokens} if logprobs is not None else {}))
         self.stats["seconds"] += time.perf_counter() - started
         return samples
 

@@ -59,6 +59,25 @@ def test_auto_backend_is_vllm_when_importable():
     assert resolve_backend_name("auto") == "vllm"
 
 
+def test_sampled_log_probs_are_the_models_log_probs_of_the_drawn_tokens(tiny_path):
+    """vLLM returns each sample's token ids and log-probs (what the score stage's KL from the sampler
+    reads); they equal the same model's teacher-forced log-probs of those ids in transformers."""
+    from bench.backends import get_backend
+    from bench.teacher_forcing import reference_logps
+    from tasks.base import Sampling
+
+    backend = get_backend("vllm", tiny_path, dtype="float32")
+    try:
+        out = backend.generate(prompts(), Sampling(max_new_tokens=12, temperature=1.0, top_p=1.0, n=2), seed=3)
+    finally:
+        backend.close()
+    assert len(out) == 2 * len(PROMPTS)
+    assert all(s.logprobs is not None and len(s.logprobs) == len(s.meta["token_ids"]) > 0 for s in out)
+    forced = reference_logps(tiny_path, [s.prompt for s in out], [s.meta["token_ids"] for s in out])
+    for sample, expected in zip(out, forced):
+        assert sample.logprobs == pytest.approx(expected, abs=2e-3), sample.completion
+
+
 def test_openai_backend_serves_vllm_on_loopback_and_stops_it(tiny_path):
     from bench.backends import get_backend
 
