@@ -513,3 +513,32 @@ def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, m
         train_preference(config, PAIRS, methods.get(name), tmp_path / name)
         assert values(_steps(tmp_path / name)) == values(alone[name]), name
     assert len(passes) == 6  # neither ran a pass
+
+@pytest.mark.slow
+def test_a_companions_summary_the_model_cannot_give_is_dropped_and_the_run_trains_as_alone(tmp_path, monkeypatch):
+    """DPO told of TDPO2 on a model whose logits are transformed after the output layer (soft-capping:
+    no KL summary possible) retries its pass without the summary and trains exactly as DPO alone."""
+    from bench.train import preference
+
+    config = quick(lora=LoraSettings(r=4, alpha=8), steps=2, lr=1e-2)
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "cache-alone"))
+    train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "alone")
+
+    def soft_capped(*args, **kwargs):
+        raise preference.SummaryUnavailable("the model transforms its output layer's logits before returning them")
+
+    passes = []
+    real_pass = preference.reference_pass
+
+    def recording_pass(*args, kinds, **kwargs):
+        passes.append(sorted(kinds))
+        return real_pass(*args, kinds=kinds, **kwargs)
+
+    monkeypatch.setattr(preference, "completion_forward_with_hidden", soft_capped)
+    monkeypatch.setattr(preference, "reference_pass", recording_pass)
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "cache-shared"))
+    train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "told",
+                     share_with=[(methods.get("tdpo2"), {"token_reference": "cached"})])
+    assert passes[0] == ["logps", "summary"] and set(map(tuple, passes[1:])) == {("logps",)}, passes
+    assert _steps(tmp_path / "told")[-1]["loss"] == _steps(tmp_path / "alone")[-1]["loss"]
+    assert not list((tmp_path / "cache-shared").rglob("summary-*"))  # nothing half-computed was kept
