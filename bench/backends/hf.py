@@ -54,6 +54,19 @@ def decode_completion(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -
     return apply_stop(tokenizer.decode(out, skip_special_tokens=True), stop)
 
 
+def completion_and_draw(tokenizer: Any, tokens: Sequence[int], logprobs: Sequence[float] | None,
+                        stop: Sequence[str]) -> tuple[str, dict[str, list] | None]:
+    """A sampled completion's text (cut at the first stop string) and what the score stage's KL from the
+    sampler reads: the drawn ids with the policy's log-probs of them, only when the sampler gave them and no
+    stop string cut the text (else None: the text is teacher-forced). ``tokens`` and ``logprobs`` end where
+    the sample does, the EOS included when it was drawn."""
+    full = decode_completion(tokenizer, tokens, ())  # one decode; the stop cut is a string op
+    text = apply_stop(full, stop)
+    if logprobs is None or text != full:
+        return text, None
+    return text, {"token_ids": list(tokens), "logprobs": list(logprobs)}
+
+
 class HFOptions(BaseModel):
     """Options of the hf backend (a suite's ``generation.backend_options`` with ``backend: hf``)."""
 
@@ -125,15 +138,13 @@ class HFBackend:
             new = out[:, width:].tolist()
             logps = torch.stack(sampler.logps, dim=1).tolist() if sampler is not None and sampler.logps else None
             for j, ((i, k), tokens) in enumerate(zip(chunk, new)):
-                full = decode_completion(self.tokenizer, tokens, ())  # one decode; the stop cut is a string op
-                text = apply_stop(full, sampling.stop)
-                completions[(i, k)] = text
-                count = _count_until_eos(tokens, self.tokenizer.eos_token_id, pad)
+                count = _count_until_eos(tokens, self.tokenizer.eos_token_id, pad)  # padding follows the EOS
                 self.stats["generated_tokens"] += count
-                # the ids are the sample only when no stop string cut the text (else the harness
-                # teacher-forces the text); the EOS, when drawn, is part of the sample
-                if logps is not None and text == full:
-                    sampled[(i, k)] = {"token_ids": tokens[:count], "logprobs": logps[j][:count]}
+                text, drawn = completion_and_draw(self.tokenizer, tokens[:count],
+                                                  logps[j][:count] if logps is not None else None, sampling.stop)
+                completions[(i, k)] = text
+                if drawn is not None:
+                    sampled[(i, k)] = drawn
         self.stats["seconds"] += time.perf_counter() - started
         samples = []
         for i in range(len(prompts)):

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.backends import BackendError, apply_stop
-from bench.backends.hf import decode_completion
+from bench.backends import BackendError
+from bench.backends.hf import completion_and_draw
 from bench.prompts import PromptFormat, encode
 
 
@@ -87,15 +87,12 @@ class VLLMBackend:
                 completion = out.outputs[0 if greedy else k]  # greedy: the n copies are identical
                 tokens = list(completion.token_ids)
                 self.stats["generated_tokens"] += len(tokens)
-                full = decode_completion(self.tokenizer, tokens, ())
-                text = apply_stop(full, sampling.stop)
-                logprobs = None
-                # as hf: the ids (EOS included when drawn) and their log-probs are the sample only when no stop
-                # string cut the text (else the score stage teacher-forces the text)
-                if completion.logprobs is not None and text == full:
-                    logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
-                samples.append(Sample.from_prompt(prompt, text, index=k, logprobs=logprobs,
-                                                  meta={"token_ids": tokens} if logprobs is not None else {}))
+                logprobs = (None if completion.logprobs is None else
+                            [step[token].logprob for step, token in zip(completion.logprobs, tokens)])
+                text, drawn = completion_and_draw(self.tokenizer, tokens, logprobs, sampling.stop)
+                samples.append(Sample.from_prompt(
+                    prompt, text, index=k, logprobs=drawn["logprobs"] if drawn else None,
+                    meta={"token_ids": drawn["token_ids"]} if drawn else {}))
         self.stats["seconds"] += time.perf_counter() - started
         return samples
 

@@ -425,6 +425,21 @@ def test_one_reference_forward_gives_every_kind_the_bits_of_a_pass_of_its_own():
         run({"logps", "masks"})
 
 
+def recorded_passes(monkeypatch) -> list[list[str]]:
+    """The kinds of every reference pass run from now on (sorted), in order."""
+    from bench.train import preference
+
+    passes: list[list[str]] = []
+    real_pass = preference.reference_pass
+
+    def recording_pass(*args, kinds, **kwargs):
+        passes.append(sorted(kinds))
+        return real_pass(*args, kinds=kinds, **kwargs)
+
+    monkeypatch.setattr(preference, "reference_pass", recording_pass)
+    return passes
+
+
 @pytest.fixture
 def small_shards(monkeypatch):
     """Reference passes in batches of 2 examples: PAIRS make 3 shards."""
@@ -485,8 +500,6 @@ def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, m
     run no reference pass at all and
     train exactly as they do from a pass of their own. As in a suite, DPO's own config says
     token_reference "online" (a field it never reads) and the companions' settings say "cached"."""
-    from bench.train import preference
-
     config = quick(lora=LoraSettings(r=4, alpha=8), steps=2, lr=1e-2)
     alone = {}
     for name in ("tdpo2", "sparsepo_mapo"):
@@ -494,14 +507,7 @@ def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, m
         train_preference(config, PAIRS, methods.get(name), tmp_path / f"alone-{name}")
         alone[name] = _steps(tmp_path / f"alone-{name}")
     monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "shared"))
-    passes = []
-    real_pass = preference.reference_pass
-
-    def recording_pass(*args, kinds, **kwargs):
-        passes.append(sorted(kinds))
-        return real_pass(*args, kinds=kinds, **kwargs)
-
-    monkeypatch.setattr(preference, "reference_pass", recording_pass)
+    passes = recorded_passes(monkeypatch)
     companions = [(methods.get(name), {"token_reference": "cached"}) for name in ("tdpo2", "sparsepo_mapo")]
     dpo_config = config.model_copy(update={"token_reference": "online"})
     train_preference(dpo_config, PAIRS, methods.get("dpo"), tmp_path / "dpo", share_with=companions)
@@ -513,6 +519,7 @@ def test_a_run_computes_what_its_companions_need_in_its_own_forwards(tmp_path, m
         train_preference(config, PAIRS, methods.get(name), tmp_path / name)
         assert values(_steps(tmp_path / name)) == values(alone[name]), name
     assert len(passes) == 6  # neither ran a pass
+
 
 @pytest.mark.slow
 def test_a_companions_summary_the_model_cannot_give_is_dropped_and_the_run_trains_as_alone(tmp_path, monkeypatch):
@@ -527,15 +534,8 @@ def test_a_companions_summary_the_model_cannot_give_is_dropped_and_the_run_train
     def soft_capped(*args, **kwargs):
         raise preference.SummaryUnavailable("the model transforms its output layer's logits before returning them")
 
-    passes = []
-    real_pass = preference.reference_pass
-
-    def recording_pass(*args, kinds, **kwargs):
-        passes.append(sorted(kinds))
-        return real_pass(*args, kinds=kinds, **kwargs)
-
     monkeypatch.setattr(preference, "completion_forward_with_hidden", soft_capped)
-    monkeypatch.setattr(preference, "reference_pass", recording_pass)
+    passes = recorded_passes(monkeypatch)
     monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "cache-shared"))
     train_preference(config, PAIRS, methods.get("dpo"), tmp_path / "told",
                      share_with=[(methods.get("tdpo2"), {"token_reference": "cached"})])
